@@ -1,0 +1,17 @@
+"""mlflow-finops: what every MLflow run costs, and retraining that is worth its cost."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .policy import Policy, PolicyError, load_policy  # noqa: E402
+from .pricing import CostBreakdown, PriceCatalog  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "Policy",
+    "PolicyError",
+    "load_policy",
+    "PriceCatalog",
+    "CostBreakdown",
+]

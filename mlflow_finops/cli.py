@@ -1,0 +1,113 @@
+"""The ``mlflow-finops`` command.
+
+Exit codes are part of the interface (cron and CI read them):
+0 success / nothing to do, 2 bad input or configuration, 1 internal error;
+commands that recommend an action document their own codes (e.g. ``drift check``: 10).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from . import __version__
+from .policy import PolicyError, load_policy
+from .pricing import PriceCatalog, price_env_var
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+
+policy_option = click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(dir_okay=False),
+    envvar="MLFLOW_FINOPS_POLICY",
+    default=None,
+    help="Policy file (TOML). Default: $MLFLOW_FINOPS_POLICY, else ./finops.toml if present.",
+)
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> "click.exceptions.Exit":
+    """Print a one-line error to stderr and exit with ``code``."""
+    click.secho(f"Error: {message}", fg="red", err=True)
+    raise click.exceptions.Exit(code)
+
+
+def load_policy_or_exit(path: str | None):
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        fail(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlflow-finops")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+def cli(verbose: bool) -> None:
+    """Cost as a first-class signal of the ML lifecycle, on MLflow.
+
+    \b
+    Track what every run costs:   add `mlflow_finops.autolog()` to a training script.
+    See the prices in force:      mlflow-finops prices --policy finops.toml
+    Deliver spooled samples:      mlflow-finops sync
+
+    MLflow is read from MLFLOW_TRACKING_URI (default: sqlite:///mlflow.db here).
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.command()
+@policy_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def prices(policy_path: str | None, as_json: bool) -> None:
+    """Show the price catalog in force and where each value comes from.
+
+    Precedence, lowest first: built-in defaults (OpenCost list prices, GCP
+    us-central1), the policy's [prices] section, MLFLOW_FINOPS_* variables.
+    """
+    import os
+
+    policy = load_policy_or_exit(policy_path)
+    try:
+        catalog = PriceCatalog.resolve(policy.prices)
+    except ValueError as exc:
+        fail(str(exc))
+    from_file = policy.prices.model_fields_set
+    rows = []
+    for name, value in catalog.model_dump().items():
+        var = price_env_var(name)
+        source = var if var in os.environ else ("policy" if name in from_file else "default")
+        rows.append((name, value, source, var))
+    if as_json:
+        click.echo(json.dumps({name: value for name, value, _, _ in rows}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Price catalog '{catalog.profile}'")
+    for col in ("key", "value", "from", "override with"):
+        table.add_column(col)
+    for name, value, source, var in rows:
+        table.add_row(name, str(value), source, var)
+    Console().print(table)
+
+
+@cli.command()
+def sync() -> None:
+    """Deliver cost samples spooled while the tracking server was unreachable."""
+    from .delivery import sync_spool
+
+    delivered, left = sync_spool()
+    click.echo(f"delivered {delivered} spooled batch(es); {left} left")
+    sys.exit(EXIT_OK if left == 0 else EXIT_INTERNAL)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    cli()
