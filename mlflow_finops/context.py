@@ -1,0 +1,73 @@
+"""Attribution tags on every new MLflow run, through MLflow's run-context-provider plugin.
+
+Registered as the ``mlflow.run_context_provider`` entry point ``finops``, so
+``finops.team`` / ``finops.cost_center`` / ``finops.workload`` (from the
+policy's ``[tags]`` or ``MLFLOW_FINOPS_*`` variables) and the machine's
+description land on every run, also without ``autolog()``. MLflow calls the
+provider when it creates a run, before the run has an id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mlflow.tracking.context.abstract_context import RunContextProvider
+
+from .policy import PolicyError, find_policy_path, load_policy
+from .usage import machine_info
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["FinOpsRunContextProvider", "run_tags"]
+
+_cache: dict[tuple[str, float], dict[str, str]] = {}
+_warned: set[str] = set()
+
+
+def _policy_tags() -> dict[str, str]:
+    """Tags from the policy file, cached by path and modification time."""
+    path = find_policy_path()
+    if path is None:
+        from .policy import TagPolicy
+
+        return TagPolicy().resolve()
+    try:
+        key = (str(path), path.stat().st_mtime)
+    except OSError:
+        key = (str(path), -1.0)
+    if key not in _cache:
+        try:
+            _cache[key] = load_policy(path).tags.resolve({})
+        except PolicyError as exc:
+            if str(exc) not in _warned:
+                _warned.add(str(exc))
+                _log.warning("mlflow-finops: policy not used for run tags: %s", exc)
+            _cache[key] = {}
+    tags = dict(_cache[key])
+    for name in ("team", "cost_center", "workload"):
+        value = os.environ.get(f"MLFLOW_FINOPS_{name.upper()}")
+        if value:
+            tags[f"finops.{name}"] = value
+    return tags
+
+
+def run_tags() -> dict[str, str]:
+    """Everything the provider adds: attribution tags and the machine's description."""
+    tags = dict(machine_info().tags())
+    tags.update(_policy_tags())
+    return tags
+
+
+class FinOpsRunContextProvider(RunContextProvider):
+    """MLflow plugin: adds ``finops.*`` attribution and machine tags to new runs."""
+
+    def in_context(self) -> bool:
+        return os.environ.get("MLFLOW_FINOPS_DISABLE", "").lower() not in ("1", "true", "yes")
+
+    def tags(self) -> dict[str, str]:
+        try:
+            return run_tags()
+        except Exception as exc:  # a tag provider must never stop a run from starting
+            _log.warning("mlflow-finops: could not resolve run tags: %s", exc)
+            return {}

@@ -1,0 +1,491 @@
+"""The cost tracker: one sampler thread per tracked process, logging ``finops/*`` to MLflow.
+
+``autolog()`` patches ``mlflow.start_run`` / ``mlflow.end_run`` (MLflow has no
+run start/end hook for plugins) so that the first run started afterwards gets
+a :class:`CostTracker`; nested runs started while it is live get the cost of
+their own stretch (tagged ``finops.nested_in``) from the same sampler, never a
+second one. Resuming a run (``start_run(run_id=...)``) adds to the cost it
+already carries.
+
+Nothing here may break training: every hook is wrapped, a failing sampler is
+reported once and degrades to "no more samples", and delivery to MLflow runs
+on its own thread (see :mod:`mlflow_finops.delivery`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+import mlflow
+
+from .context import run_tags
+from .delivery import Batch, Outbox
+from .policy import Policy, load_policy
+from .pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
+from .usage import GpuAccumulator, GpuSampler, ProcessTreeSampler, allocated_cpus, allocated_ram_gb
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["CostTracker", "autolog", "track_cost", "active_tracker"]
+
+DEFAULT_INTERVAL_S = 10.0
+MAX_CONSECUTIVE_ERRORS = 3
+GB = 1024**3
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r}: must be greater than 0")
+    return value
+
+
+def resolve_prices(
+    prices: PriceCatalog | Mapping[str, Any] | None = None, policy: Policy | str | None = None
+) -> PriceCatalog:
+    """Defaults < policy file ``[prices]`` < ``MLFLOW_FINOPS_*`` < ``prices`` argument."""
+    pol = policy if isinstance(policy, Policy) else load_policy(policy)
+    return PriceCatalog.resolve(pol.prices, os.environ, prices)
+
+
+class CostTracker:
+    """Samples one process tree every ``interval_s`` and logs its cost to one MLflow run.
+
+    Use :func:`track_cost` or :func:`autolog` rather than this class directly.
+    ``breakdown()`` is the cost so far; ``on_sample(fn)`` registers a callback
+    that gets each new breakdown (a budget cap uses it to stop training).
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        interval_s: float | None = None,
+        prices: PriceCatalog | None = None,
+        tracking_uri: str | None = None,
+        log_timeseries: bool = True,
+        offset: CostBreakdown | None = None,
+        run_start_ms: int | None = None,
+        pid: int | None = None,
+        gpu: GpuSampler | None = None,
+        flush_timeout_s: float | None = None,
+    ):
+        self.run_id = run_id
+        self.interval_s = interval_s or _env_float("MLFLOW_FINOPS_INTERVAL_S", DEFAULT_INTERVAL_S)
+        self.prices = prices or resolve_prices()
+        self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+        self.log_timeseries = log_timeseries
+        self.flush_timeout_s = flush_timeout_s or _env_float("MLFLOW_FINOPS_FLUSH_TIMEOUT_S", 15.0)
+        self._offset = offset or CostBreakdown(allocation_mode=self.prices.allocation_mode)
+        self._run_start_ms = run_start_ms or int(time.time() * 1000)
+        self._tree = ProcessTreeSampler(pid)
+        self._gpu = gpu if gpu is not None else GpuSampler()
+        self._gpu_acc = GpuAccumulator()
+        self.allocation = Allocation(
+            cpus=self.prices.allocated_cpus or allocated_cpus(),
+            ram_gb=self.prices.allocated_ram_gb or allocated_ram_gb(),
+            gpus=self.prices.allocated_gpus if self.prices.allocated_gpus is not None else len(self._gpu.devices),
+            gpu_models=self._gpu.models,
+        )
+        self._lock = threading.RLock()
+        self._stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outbox = Outbox(name=f"finops-outbox-{run_id[:8]}")
+        self._listeners: list[Callable[[CostBreakdown], None]] = []
+        self._segments: dict[str, CostBreakdown] = {}
+        self._errors = 0
+        self.degraded_reason: str | None = None
+        self._last: CostBreakdown = self._offset
+        self.samples = 0
+        self.running = False
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> "CostTracker":
+        first = self._tree.read()
+        self._t0 = first.timestamp
+        self._cpu0 = first.cpu_s
+        self._prev_ts = first.timestamp
+        self._prev_rss = first.rss_bytes
+        self._cpu_s = 0.0
+        self._ram_gb_s = 0.0
+        self._peak_rss = first.rss_bytes
+        self._gpu_acc.add(self._gpu.read(first.pids), 0.0)
+        self._outbox.start(sync_spool_for=self.tracking_uri)
+        tags = {
+            "finops.tracked": "true",
+            "finops.price_profile": self.prices.profile,
+            "finops.allocation_mode": self.prices.allocation_mode,
+            "finops.market": self.prices.market,
+            "finops.interval_s": f"{self.interval_s:g}",
+            "finops.allocated_cpus": f"{self.allocation.cpus:g}",
+            **run_tags(),
+        }
+        self._outbox.put(Batch(self.tracking_uri, self.run_id, tags=tags))
+        self.running = True
+        self._thread = threading.Thread(target=self._loop, name=f"finops-sampler-{self.run_id[:8]}", daemon=True)
+        self._thread.start()
+        _log.debug("cost tracking started for run %s every %.1fs", self.run_id, self.interval_s)
+        return self
+
+    def stop(self, status: str | None = None) -> CostBreakdown:
+        """Take a last sample, log the final scalars and deliver (or spool) everything."""
+        with self._lock:
+            if not self.running:
+                return self._last
+            self.running = False
+        self._stop_event.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        if self.degraded_reason is None:
+            self._safe_sample(final=True)
+        final = self._last
+        for run_id in list(self._segments):
+            self.close_segment(run_id)
+        tags = {"finops.tracking_status": "degraded" if self.degraded_reason else "complete"}
+        if self.degraded_reason:
+            tags["finops.tracking_error"] = self.degraded_reason[:500]
+        self._outbox.put(
+            Batch(self.tracking_uri, self.run_id, self._metric_rows(final, final=True), tags)
+        )
+        self._outbox.close(self.flush_timeout_s)
+        return final
+
+    def breakdown(self) -> CostBreakdown:
+        """Cost so far (including what a resumed run already carried)."""
+        return self._last
+
+    @property
+    def cost_usd(self) -> float:
+        return self._last.cost_usd
+
+    def on_sample(self, fn: Callable[[CostBreakdown], None]) -> None:
+        """Call ``fn(breakdown)`` after every sample, on the sampler thread."""
+        self._listeners.append(fn)
+
+    def sample_now(self) -> CostBreakdown:
+        self._safe_sample()
+        return self._last
+
+    # ------------------------------------------------------------ segments
+    def open_segment(self, run_id: str) -> None:
+        """Start accounting a nested run's own stretch of this tracker's cost."""
+        self._safe_sample()
+        self._segments[run_id] = self._last
+
+    def close_segment(self, run_id: str) -> CostBreakdown | None:
+        start = self._segments.pop(run_id, None)
+        if start is None:
+            return None
+        self._safe_sample()
+        seg = self._last - start
+        tags = {
+            "finops.tracked": "true",
+            "finops.nested_in": self.run_id,
+            "finops.price_profile": self.prices.profile,
+            "finops.allocation_mode": self.prices.allocation_mode,
+            "finops.tracking_status": "complete",
+        }
+        self._outbox.put(Batch(self.tracking_uri, run_id, self._metric_rows(seg, final=True), tags))
+        return seg
+
+    # --------------------------------------------------------------- thread
+    def _loop(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            if self.degraded_reason is not None:
+                return
+            self._safe_sample()
+
+    def _safe_sample(self, final: bool = False) -> None:
+        try:
+            self._sample(final)
+            self._errors = 0
+        except Exception as exc:
+            self._errors += 1
+            if self._errors == 1:
+                _log.warning("mlflow-finops: cost sample failed (training continues): %s", exc, exc_info=True)
+            if self._errors >= MAX_CONSECUTIVE_ERRORS or final:
+                self.degraded_reason = f"{type(exc).__name__}: {exc}"
+                _log.warning("mlflow-finops: cost tracking degraded for run %s: %s", self.run_id, exc)
+            return
+        for fn in list(self._listeners):
+            try:
+                fn(self._last)
+            except Exception:
+                _log.exception("mlflow-finops: cost listener failed")
+
+    def _sample(self, final: bool) -> None:
+        with self._lock:
+            reading = self._tree.read()
+            dt = max(reading.timestamp - self._prev_ts, 0.0)
+            self._cpu_s = max(self._cpu_s, reading.cpu_s - self._cpu0)
+            self._ram_gb_s += 0.5 * (self._prev_rss + reading.rss_bytes) / GB * dt
+            self._peak_rss = max(self._peak_rss, reading.rss_bytes)
+            self._gpu_acc.add(self._gpu.read(reading.pids), dt)
+            self._prev_ts, self._prev_rss = reading.timestamp, reading.rss_bytes
+            seg = price_usage(
+                self.prices,
+                wall_s=reading.timestamp - self._t0,
+                cpu_s=self._cpu_s,
+                ram_gb_s=self._ram_gb_s,
+                gpu_s_by_model=self._gpu_acc.seconds_by_model,
+                gpu_energy_j=self._gpu_acc.energy_j,
+                allocation=self.allocation,
+                peak_rss_gb=self._peak_rss / GB,
+            )
+            self._last = self._offset + seg
+            self.samples += 1
+        if self.log_timeseries and not final:
+            self._outbox.put(Batch(self.tracking_uri, self.run_id, self._metric_rows(self._last)))
+
+    def _metric_rows(self, b: CostBreakdown, final: bool = False) -> list[tuple[str, float, int, int]]:
+        now_ms = int(time.time() * 1000)
+        # Step = seconds since the run started: monotonic across resumes, and the
+        # final scalars get the highest step so they are the run's "latest" values.
+        elapsed = (now_ms - self._run_start_ms) / 1000.0
+        step = int(math.ceil(elapsed)) + 1 if final else int(elapsed)
+        rows = [(k, v, now_ms, step) for k, v in b.to_metrics().items()]
+        if self._gpu_acc.peak_memory_bytes:
+            rows.append(("finops/gpu_peak_memory_gb", self._gpu_acc.peak_memory_bytes / GB, now_ms, step))
+        return rows
+
+
+# ====================================================================== autolog
+@dataclass
+class _AutologConfig:
+    interval_s: float | None
+    prices: PriceCatalog
+    log_timeseries: bool
+
+
+_state_lock = threading.RLock()
+_config: _AutologConfig | None = None
+_root: CostTracker | None = None  # the one live tracker of this process
+_originals: dict[str, Callable[..., Any]] = {}
+_hook_errors = 0
+
+
+def active_tracker() -> CostTracker | None:
+    """The tracker sampling this process now, if any."""
+    return _root if _root is not None and _root.running else None
+
+
+def autolog(
+    interval_s: float | None = None,
+    prices: PriceCatalog | Mapping[str, Any] | None = None,
+    disable: bool = False,
+    *,
+    policy: Policy | str | None = None,
+    log_timeseries: bool = True,
+) -> None:
+    """Track the cost of every MLflow run started from now on in this process.
+
+    Like ``mlflow.sklearn.autolog()``: call it once, before ``mlflow.start_run()``.
+
+    Args:
+        interval_s: seconds between samples (default ``$MLFLOW_FINOPS_INTERVAL_S`` or 10).
+        prices: overrides for the :class:`PriceCatalog` (a catalog or a dict of its fields).
+        disable: turn tracking off again (a run being tracked gets its final figures).
+        policy: a :class:`Policy` or the path of ``finops.toml`` (default: found as usual).
+        log_timeseries: also log the cumulative figures at every sample while the run is live.
+
+    Raises:
+        PolicyError / ValueError: the policy, an ``MLFLOW_FINOPS_*`` variable or ``prices``
+        holds a bad value (raised here, before training starts, naming the key).
+    """
+    global _config
+    if disable or os.environ.get("MLFLOW_FINOPS_DISABLE", "").lower() in ("1", "true", "yes"):
+        with _state_lock:
+            _config = None
+            _stop_root("FINISHED")
+            _unpatch()
+        return
+    if interval_s is not None and interval_s <= 0:
+        raise ValueError(f"interval_s={interval_s!r}: must be greater than 0")
+    catalog = resolve_prices(prices, policy)
+    if interval_s is None:
+        interval_s = _env_float("MLFLOW_FINOPS_INTERVAL_S", DEFAULT_INTERVAL_S)
+    with _state_lock:
+        _config = _AutologConfig(interval_s, catalog, log_timeseries)
+        _patch()
+
+
+def _patch() -> None:
+    import mlflow.tracking.fluent as fluent
+
+    if _originals:
+        return
+    _originals["start_run"] = fluent.start_run
+    _originals["end_run"] = fluent.end_run
+
+    @functools.wraps(_originals["start_run"])
+    def start_run(*args: Any, **kwargs: Any) -> Any:
+        active = _originals["start_run"](*args, **kwargs)
+        _guard(_on_run_started, active)
+        return active
+
+    @functools.wraps(_originals["end_run"])
+    def end_run(*args: Any, **kwargs: Any) -> Any:
+        status = kwargs.get("status", args[0] if args else "FINISHED")
+        _guard(_on_run_ending, status)
+        return _originals["end_run"](*args, **kwargs)
+
+    for module in (fluent, mlflow):
+        module.start_run = start_run
+        module.end_run = end_run
+
+
+def _unpatch() -> None:
+    import mlflow.tracking.fluent as fluent
+
+    if not _originals:
+        return
+    for module in (fluent, mlflow):
+        module.start_run = _originals["start_run"]
+        module.end_run = _originals["end_run"]
+    _originals.clear()
+
+
+def _guard(fn: Callable[..., Any], *args: Any) -> None:
+    """Run a hook; never let it reach the training code."""
+    global _hook_errors
+    try:
+        fn(*args)
+    except Exception:
+        _hook_errors += 1
+        if _hook_errors == 1:
+            _log.warning("mlflow-finops: cost tracking hook failed (training continues)", exc_info=True)
+
+
+def _on_run_started(active: Any) -> None:
+    global _root
+    with _state_lock:
+        if _config is None:
+            return
+        run_id = active.info.run_id
+        live = active_tracker()
+        if live is not None:
+            if live.run_id != run_id and run_id not in live._segments:
+                live.open_segment(run_id)
+            return
+        prior = {k: v for k, v in active.data.metrics.items() if k.startswith("finops/")}
+        offset = CostBreakdown.from_metrics(prior, _config.prices.allocation_mode) if prior else None
+        if offset is not None:
+            _log.info("mlflow-finops: resuming run %s, adding to its $%.6f", run_id, offset.cost_usd)
+        _root = CostTracker(
+            run_id,
+            interval_s=_config.interval_s,
+            prices=_config.prices,
+            log_timeseries=_config.log_timeseries,
+            offset=offset,
+            run_start_ms=active.info.start_time,
+        ).start()
+
+
+def _on_run_ending(status: str) -> None:
+    active = mlflow.active_run()
+    live = active_tracker()
+    if active is None or live is None:
+        return
+    run_id = active.info.run_id
+    if run_id in live._segments:
+        live.close_segment(run_id)
+    elif run_id == live.run_id:
+        _stop_root(status)
+
+
+def _stop_root(status: str) -> None:
+    global _root
+    with _state_lock:
+        tracker, _root = _root, None
+    if tracker is not None:
+        tracker.stop(status)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    _guard(_stop_root, "FINISHED")
+
+
+# ==================================================================== track_cost
+@contextlib.contextmanager
+def track_cost(
+    run_id: str | None = None,
+    *,
+    interval_s: float | None = None,
+    prices: PriceCatalog | Mapping[str, Any] | None = None,
+    policy: Policy | str | None = None,
+    log_timeseries: bool = True,
+) -> Iterator[CostTracker]:
+    """Track the cost of the code inside the block into an MLflow run.
+
+    The run is ``run_id``, else the active run, else a new run started (and
+    ended) here. If ``autolog()`` already tracks that run, its tracker is
+    reused: there is never a second sampler for the same process.
+    """
+    global _root
+    live = active_tracker()
+    if live is not None:
+        target = run_id or (mlflow.active_run().info.run_id if mlflow.active_run() else None)
+        if target is None or target == live.run_id or target in live._segments:
+            yield live
+            return
+    catalog = resolve_prices(prices, policy)
+    started_here = False
+    if run_id is None:
+        active = mlflow.active_run()
+        if active is None:
+            start = _originals.get("start_run", mlflow.tracking.fluent.start_run)
+            active = start()
+            started_here = True
+        run_id = active.info.run_id
+        run_start_ms = active.info.start_time
+        prior = active.data.metrics
+    else:
+        try:
+            run = mlflow.tracking.MlflowClient().get_run(run_id)
+            run_start_ms, prior = run.info.start_time, run.data.metrics
+        except Exception as exc:  # unreachable server: track anyway, deliver later
+            _log.warning("mlflow-finops: cannot read run %s (%s); tracking it anyway", run_id, exc)
+            run_start_ms, prior = None, {}
+    prior = {k: v for k, v in prior.items() if k.startswith("finops/")}
+    tracker = CostTracker(
+        run_id,
+        interval_s=interval_s,
+        prices=catalog,
+        log_timeseries=log_timeseries,
+        offset=CostBreakdown.from_metrics(prior, catalog.allocation_mode) if prior else None,
+        run_start_ms=run_start_ms,
+    ).start()
+    owns_root = False
+    with _state_lock:
+        if _root is None:
+            _root, owns_root = tracker, True
+    status = "FINISHED"
+    try:
+        yield tracker
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        with _state_lock:
+            if owns_root and _root is tracker:
+                _root = None
+        _guard(tracker.stop, status)
+        if started_here:
+            end = _originals.get("end_run", mlflow.tracking.fluent.end_run)
+            end(status)
