@@ -1,0 +1,123 @@
+"""Shared fixtures: real MLflow stores (SQLite, and one `mlflow server` per session)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+import pytest
+import requests
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test gets its own spool folder and no inherited finops settings."""
+    for key in list(os.environ):
+        if key.startswith("MLFLOW_FINOPS_") or key == "MLFLOW_TRACKING_URI":
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_FINOPS_SPOOL_DIR", str(tmp_path / "spool"))
+    yield
+    import mlflow_finops.tracker as tracker
+
+    tracker.autolog(disable=True)
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh SQLite tracking store, set as the tracking URI for this test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 over a SQLite store, which tests may stop and restart."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = root / "server.log"
+
+    def start(self, timeout_s: float = 120) -> None:
+        cmd = [
+            str(BIN / "mlflow"), "server",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+            "--artifacts-destination", str(self.root / "artifacts"),
+            "--workers", "1",
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
+            try:
+                if requests.get(self.url + "/health", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"mlflow server did not answer in {timeout_s}s: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # wait until the port is really closed
+        for _ in range(50):
+            try:
+                requests.get(self.url + "/health", timeout=0.2)
+            except requests.RequestException:
+                return
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    if shutil.which("mlflow", path=str(BIN)) is None:
+        pytest.fail("the mlflow CLI is not installed next to this Python")
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_uri(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    if mlflow_server.proc is None or mlflow_server.proc.poll() is not None:
+        mlflow_server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    # fail fast in tests rather than MLflow's default minutes of retries
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    mlflow.set_tracking_uri(mlflow_server.url)
+    yield mlflow_server.url
+    mlflow.set_tracking_uri(None)

@@ -1,0 +1,101 @@
+"""The policy loader: good files load, bad keys and values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlflow_finops import PolicyError, PriceCatalog, load_policy
+from mlflow_finops.tracker import resolve_prices
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "finops.toml"
+    p.write_text(text)
+    return p
+
+
+def test_valid_policy_loads_prices_and_tags(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        """
+[prices]
+profile = "on-prem-2026"
+cpu_core_hour_usd = 0.05
+market = "spot"
+[prices.gpu_hour_usd_by_model]
+H100 = 2.25
+[tags]
+team = "fraud"
+cost_center = "cc-42"
+[tags.extra]
+project = "churn"
+""",
+    )
+    policy = load_policy(p)
+    assert policy.prices.cpu_core_hour_usd == 0.05
+    assert policy.prices.gpu_hour_price("NVIDIA H100 80GB HBM3") == 2.25
+    assert policy.prices.gpu_hour_price("Tesla T4") == 0.95
+    assert policy.tags.resolve({}) == {
+        "finops.team": "fraud",
+        "finops.cost_center": "cc-42",
+        "finops.project": "churn",
+    }
+
+
+def test_no_policy_file_gives_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    policy = load_policy()
+    assert policy.prices == PriceCatalog()
+    assert policy.prices.cpu_core_hour_usd == 0.031611
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[prices]\ncpu_core_hour_usd = -1\n", "[prices].cpu_core_hour_usd: Input should be greater than or equal to 0 (got -1)"),
+        ("[prices]\ncpu_core_hour = 0.1\n", "[prices].cpu_core_hour: unknown key (expected one of: profile, cpu_core_hour_usd"),
+        ("[prices]\nmarket = \"reserved\"\n", "[prices].market: Input should be 'on_demand' or 'spot' (got 'reserved')"),
+        ("[tags]\ntema = \"x\"\n", "[tags].tema: unknown key (expected one of: team, cost_center, workload, extra)"),
+        ("[pricez]\n", "[pricez]: unknown key (expected one of: prices, tags"),
+        ("[prices\n", "not valid TOML"),
+        ("[prices]\ncpu_core_hour_usd = \"cheap\"\n", "[prices].cpu_core_hour_usd: Input should be a valid number"),
+    ],
+)
+def test_bad_policy_names_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(PolicyError) as err:
+        load_policy(p)
+    assert expected in str(err.value)
+    assert str(p) in str(err.value)
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="file not found"):
+        load_policy(tmp_path / "nope.toml")
+
+
+def test_precedence_file_then_env_then_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = write(tmp_path, "[prices]\ncpu_core_hour_usd = 0.05\nram_gb_hour_usd = 0.01\nprofile = 'file'\n")
+    monkeypatch.setenv("MLFLOW_FINOPS_POLICY", str(p))
+    assert resolve_prices().cpu_core_hour_usd == 0.05
+    monkeypatch.setenv("MLFLOW_FINOPS_CPU_CORE_HOUR_USD", "0.07")
+    monkeypatch.setenv("MLFLOW_FINOPS_PRICE_PROFILE", "env")
+    catalog = resolve_prices()
+    assert (catalog.cpu_core_hour_usd, catalog.ram_gb_hour_usd, catalog.profile) == (0.07, 0.01, "env")
+    catalog = resolve_prices({"cpu_core_hour_usd": 0.09})
+    assert (catalog.cpu_core_hour_usd, catalog.ram_gb_hour_usd, catalog.profile) == (0.09, 0.01, "env")
+
+
+def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_FINOPS_RAM_GB_HOUR_USD", "lots")
+    with pytest.raises(ValueError, match="MLFLOW_FINOPS_RAM_GB_HOUR_USD: ram_gb_hour_usd: Input should be a valid number"):
+        resolve_prices()
+
+
+def test_bad_argument_names_the_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"autolog\(prices=...\): unknown price key 'cpu'"):
+        resolve_prices({"cpu": 1})

@@ -1,0 +1,197 @@
+"""autolog() / track_cost() against a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
+
+import mlflow_finops
+from mlflow_finops import PolicyError
+from mlflow_finops.usage import ProcessTreeSampler
+
+METRICS = [
+    "finops/cost_usd", "finops/cpu_core_hours", "finops/ram_gb_hours", "finops/gpu_hours",
+    "finops/energy_kwh", "finops/co2e_kg", "finops/cpu_efficiency", "finops/idle_cost_usd",
+]
+
+
+def os_tree_cpu() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def samplers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("finops-sampler")]
+
+
+def fit_forest() -> None:
+    from joblib.externals.loky import get_reusable_executor
+
+    X, y = make_classification(4000, 20, random_state=0)
+    RandomForestClassifier(60, n_jobs=2, random_state=0).fit(X, y)
+    get_reusable_executor().shutdown(wait=True)  # reap loky workers so the OS counts them too
+
+
+def test_autolog_logs_cost_of_a_joblib_training(sqlite_uri: str) -> None:
+    mlflow_finops.autolog(interval_s=0.2)
+    with mlflow.start_run() as run:
+        os_before = os_tree_cpu()  # the tracker started with the run, just before this
+        fit_forest()
+        os_used = os_tree_cpu() - os_before
+    r = MlflowClient().get_run(run.info.run_id)
+    m, tags = r.data.metrics, r.data.tags
+    for key in METRICS:
+        assert key in m, key
+    cpu_s = m["finops/cpu_core_hours"] * 3600
+    assert cpu_s > 0.5
+    assert cpu_s == pytest.approx(os_used, rel=0.05, abs=0.1)
+    assert m["finops/gpu_hours"] == 0
+    assert m["finops/cost_usd"] == pytest.approx(m["finops/usage_cost_usd"])
+    assert m["finops/idle_cost_usd"] == pytest.approx(m["finops/allocation_cost_usd"] - m["finops/usage_cost_usd"])
+    assert 0 < m["finops/cpu_efficiency"] <= 1.0
+    assert m["finops/co2e_kg"] == pytest.approx(m["finops/energy_kwh"] * 0.475)
+    assert tags["finops.price_profile"] == "opencost-default"
+    assert tags["finops.allocation_mode"] == "usage"
+    assert tags["finops.tracking_status"] == "complete"
+    assert int(tags["finops.machine.cpu_cores"]) >= 1
+    assert tags["finops.machine.gpu_models"] == "none"
+    history = MlflowClient().get_metric_history(run.info.run_id, "finops/cpu_core_hours")
+    assert len(history) >= 3  # a live time series, then the final scalar
+    assert max(history, key=lambda h: (h.step, h.timestamp)).value == m["finops/cpu_core_hours"]
+    assert not samplers()
+
+
+def test_nested_runs_share_one_sampler_and_get_their_own_share(sqlite_uri: str) -> None:
+    mlflow_finops.autolog(interval_s=0.2)
+    with mlflow.start_run() as parent:
+        burn(0.3)
+        with mlflow.start_run(nested=True) as child:
+            assert len(samplers()) == 1
+            burn(0.5)
+        burn(0.3)
+    c = MlflowClient()
+    pm, cm = c.get_run(parent.info.run_id).data, c.get_run(child.info.run_id).data
+    assert cm.tags["finops.nested_in"] == parent.info.run_id
+    child_cpu = cm.metrics["finops/cpu_core_hours"] * 3600
+    parent_cpu = pm.metrics["finops/cpu_core_hours"] * 3600
+    assert 0.45 <= child_cpu <= 0.75
+    assert parent_cpu >= child_cpu + 0.55
+    assert "finops.nested_in" not in pm.tags
+
+
+def test_resumed_run_adds_to_its_cost(sqlite_uri: str) -> None:
+    mlflow_finops.autolog(interval_s=0.2)
+    with mlflow.start_run() as run:
+        burn(0.4)
+    first = MlflowClient().get_run(run.info.run_id).data.metrics["finops/cpu_core_hours"] * 3600
+    with mlflow.start_run(run_id=run.info.run_id):
+        assert len(samplers()) == 1
+        burn(0.4)
+    total = MlflowClient().get_run(run.info.run_id).data.metrics["finops/cpu_core_hours"] * 3600
+    assert first >= 0.4
+    assert total == pytest.approx(first + 0.4, abs=0.15)
+
+
+def test_track_cost_starts_and_ends_a_run_when_none_is_active(sqlite_uri: str) -> None:
+    with mlflow_finops.track_cost(interval_s=0.2) as tracker:
+        burn(0.3)
+        run_id = tracker.run_id
+        assert tracker.sample_now().cpu_core_hours * 3600 >= 0.3
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["finops/cpu_core_hours"] * 3600 >= 0.3
+    assert mlflow.active_run() is None
+
+
+def test_track_cost_inside_an_autologged_run_reuses_its_tracker(sqlite_uri: str) -> None:
+    mlflow_finops.autolog(interval_s=0.2)
+    with mlflow.start_run() as run:
+        with mlflow_finops.track_cost() as tracker:
+            assert tracker.run_id == run.info.run_id
+            assert len(samplers()) == 1
+
+
+def test_failing_sampler_degrades_without_hurting_training(
+    sqlite_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_read = ProcessTreeSampler.read
+    calls = {"n": 0}
+
+    def flaky(self: ProcessTreeSampler):  # injected fault: /proc becomes unreadable
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError("injected: /proc unreadable")
+        return real_read(self)
+
+    monkeypatch.setattr(ProcessTreeSampler, "read", flaky)
+    mlflow_finops.autolog(interval_s=0.05)
+    with caplog.at_level(logging.WARNING, logger="mlflow_finops"):
+        with mlflow.start_run() as run:
+            burn(0.5)  # training goes on
+    tags = MlflowClient().get_run(run.info.run_id).data.tags
+    assert tags["finops.tracking_status"] == "degraded"
+    assert "injected" in tags["finops.tracking_error"]
+    assert sum("cost sample failed" in r.message for r in caplog.records) == 1
+    assert MlflowClient().get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_attribution_tags_on_every_run_without_autolog(
+    sqlite_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "finops.toml").write_text('[tags]\nteam = "fraud"\ncost_center = "cc-7"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_FINOPS_WORKLOAD", "training")
+    with mlflow.start_run() as run:
+        pass
+    tags = MlflowClient().get_run(run.info.run_id).data.tags
+    assert tags["finops.team"] == "fraud"
+    assert tags["finops.cost_center"] == "cc-7"
+    assert tags["finops.workload"] == "training"
+    assert "finops.machine.cpu_model" in tags
+    assert "finops/cost_usd" not in MlflowClient().get_run(run.info.run_id).data.metrics
+
+
+def test_autolog_rejects_a_bad_policy_before_training(tmp_path: Path) -> None:
+    bad = tmp_path / "finops.toml"
+    bad.write_text("[prices]\ngpu_hour_usd = -3\n")
+    with pytest.raises(PolicyError, match=r"\[prices\].gpu_hour_usd"):
+        mlflow_finops.autolog(policy=str(bad))
+
+
+def test_autolog_disable_restores_mlflow(sqlite_uri: str) -> None:
+    original = mlflow.start_run
+    mlflow_finops.autolog(interval_s=0.2)
+    assert mlflow.start_run is not original
+    mlflow_finops.autolog(disable=True)
+    assert mlflow.start_run is original
+    with mlflow.start_run() as run:
+        pass
+    assert "finops/cost_usd" not in MlflowClient().get_run(run.info.run_id).data.metrics
+
+
+def test_prices_argument_changes_cost(sqlite_uri: str) -> None:
+    mlflow_finops.autolog(interval_s=0.2, prices={"cpu_core_hour_usd": 100.0, "profile": "pricey",
+                                                   "allocation_mode": "allocation"})
+    with mlflow.start_run() as run:
+        burn(0.3)
+    r = MlflowClient().get_run(run.info.run_id)
+    m = r.data.metrics
+    assert r.data.tags["finops.price_profile"] == "pricey"
+    assert r.data.tags["finops.allocation_mode"] == "allocation"
+    assert m["finops/cost_usd"] == pytest.approx(m["finops/allocation_cost_usd"])
+    assert m["finops/usage_cost_usd"] >= m["finops/cpu_core_hours"] * 100.0

@@ -1,0 +1,106 @@
+"""Process-tree attribution against the kernel's own accounting (no psutil mocking)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from mlflow_finops.usage import ProcessTreeSampler, allocated_cpus, allocated_ram_gb, machine_info
+
+
+def burn(seconds: float) -> float:
+    """Spin for ``seconds`` of this process's CPU time."""
+    end = time.process_time() + seconds
+    x = 0
+    while time.process_time() < end:
+        x += 1
+    return time.process_time()
+
+
+def os_tree_cpu() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def test_children_that_exit_between_samples_are_counted() -> None:
+    sampler = ProcessTreeSampler()
+    before, os_before = sampler.read(), os_tree_cpu()
+    ctx = mp.get_context("fork")
+    with ctx.Pool(2) as pool:
+        pool.map(burn, [0.6, 0.6])
+        pool.close()
+        pool.join()  # workers gone and reaped before the next sample
+    after, os_after = sampler.read(), os_tree_cpu()
+    attributed = after.cpu_s - before.cpu_s
+    assert attributed >= 1.2
+    assert attributed == pytest.approx(os_after - os_before, rel=0.02, abs=0.02)
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    def burn(s):
+        end = time.process_time() + s
+        while time.process_time() < end: pass
+    pid = os.fork()
+    if pid == 0:          # a grandchild that burns and exits (reaped by the child)
+        burn(0.5); os._exit(0)
+    burn(0.5)
+    os.waitpid(pid, 0)
+    live = os.fork()
+    if live == 0:         # a grandchild still alive when the sample is taken
+        burn(0.4); print("grandchild-done", flush=True); time.sleep(30); os._exit(0)
+    time.sleep(0.8)
+    print("ready", flush=True)
+    sys.stdin.read()
+    os.kill(live, 9); os.waitpid(live, 0)   # reaped, so the kernel's count includes it
+    """
+)
+
+
+def test_tree_of_another_process_excludes_a_busy_neighbour() -> None:
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        sampler = ProcessTreeSampler(child.pid)
+        first = sampler.read()
+        assert child.stdout is not None
+        lines = [child.stdout.readline().strip(), child.stdout.readline().strip()]
+        assert sorted(lines) == ["grandchild-done", "ready"]
+        reading = sampler.read()
+        assert neighbour.pid not in reading.pids
+        assert len(reading.pids) == 2  # the child and its live grandchild
+        attributed = reading.cpu_s
+        # the OS's accounting: everything the child and its reaped descendants used
+        child.stdin.close()  # type: ignore[union-attr]
+        _, _, ru = os.wait4(child.pid, 0)
+        os_total = ru.ru_utime + ru.ru_stime
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+        child.kill()
+    assert first.cpu_s < 0.5
+    assert attributed >= 1.3
+    # wait4 also counts the interpreter's exit after the reading, hence abs slack
+    assert attributed == pytest.approx(os_total, abs=0.08)
+
+
+def test_rss_and_machine_description() -> None:
+    reading = ProcessTreeSampler().read()
+    assert reading.rss_bytes > 10 * 1024**2
+    info = machine_info()
+    assert info.cpu_cores == os.cpu_count()
+    assert info.ram_gb > 0.5
+    assert info.gpu_models == ()
+    assert info.tags()["finops.machine.gpu_models"] == "none"
+    assert 0 < allocated_cpus() <= os.cpu_count()  # type: ignore[operator]
+    assert 0 < allocated_ram_gb() <= info.ram_gb + 1e-6
