@@ -1,0 +1,95 @@
+"""Client/server behaviour against a real `mlflow server` process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+import mlflow_finops
+
+pytestmark = pytest.mark.server
+
+
+def burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_cost_columns_through_the_rest_api_the_ui_uses(server_uri: str) -> None:
+    """The runs table and compare view read runs/search and runs/get: cost is there."""
+    mlflow_finops.autolog(interval_s=0.2)
+    mlflow.set_experiment("cost-comparison")
+    ids = []
+    for seconds in (0.2, 0.8):
+        with mlflow.start_run() as run:
+            burn(seconds)
+            mlflow.log_metric("accuracy", 0.9)
+        ids.append(run.info.run_id)
+    exp = MlflowClient().get_experiment_by_name("cost-comparison")
+    resp = requests.post(
+        f"{server_uri}/api/2.0/mlflow/runs/search",
+        json={"experiment_ids": [exp.experiment_id], "order_by": ["metrics.`finops/cost_usd` DESC"]},
+        timeout=10,
+    )
+    resp.raise_for_status()
+    runs = resp.json()["runs"]
+    assert [r["info"]["run_id"] for r in runs] == ids[::-1]  # the dearer run first
+    for r in runs:
+        metrics = {m["key"]: m["value"] for m in r["data"]["metrics"]}
+        assert metrics["finops/cost_usd"] > 0
+        assert "accuracy" in metrics and "finops/co2e_kg" in metrics
+        tags = {t["key"]: t["value"] for t in r["data"]["tags"]}
+        assert tags["finops.price_profile"] == "opencost-default"
+    one = requests.get(f"{server_uri}/api/2.0/mlflow/runs/get", params={"run_id": ids[1]}, timeout=10).json()
+    keys = {m["key"] for m in one["run"]["data"]["metrics"]}
+    assert {"finops/cost_usd", "finops/cpu_core_hours", "finops/idle_cost_usd"} <= keys
+
+
+def test_server_outage_mid_run_loses_no_samples(mlflow_server, server_uri: str) -> None:
+    mlflow_finops.autolog(interval_s=0.2)
+    with mlflow.start_run() as run:
+        burn(0.3)
+        mlflow_server.stop()
+        outage_start = time.time() * 1000
+        burn(1.0)  # training carries on while MLflow is gone
+        outage_end = time.time() * 1000
+        mlflow_server.start()
+    history = MlflowClient().get_metric_history(run.info.run_id, "finops/cpu_core_hours")
+    during = [h for h in history if outage_start <= h.timestamp <= outage_end]
+    assert len(during) >= 3  # samples taken during the outage were delivered afterwards
+    final = MlflowClient().get_run(run.info.run_id).data.metrics["finops/cpu_core_hours"] * 3600
+    assert final >= 1.3
+    assert MlflowClient().get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_unreachable_at_run_end_spools_and_sync_delivers(
+    mlflow_server, server_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_FINOPS_FLUSH_TIMEOUT_S", "1")
+    run = MlflowClient().create_run(MlflowClient().get_experiment_by_name("Default").experiment_id)
+    started = time.monotonic()
+    with mlflow_finops.track_cost(run.info.run_id, interval_s=0.2):
+        burn(0.3)
+        mlflow_server.stop()
+        burn(0.3)
+    assert time.monotonic() - started < 20  # a dead server costs seconds, not minutes
+    spooled = list((tmp_path / "spool").glob("*.jsonl"))
+    assert len(spooled) == 1
+    mlflow_server.start()
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "mlflow-finops"), "sync"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "left 0" in out.stdout.replace("; 0 left", " left 0")
+    metrics = MlflowClient().get_run(run.info.run_id).data.metrics
+    assert metrics["finops/cpu_core_hours"] * 3600 >= 0.6
+    assert not list((tmp_path / "spool").glob("*.jsonl"))
