@@ -45,7 +45,7 @@ def _policy_tags() -> dict[str, str]:
                 _log.warning("mlflow-finops: policy not used for run tags: %s", exc)
             _cache[key] = {}
     tags = dict(_cache[key])
-    for name in ("team", "cost_center", "workload"):
+    for name in ("team", "cost_center", "workload", "model"):
         value = os.environ.get(f"MLFLOW_FINOPS_{name.upper()}")
         if value:
             tags[f"finops.{name}"] = value

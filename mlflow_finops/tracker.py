@@ -39,6 +39,7 @@ __all__ = ["CostTracker", "autolog", "track_cost", "active_tracker"]
 
 DEFAULT_INTERVAL_S = 10.0
 MAX_CONSECUTIVE_ERRORS = 3
+MAX_HISTORY = 5000
 GB = 1024**3
 
 
@@ -111,6 +112,8 @@ class CostTracker:
         self._errors = 0
         self.degraded_reason: str | None = None
         self._last: CostBreakdown = self._offset
+        # (unix time, cumulative breakdown) per sample, for the run's cost timeline chart
+        self.history: list[tuple[float, CostBreakdown]] = []
         self.samples = 0
         self.running = False
 
@@ -249,6 +252,9 @@ class CostTracker:
             )
             self._last = self._offset + seg
             self.samples += 1
+            self.history.append((reading.timestamp, self._last))
+            if len(self.history) > MAX_HISTORY:  # long runs: keep every other point
+                self.history = self.history[::2]
         if self.log_timeseries and not final:
             self._outbox.put(Batch(self.tracking_uri, self.run_id, self._metric_rows(self._last)))
 

@@ -57,7 +57,7 @@ def test_no_policy_file_gives_defaults(tmp_path: Path, monkeypatch: pytest.Monke
         ("[prices]\ncpu_core_hour_usd = -1\n", "[prices].cpu_core_hour_usd: Input should be greater than or equal to 0 (got -1)"),
         ("[prices]\ncpu_core_hour = 0.1\n", "[prices].cpu_core_hour: unknown key (expected one of: profile, cpu_core_hour_usd"),
         ("[prices]\nmarket = \"reserved\"\n", "[prices].market: Input should be 'on_demand' or 'spot' (got 'reserved')"),
-        ("[tags]\ntema = \"x\"\n", "[tags].tema: unknown key (expected one of: team, cost_center, workload, extra)"),
+        ("[tags]\ntema = \"x\"\n", "[tags].tema: unknown key (expected one of: team, cost_center, workload, model, extra)"),
         ("[pricez]\n", "[pricez]: unknown key (expected one of: prices, tags"),
         ("[prices\n", "not valid TOML"),
         ("[prices]\ncpu_core_hour_usd = \"cheap\"\n", "[prices].cpu_core_hour_usd: Input should be a valid number"),
