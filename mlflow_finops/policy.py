@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .pricing import PriceCatalog
 
@@ -21,7 +23,18 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Policy", "TagPolicy", "PolicyError", "load_policy", "find_policy_path", "POLICY_ENV"]
+__all__ = [
+    "Policy",
+    "TagPolicy",
+    "PolicyError",
+    "load_policy",
+    "find_policy_path",
+    "POLICY_ENV",
+    "DriftPolicy",
+    "ColumnDriftPolicy",
+    "PerformancePolicy",
+    "ModelPolicy",
+]
 
 POLICY_ENV = "MLFLOW_FINOPS_POLICY"
 DEFAULT_POLICY_FILE = "finops.toml"
@@ -47,19 +60,119 @@ class TagPolicy(_Section):
     team: str | None = None
     cost_center: str | None = None
     workload: str | None = None
+    model: str | None = Field(None, description="Model the runs belong to (budget envelopes group by it).")
     extra: dict[str, str] = Field(
         default_factory=dict, description="More tags, logged as finops.<key>."
     )
 
     def resolve(self, env: os._Environ[str] | dict[str, str] | None = None) -> dict[str, str]:
-        """Tags from the file, overridden by ``MLFLOW_FINOPS_TEAM`` / ``_COST_CENTER`` / ``_WORKLOAD``."""
+        """Tags from the file, overridden by ``MLFLOW_FINOPS_TEAM`` / ``_COST_CENTER`` / ``_WORKLOAD`` / ``_MODEL``."""
         env = os.environ if env is None else env
         tags = {f"finops.{k}": v for k, v in self.extra.items()}
-        for key in ("team", "cost_center", "workload"):
+        for key in ("team", "cost_center", "workload", "model"):
             value = env.get(f"MLFLOW_FINOPS_{key.upper()}") or getattr(self, key)
             if value:
                 tags[f"finops.{key}"] = str(value)
         return tags
+
+
+# ------------------------------------------------------------------ drift gate (issue 3)
+CorrectionName = Literal["none", "bonferroni", "bh"]
+PerformanceMetric = Literal["accuracy", "f1", "roc_auc", "rmse", "mae", "r2"]
+
+
+def _check_method(value: str | None) -> str | None:
+    if value is not None:
+        from ._stattests import stat_test_kind
+
+        try:
+            stat_test_kind(value)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+    return value
+
+
+class ColumnDriftPolicy(_Section):
+    """Evidently stat test and threshold for one column (``[drift.per_column.NAME]``)."""
+
+    method: str | None = Field(None, description="Evidently stat test name, e.g. 'ks', 'wasserstein', 'psi'.")
+    threshold: float | None = Field(None, gt=0, description="Threshold for that test.")
+
+    _method = field_validator("method")(classmethod(lambda cls, v: _check_method(v)))
+
+
+class PerformancePolicy(_Section):
+    """Retrain when the model's metric on labelled current data degrades beyond ``margin``."""
+
+    metric: PerformanceMetric = "accuracy"
+    margin: float = Field(0.05, ge=0, description="Allowed degradation vs the reference, in metric units.")
+    model_uri: str | None = Field(None, description="MLflow model URI, e.g. 'models:/churn@champion'.")
+
+
+class DriftPolicy(_Section):
+    """How the drift gate decides (``[drift]``; ``[models.NAME.drift]`` overrides any key)."""
+
+    drift_share: float = Field(0.5, gt=0, le=1, description="Dataset drifts when drifted/checked >= this.")
+    min_rows: int = Field(1000, ge=1, description="Fewer current rows -> decision 'insufficient_data'.")
+    sample_rows: int = Field(
+        50_000, ge=1000, description="Rows per side for distance tests on large data (see drift.py)."
+    )
+    method: str | None = Field(None, description="Stat test for every column (default: Evidently's choice).")
+    num_method: str | None = None
+    cat_method: str | None = None
+    threshold: float | None = Field(None, gt=0)
+    num_threshold: float | None = Field(None, gt=0)
+    cat_threshold: float | None = Field(None, gt=0)
+    per_column: dict[str, ColumnDriftPolicy] = Field(default_factory=dict)
+    columns: list[str] = Field(default_factory=list, description="Columns to watch; empty = all.")
+    ignore: list[str] = Field(default_factory=list, description="Columns never checked.")
+    cooldown_hours: float = Field(0.0, ge=0, description="No second retrain trigger this soon after one.")
+    persistence_k: int = Field(1, ge=1, description="Retrain only when k of the last n checks drifted.")
+    persistence_n: int = Field(1, ge=1)
+    correction: CorrectionName = Field("none", description="Multiple-testing correction of p-value tests.")
+    performance: PerformancePolicy | None = None
+
+    _methods = field_validator("method", "num_method", "cat_method")(
+        classmethod(lambda cls, v: _check_method(v))
+    )
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> "DriftPolicy":
+        if self.persistence_k > self.persistence_n:
+            raise ValueError(
+                f"persistence_k ({self.persistence_k}) must be <= persistence_n ({self.persistence_n})"
+            )
+        return self
+
+    def merged(self, override: "DriftPolicy | None") -> "DriftPolicy":
+        """This policy with the keys that ``override`` sets explicitly replaced."""
+        if override is None:
+            return self
+        return self.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
+
+
+class ModelPolicy(_Section):
+    """One monitored model (``[models.NAME]``). Later issues add their keys here."""
+
+    reference: str | None = Field(None, description="Reference data file (CSV or Parquet).")
+    current: str | None = Field(
+        None, description="Folder or file glob with new data; the newest file(s) form the window."
+    )
+    current_files: int = Field(1, ge=1, description="How many newest files make up one window.")
+    schedule: str | None = Field(None, description="Cron expression for `mlflow-finops schedule`.")
+    experiment: str | None = Field(None, description="Monitoring experiment (default finops-monitoring/NAME).")
+    target: str | None = Field(None, description="Label column: left out of drift, used by performance.")
+    drift: DriftPolicy | None = Field(None, description="Overrides of [drift] for this model.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(value):
+                raise ValueError(f"not a valid cron expression: {value!r}")
+        return value
 
 
 class Policy(_Section):
@@ -67,6 +180,8 @@ class Policy(_Section):
 
     prices: PriceCatalog = Field(default_factory=PriceCatalog)
     tags: TagPolicy = Field(default_factory=TagPolicy)
+    drift: DriftPolicy = Field(default_factory=DriftPolicy)
+    models: dict[str, ModelPolicy] = Field(default_factory=dict)
 
     source: str | None = Field(None, exclude=True, description="Where this policy was read from.")
 
@@ -125,11 +240,24 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     model: Any = Policy
     for part in loc:
+        model = _unwrap_optional(model)
+        if typing.get_origin(model) is dict:  # a [table.NAME] of sections: the part is the user's name
+            model = typing.get_args(model)[1]
+            continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
         model = field.annotation
+    model = _unwrap_optional(model)
     return [k for k in getattr(model, "model_fields", {}) if k != "source"]
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    """``X | None`` -> ``X``; anything else unchanged."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
 
 
 def _unknown(key: str, allowed: list[str]) -> str:
