@@ -115,11 +115,18 @@ def _deliver_client(batch: Batch) -> None:
 class Outbox:
     """Queue + one daemon thread that delivers batches in order, retrying with backoff."""
 
-    def __init__(self, name: str = "finops-outbox", max_backoff_s: float = 30.0):
+    def __init__(
+        self, name: str = "finops-outbox", max_backoff_s: float = 30.0, min_interval_s: float | None = None
+    ):
         self._pending: list[Batch] = []
         self._cond = threading.Condition()
         self._closing = False
         self._max_backoff_s = max_backoff_s
+        # Live time series are sent in one request per run every few seconds, not per sample.
+        self._min_interval_s = (
+            min_interval_s if min_interval_s is not None
+            else float(os.environ.get("MLFLOW_FINOPS_LOG_INTERVAL_S", "5"))
+        )
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._outage_since: float | None = None
         self.delivered = 0
@@ -171,15 +178,30 @@ class Outbox:
             except Exception as exc:  # never fatal
                 _log.debug("spool sync failed: %s", exc)
         backoff = 1.0
+        last_sent = 0.0
         while True:
             with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
                 if not self._pending and self._closing:
                     return
-                batch = self._pending[0]
+                # Coalesce: at most one request per run every min_interval_s while live.
+                wait = last_sent + self._min_interval_s - time.monotonic()
+                if wait > 0 and not self._flush_now:
+                    self._cond.wait(timeout=wait)
+                    continue
+                taken = list(self._pending)
+            taken_ids = {id(b) for b in taken}
+            merged = _merge(taken)
             try:
-                deliver(batch)
+                for batch in merged:
+                    deliver(batch)
+                    with self._cond:  # drop what is delivered, keep the rest queued
+                        key = (batch.tracking_uri, batch.run_id)
+                        self._pending = [
+                            b for b in self._pending
+                            if id(b) not in taken_ids or (b.tracking_uri, b.run_id) != key
+                        ]
             except Exception as exc:
                 self.failures += 1
                 if self._outage_since is None:
@@ -187,7 +209,7 @@ class Outbox:
                     _log.warning(
                         "mlflow-finops: cannot reach MLflow at %s (%s); cost samples are kept "
                         "and retried, training is not affected",
-                        batch.tracking_uri,
+                        taken[0].tracking_uri,
                         _short(exc),
                     )
                 with self._cond:
@@ -198,6 +220,7 @@ class Outbox:
                 backoff = min(backoff * 2, self._max_backoff_s)
                 continue
             backoff = 1.0
+            last_sent = time.monotonic()
             if self._outage_since is not None:
                 _log.warning(
                     "mlflow-finops: MLflow answers again after %.0f s; delivering queued samples",
@@ -205,10 +228,20 @@ class Outbox:
                 )
                 self._outage_since = None
             with self._cond:
-                if self._pending and self._pending[0] is batch:
-                    self._pending.pop(0)
-                self.delivered += 1
+                self.delivered += len(taken)
                 self._cond.notify_all()
+
+
+def _merge(batches: list[Batch]) -> list[Batch]:
+    """One batch per (tracking URI, run), metrics in order, later tags winning."""
+    out: dict[tuple[str, str], Batch] = {}
+    for b in batches:
+        key = (b.tracking_uri, b.run_id)
+        if key not in out:
+            out[key] = Batch(b.tracking_uri, b.run_id)
+        out[key].metrics.extend(b.metrics)
+        out[key].tags.update(b.tags)
+    return list(out.values())
 
 
 def _short(exc: BaseException) -> str:

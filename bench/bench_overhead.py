@@ -1,0 +1,62 @@
+"""Overhead of cost tracking on a CPU-bound scikit-learn training (n_jobs=2, sampling every 1 s).
+
+Paired runs, each in a fresh process, in shuffled order: untracked, our
+autolog(), and MLflow's own log_system_metrics=True at the same interval.
+Prints the median wall-time ratio against the untracked anchor.
+
+    .venv/bin/python bench/bench_overhead.py [--pairs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).parent
+MODES = ["plain", "finops", "sysmetrics"]
+
+
+def measure(mode: str, store: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(HERE / "_training.py"), mode, store],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=7)
+    args = ap.parse_args()
+    rng = random.Random(0)
+    walls: dict[str, list[float]] = {m: [] for m in MODES}
+    ratios: dict[str, list[float]] = {"finops": [], "sysmetrics": []}
+    with tempfile.TemporaryDirectory() as store:
+        measure("plain", store)  # warm the store and the page cache
+        for i in range(args.pairs):
+            order = MODES[:]
+            rng.shuffle(order)
+            got = {m: measure(m, store)["wall_s"] for m in order}
+            for m in MODES:
+                walls[m].append(got[m])
+            ratios["finops"].append(got["finops"] / got["plain"])
+            ratios["sysmetrics"].append(got["sysmetrics"] / got["plain"])
+            print(f"pair {i + 1}/{args.pairs}: " + "  ".join(f"{m} {got[m]:.2f}s" for m in MODES), flush=True)
+    med = {m: statistics.median(v) for m, v in walls.items()}
+    print()
+    print(f"untracked (anchor)         median wall {med['plain']:.2f} s")
+    print(f"mlflow-finops autolog      median wall {med['finops']:.2f} s   "
+          f"ratio {statistics.median(ratios['finops']):.4f}")
+    print(f"MLflow log_system_metrics  median wall {med['sysmetrics']:.2f} s   "
+          f"ratio {statistics.median(ratios['sysmetrics']):.4f}")
+    print(f"finops vs system metrics   {med['finops'] / med['sysmetrics']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

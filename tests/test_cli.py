@@ -1,0 +1,51 @@
+"""The `mlflow-finops` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from mlflow_finops.cli import cli
+
+EXE = str(Path(sys.executable).parent / "mlflow-finops")
+
+
+def test_console_script_help_teaches() -> None:
+    out = subprocess.run([EXE, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "mlflow_finops.autolog()" in out.stdout
+    assert "prices" in out.stdout and "sync" in out.stdout
+
+
+def test_prices_shows_sources_and_precedence(tmp_path: Path) -> None:
+    policy = tmp_path / "finops.toml"
+    policy.write_text("[prices]\ncpu_core_hour_usd = 0.05\n")
+    result = CliRunner().invoke(
+        cli, ["prices", "--policy", str(policy), "--json"], env={"MLFLOW_FINOPS_RAM_GB_HOUR_USD": "0.01"}
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["cpu_core_hour_usd"] == 0.05
+    assert data["ram_gb_hour_usd"] == 0.01
+    assert data["gpu_hour_usd"] == 0.95
+    table = CliRunner().invoke(cli, ["prices", "--policy", str(policy)], env={"COLUMNS": "200"})
+    assert "policy" in table.output and "default" in table.output
+
+
+def test_bad_policy_exits_2_with_one_clear_line(tmp_path: Path) -> None:
+    policy = tmp_path / "finops.toml"
+    policy.write_text("[prices]\ncpu_core_hour_usd = -1\n")
+    result = CliRunner().invoke(cli, ["prices", "--policy", str(policy)])
+    assert result.exit_code == 2
+    assert "[prices].cpu_core_hour_usd" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_sync_with_nothing_spooled(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["sync"], env={"MLFLOW_FINOPS_SPOOL_DIR": str(tmp_path)})
+    assert result.exit_code == 0
+    assert "delivered 0" in result.output
