@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 from .policy import Policy, PolicyError, load_policy  # noqa: E402
 from .pricing import CostBreakdown, PriceCatalog  # noqa: E402
 from .tracker import CostTracker, active_tracker, autolog, track_cost  # noqa: E402
+from .drift import DriftDecision, DriftGate  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -19,4 +20,6 @@ __all__ = [
     "load_policy",
     "PriceCatalog",
     "CostBreakdown",
+    "DriftGate",
+    "DriftDecision",
 ]
