@@ -1,0 +1,168 @@
+"""Scheduled drift checks: cron expressions from the policy, new data from a folder or glob.
+
+Each ``[models.NAME]`` with a ``schedule`` is checked on that cron expression
+(``croniter``). The window is the newest ``current_files`` file(s) matching
+``current``. A window is judged once, however many schedulers run: its key
+(model + file names, sizes, mtimes) is tagged on the check run, and before
+checking, a scheduler must win the window's claim in MLflow
+(:func:`mlflow_finops.monitoring.claim_window`), which exactly one process can.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import pandas as pd
+
+from .drift import DriftDecision, DriftGate, DriftInputError, _resolve_path, model_policy, read_frame
+from .monitoring import claim_window, find_checked_window, window_key
+from .policy import Policy, PolicyError
+
+__all__ = ["CheckOutcome", "current_window", "run_scheduled_check", "run_schedule", "scheduled_models"]
+
+log = logging.getLogger(__name__)
+
+DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq")
+Status = Literal["checked", "already_checked", "claimed_elsewhere", "bad_input", "error"]
+
+
+@dataclass
+class CheckOutcome:
+    """What one scheduled check did."""
+
+    model: str
+    status: Status
+    message: str
+    decision: DriftDecision | None = None
+    window_key: str | None = None
+
+    @property
+    def retrain(self) -> bool:
+        return self.decision is not None and self.decision.retrain
+
+
+def scheduled_models(policy: Policy, only: list[str] | None = None) -> dict[str, str]:
+    """Model name -> cron expression, for the models that have a schedule."""
+    if only:
+        for name in only:
+            model_policy(policy, name)
+    out = {
+        name: mp.schedule
+        for name, mp in policy.models.items()
+        if mp.schedule and (not only or name in only)
+    }
+    if not out:
+        raise PolicyError(
+            policy.source or "policy",
+            ["no [models.NAME] section has a schedule (e.g. schedule = \"0 * * * *\")"],
+        )
+    return out
+
+
+def current_window(policy: Policy, model: str) -> list[Path]:
+    """The newest ``current_files`` data file(s) of ``[models.<model>].current`` (folder or glob)."""
+    mp = model_policy(policy, model)
+    if not mp.current:
+        raise PolicyError(policy.source or "policy", [f"[models.{model}].current: not set"])
+    where = _resolve_path(policy, mp.current)
+    p = Path(where)
+    if p.is_dir():
+        files = [f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(DATA_SUFFIXES)]
+    else:
+        files = [Path(f) for f in glob.glob(where) if Path(f).is_file()]
+    if not files:
+        raise DriftInputError(f"[models.{model}].current: no data file matches {where}")
+    files.sort(key=lambda f: (f.stat().st_mtime_ns, f.name))
+    return files[-mp.current_files :]
+
+
+def load_window(files: list[Path]) -> pd.DataFrame:
+    frames = [read_frame(f) for f in files]
+    if len(frames) == 1:
+        return frames[0]
+    cols = list(frames[0].columns)
+    for f, fr in zip(files[1:], frames[1:]):
+        if list(fr.columns) != cols:
+            raise DriftInputError(f"{f}: its columns differ from {files[0].name}'s ({list(fr.columns)} vs {cols})")
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_scheduled_check(
+    policy: Policy, model: str, gates: dict[str, DriftGate] | None = None
+) -> CheckOutcome:
+    """Check the newest window of one model once, unless it was already judged or claimed."""
+    gates = {} if gates is None else gates
+    try:
+        files = current_window(policy, model)
+        key = window_key(model, files)
+        gate = gates.get(model)
+        if gate is None:
+            gate = gates[model] = DriftGate.from_policy(policy, model=model)
+        client, exp_id = gate._monitoring(create=False)
+        seen = find_checked_window(client, exp_id, key)
+        if seen is not None:
+            return CheckOutcome(model, "already_checked", f"window {key} already checked in run {seen.info.run_id}",
+                                window_key=key)
+        current = load_window(files)
+        gate.validate(current)  # bad data is reported, not claimed
+        if not claim_window(client, key):
+            return CheckOutcome(model, "claimed_elsewhere", f"window {key} is being checked by another scheduler",
+                                window_key=key)
+        decision = gate.check(
+            current, window_key=key, extra_tags={"finops.window_files": ",".join(f.name for f in files)[:5000]}
+        )
+        return CheckOutcome(model, "checked", decision.reason, decision, key)
+    except (DriftInputError, PolicyError) as exc:
+        log.error("drift check %s: %s", model, exc)
+        return CheckOutcome(model, "bad_input", str(exc))
+    except Exception as exc:  # one model's failure must not stop the others
+        log.exception("drift check %s failed", model)
+        return CheckOutcome(model, "error", f"{type(exc).__name__}: {exc}")
+
+
+def run_schedule(
+    policy: Policy,
+    *,
+    once: bool = False,
+    max_runs: int | None = None,
+    models: list[str] | None = None,
+    on_outcome: Callable[[CheckOutcome], None] | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[CheckOutcome]:
+    """Run the policy's checks on their cron schedules; ``once`` runs each one now and returns."""
+    from croniter import croniter
+
+    crons = scheduled_models(policy, models)
+    gates: dict[str, DriftGate] = {}
+    outcomes: list[CheckOutcome] = []
+
+    def run(model: str) -> None:
+        out = run_scheduled_check(policy, model, gates)
+        outcomes.append(out)
+        if on_outcome:
+            on_outcome(out)
+
+    if once:
+        for model in crons:
+            run(model)
+            if max_runs and len(outcomes) >= max_runs:
+                break
+        return outcomes
+    start = clock()
+    due = {m: croniter(expr, start).get_next(float) for m, expr in crons.items()}
+    while True:
+        model = min(due, key=lambda m: (due[m], m))
+        wait = due[model] - clock()
+        if wait > 0:
+            log.info("next check: %s in %.0f s", model, wait)
+            sleep(wait)
+        run(model)
+        if max_runs and len(outcomes) >= max_runs:
+            return outcomes
+        due[model] = croniter(crons[model], max(due[model], clock())).get_next(float)
