@@ -34,6 +34,7 @@ __all__ = [
     "ColumnDriftPolicy",
     "PerformancePolicy",
     "ModelPolicy",
+    "BudgetEnvelope",
 ]
 
 POLICY_ENV = "MLFLOW_FINOPS_POLICY"
@@ -175,6 +176,52 @@ class ModelPolicy(_Section):
         return value
 
 
+# ------------------------------------------------------------------ budgets (issue 5)
+BudgetPeriod = Literal["day", "week", "month", "quarter", "year"]
+BudgetPriority = Literal["critical", "standard", "exploratory"]
+
+
+class BudgetEnvelope(_Section):
+    """A spending envelope (``[budgets.NAME]``) for runs of some models and/or a team.
+
+    Spend is summed from MLflow (``finops/cost_usd``) over the current calendar
+    period in ``timezone``; see :mod:`mlflow_finops.budget`.
+    """
+
+    amount_usd: float = Field(..., gt=0, description="What the envelope allows per period, in USD.")
+    period: BudgetPeriod = Field("month", description="Calendar period the amount covers.")
+    per_job_usd: float | None = Field(None, gt=0, description="Cap for one (retrain) job.")
+    priority: BudgetPriority = Field("standard", description="Who yields first when money is short.")
+    models: list[str] = Field(default_factory=list, description="Runs tagged finops.model in this list.")
+    team: str | None = Field(None, min_length=1, description="Runs tagged finops.team equal to this.")
+    warn_at: float = Field(0.8, gt=0, le=1, description="Warn when spent >= warn_at x amount_usd.")
+    timezone: str = Field("UTC", description="IANA time zone in which periods start (e.g. 'Europe/Paris').")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        if any(not m.strip() for m in value):
+            raise ValueError("model names must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _scoped(self) -> "BudgetEnvelope":
+        if not self.models and not self.team:
+            raise ValueError("set models = [...] and/or team = \"...\" to say which runs the envelope covers")
+        return self
+
+
 class Policy(_Section):
     """The whole policy file. Every section is optional."""
 
@@ -182,6 +229,7 @@ class Policy(_Section):
     tags: TagPolicy = Field(default_factory=TagPolicy)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     models: dict[str, ModelPolicy] = Field(default_factory=dict)
+    budgets: dict[str, BudgetEnvelope] = Field(default_factory=dict)
 
     source: str | None = Field(None, exclude=True, description="Where this policy was read from.")
 
