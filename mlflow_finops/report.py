@@ -1,0 +1,719 @@
+"""Cost reports: spend per experiment, model, team and run, read from MLflow, with charts.
+
+The ledger is MLflow: every tracked run carries final ``finops/*`` metrics and
+``finops.*`` tags. A report reads the runs in scope page by page
+(:func:`mlflow_finops._search.iter_runs`, 10,000 per request), keeps only the
+figures it needs, and rolls them up. Rules that keep the sums honest:
+
+- runs tagged ``finops.nested_in`` are listed but never summed: their cost is
+  already inside their parent's;
+- runs without ``finops/cost_usd`` are *untracked*: counted and shown as such,
+  never as $0;
+- the experiment ``finops-reports`` (where reports log themselves) is left out
+  unless asked for by name.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Callable, Iterable, Literal, Sequence
+
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+
+from ._search import PAGE_SIZE, iter_runs, quote
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .budget import BudgetStatus
+
+_log = logging.getLogger(__name__)
+
+__all__ = [
+    "ReportError",
+    "RunCost",
+    "GroupCost",
+    "CostReport",
+    "build_report",
+    "parse_when",
+    "log_report",
+    "REPORTS_EXPERIMENT",
+]
+
+REPORTS_EXPERIMENT = "finops-reports"
+GroupBy = Literal["experiment", "model", "team", "run"]
+GROUP_LEVELS: tuple[str, ...] = ("experiment", "model", "team")
+NONE_KEY = "(none)"
+# Metrics that are not about model quality: never picked as "the model metric".
+_NOT_QUALITY = ("finops/", "system/")
+_PREFERRED = ("accuracy", "f1", "f1_score", "roc_auc", "auc", "r2", "r2_score", "rmse", "mae", "mse", "loss")
+_LOWER_IS_BETTER = re.compile(r"(loss|error|rmse|mse|mae|mape|logloss|perplexity|latency|wer|cer)", re.I)
+
+
+class ReportError(ValueError):
+    """Bad report arguments (unknown experiment, empty period, bad date): the CLI exits 2."""
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """The figures of one run a report needs. Cost fields are None for an untracked run."""
+
+    run_id: str
+    run_name: str
+    experiment_id: str
+    experiment: str
+    start_time: float  # unix seconds
+    end_time: float | None
+    status: str
+    team: str | None
+    model: str | None
+    nested_in: str | None
+    cost_usd: float | None = None
+    usage_cost_usd: float | None = None
+    allocation_cost_usd: float | None = None
+    idle_cost_usd: float | None = None
+    cpu_core_hours: float | None = None
+    gpu_hours: float | None = None
+    energy_kwh: float | None = None
+    co2e_kg: float | None = None
+    cpu_efficiency: float | None = None
+    cpu_allocated_core_hours: float | None = None
+    wall_hours: float | None = None
+    metric: float | None = None
+
+    @property
+    def tracked(self) -> bool:
+        return self.cost_usd is not None
+
+    @property
+    def counted(self) -> bool:
+        """Part of the sums: tracked and not a nested run."""
+        return self.tracked and self.nested_in is None
+
+    def key(self, by: str) -> str:
+        if by == "experiment":
+            return self.experiment
+        if by == "model":
+            return self.model or NONE_KEY
+        if by == "team":
+            return self.team or NONE_KEY
+        return self.run_id
+
+    @property
+    def label(self) -> str:
+        return self.run_name or self.run_id[:8]
+
+
+_FIGURES = ("cost_usd", "usage_cost_usd", "allocation_cost_usd", "idle_cost_usd", "cpu_core_hours",
+            "gpu_hours", "energy_kwh", "co2e_kg", "cpu_efficiency", "cpu_allocated_core_hours", "wall_hours")
+
+
+@dataclass
+class GroupCost:
+    """Sums over the counted runs of one experiment / model / team."""
+
+    level: str
+    key: str
+    runs: int = 0
+    untracked: int = 0
+    nested: int = 0
+    cost_usd: float = 0.0
+    idle_cost_usd: float = 0.0
+    cpu_core_hours: float = 0.0
+    gpu_hours: float = 0.0
+    energy_kwh: float = 0.0
+    co2e_kg: float = 0.0
+    cpu_allocated_core_hours: float = 0.0
+    best_metric: float | None = None
+    best_run_id: str | None = None
+    best_run_cost_usd: float | None = None
+
+    @property
+    def cpu_efficiency(self) -> float | None:
+        if self.cpu_allocated_core_hours <= 0:
+            return None
+        return self.cpu_core_hours / self.cpu_allocated_core_hours
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["cpu_efficiency"] = self.cpu_efficiency
+        return d
+
+
+@dataclass
+class CostReport:
+    """Runs in scope and their roll-ups; render with :meth:`to_json`, :meth:`to_csv`, :meth:`to_html`."""
+
+    runs: list[RunCost]
+    metric: str | None = None
+    goal: str = "max"
+    since: datetime | None = None
+    until: datetime | None = None
+    filters: dict[str, object] = field(default_factory=dict)
+    pages: int = 0
+    read_seconds: float = 0.0
+
+    # ---------------------------------------------------------------- sums
+    @property
+    def counted(self) -> list[RunCost]:
+        return [r for r in self.runs if r.counted]
+
+    @property
+    def untracked(self) -> list[RunCost]:
+        return [r for r in self.runs if not r.tracked]
+
+    @property
+    def nested(self) -> list[RunCost]:
+        return [r for r in self.runs if r.tracked and r.nested_in is not None]
+
+    def total(self, level: str = "total") -> GroupCost:
+        g = GroupCost(level, "total")
+        for r in self.runs:
+            self._add(g, r)
+        return g
+
+    def groups(self, by: str) -> list[GroupCost]:
+        """Roll-up per experiment / model / team, most expensive first."""
+        if by not in GROUP_LEVELS:
+            raise ReportError(f"cannot group by {by!r} (expected one of: {', '.join(GROUP_LEVELS)})")
+        out: dict[str, GroupCost] = {}
+        for r in self.runs:
+            key = r.key(by)
+            self._add(out.setdefault(key, GroupCost(by, key)), r)
+        return sorted(out.values(), key=lambda g: (-g.cost_usd, g.key))
+
+    def _add(self, g: GroupCost, r: RunCost) -> None:
+        if not r.tracked:
+            g.untracked += 1
+            return
+        if r.nested_in is not None:
+            g.nested += 1
+            return
+        g.runs += 1
+        for name in ("cost_usd", "idle_cost_usd", "cpu_core_hours", "gpu_hours", "energy_kwh", "co2e_kg",
+                     "cpu_allocated_core_hours"):
+            setattr(g, name, getattr(g, name) + (getattr(r, name) or 0.0))
+        if r.metric is not None and (g.best_metric is None or self._better(r.metric, g.best_metric)):
+            g.best_metric, g.best_run_id, g.best_run_cost_usd = r.metric, r.run_id, r.cost_usd
+
+    def _better(self, a: float, b: float) -> bool:
+        return a > b if self.goal == "max" else a < b
+
+    def sorted_runs(self) -> list[RunCost]:
+        """Tracked runs by cost (most expensive first), then untracked ones, newest first."""
+        tracked = sorted((r for r in self.runs if r.tracked), key=lambda r: -(r.cost_usd or 0.0))
+        untracked = sorted(self.untracked, key=lambda r: -r.start_time)
+        return tracked + untracked
+
+    # -------------------------------------------------------------- output
+    def summary(self) -> dict[str, object]:
+        t = self.total()
+        return {
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "filters": self.filters,
+            "metric": self.metric,
+            "metric_goal": self.goal if self.metric else None,
+            "runs": len(self.runs),
+            "tracked_runs": t.runs,
+            "nested_runs": t.nested,
+            "untracked_runs": t.untracked,
+            "cost_usd": t.cost_usd,
+            "idle_cost_usd": t.idle_cost_usd,
+            "cpu_core_hours": t.cpu_core_hours,
+            "gpu_hours": t.gpu_hours,
+            "energy_kwh": t.energy_kwh,
+            "co2e_kg": t.co2e_kg,
+            "cpu_efficiency": t.cpu_efficiency,
+            "best_metric": t.best_metric,
+            "best_run_id": t.best_run_id,
+        }
+
+    def to_json(self, budgets: Sequence["BudgetStatus"] = ()) -> str:
+        doc = {
+            "summary": self.summary(),
+            "groups": {level: [g.to_dict() for g in self.groups(level)] for level in GROUP_LEVELS},
+            "runs": [_run_dict(r, self.metric) for r in self.sorted_runs()],
+        }
+        if budgets:
+            doc["budgets"] = [b.to_dict() for b in budgets]
+        return json.dumps(doc, indent=2, default=str)
+
+    def to_csv(self, by: str = "run") -> str:
+        """One row per run (``by='run'``) or per group; untracked figures are empty cells, never 0."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        metric_col = f"metric:{self.metric}" if self.metric else "metric"
+        if by == "run":
+            cols = ["run_id", "run_name", "experiment", "model", "team", "start_time", "status", "tracked",
+                    "nested_in", *_FIGURES, metric_col]
+            w.writerow(cols)
+            for r in self.sorted_runs():
+                d = _run_dict(r, self.metric)
+                w.writerow([_cell(d.get(c if c != metric_col else "metric")) for c in cols])
+        else:
+            cols = ["level", "key", "runs", "untracked", "nested", "cost_usd", "idle_cost_usd", "cpu_core_hours",
+                    "gpu_hours", "energy_kwh", "co2e_kg", "cpu_efficiency", "best_metric", "best_run_id",
+                    "best_run_cost_usd"]
+            w.writerow(cols)
+            for g in self.groups(by):
+                d = g.to_dict()
+                w.writerow([_cell(d[c]) for c in cols])
+        return buf.getvalue()
+
+    def charts(self, budgets: Sequence["BudgetStatus"] = ()) -> dict[str, tuple[bytes, str]]:
+        """name -> (png, html) for every chart this report can draw."""
+        out = {name: chart.pair() for name, chart in self._charts(budgets).items()}
+        return out
+
+    def _charts(self, budgets: Sequence["BudgetStatus"] = ()):
+        from . import charts as ch
+
+        out = {
+            "cost_over_time": ch._cost_over_time_chart(
+                [(r.experiment, r.start_time, r.cost_usd) for r in self.counted], "Cost over time per experiment"
+            )
+        }
+        if self.metric:
+            out["cost_vs_metric"] = ch._cost_vs_metric_chart(
+                [(r.label, r.cost_usd, r.metric, r.experiment) for r in self.counted if r.metric is not None],
+                self.metric, self.goal, f"Cost vs {self.metric}",
+            )
+        if budgets:
+            out["budget_burndown"] = ch._burndown_chart(list(budgets), "Budget burn-down")
+        return out
+
+    def to_html(self, budgets: Sequence["BudgetStatus"] = (), max_runs: int = 500) -> str:
+        """A self-contained page: summary, charts (inline SVG), roll-ups and runs."""
+        from . import charts as ch
+
+        s = self.summary()
+        scope = ", ".join(f"{k}={v}" for k, v in self.filters.items() if v) or "all experiments"
+        period = f"{s['since'] or 'beginning'} .. {s['until'] or 'now'}"
+        intro = (
+            f"<p>Scope: {html.escape(scope)}; period: {html.escape(period)}.<br>"
+            f"<b>{_money(s['cost_usd'])}</b> over {s['tracked_runs']} tracked run(s) "
+            f"({s['nested_runs']} nested run(s) inside them, {s['untracked_runs']} untracked run(s) not costed); "
+            f"idle {_money(s['idle_cost_usd'])}, {_num(s['energy_kwh'])} kWh, {_num(s['co2e_kg'])} kg CO2e.</p>"
+        )
+        tables = []
+        if budgets:
+            tables.append("<h2>Budgets</h2>" + _budget_table_html(budgets))
+        for level in GROUP_LEVELS:
+            rows = [_group_row(g, self.metric) for g in self.groups(level)]
+            tables.append(f"<h2>By {level}</h2>" + ch._table(_group_header(level, self.metric), rows))
+        runs = self.sorted_runs()
+        rows, classes = [], []
+        for r in runs[:max_runs]:
+            rows.append(_run_row(r, self.metric))
+            classes.append("untracked" if not r.tracked else "")
+        more = f"<p class=\"meta\">{len(runs) - max_runs} more run(s) in the CSV/JSON output.</p>" if len(runs) > max_runs else ""
+        tables.append("<h2>Runs</h2>" + ch._table(_run_header(self.metric), rows, classes) + more)
+        return ch.html_page("mlflow-finops cost report", list(self._charts(budgets).values()), intro, "\n".join(tables))
+
+
+# ===================================================================== building
+def parse_when(text: str, *, end: bool = False, now: datetime | None = None) -> datetime:
+    """A date argument: ``2026-11-01``, ``2026-11-01T08:00``, ``+02:00`` offsets, ``7d``/``12h``/``2w`` ago, ``now``.
+
+    Naive times are UTC. As an end (``--until``) a bare date means the end of
+    that day, so ``--since 2026-11-01 --until 2026-11-30`` covers all of November.
+    """
+    now = now or datetime.now(timezone.utc)
+    raw = text.strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([mhdw])", raw, re.I)
+    if m:
+        unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2).lower()]
+        return now - timedelta(**{unit: float(m.group(1))})
+    if raw.lower() == "now":
+        return now
+    if raw.lower() == "today":
+        raw = now.date().isoformat()
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReportError(
+            f"bad date {text!r}: expected YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS][+HH:MM], 'now', 'today' or an age like 7d, 12h, 2w"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    if end and re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+        value += timedelta(days=1)
+    return value
+
+
+def build_report(
+    client: MlflowClient | None = None,
+    *,
+    experiments: Sequence[str] = (),
+    model: str | None = None,
+    team: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    metric: str | None = None,
+    goal: str | None = None,
+    include_deleted: bool = False,
+    page_size: int = PAGE_SIZE,
+    on_page: Callable[[int], None] | None = None,
+) -> CostReport:
+    """Read the runs in scope from MLflow and return a :class:`CostReport`.
+
+    Filters (model, team, period) go into the ``search_runs`` filter string so
+    the store does the selecting; runs are read ``page_size`` at a time.
+    Raises :class:`ReportError` for an unknown experiment or an empty period.
+    """
+    import time
+
+    client = client or MlflowClient()
+    if since and until and since >= until:
+        raise ReportError(f"empty period: --since {since.isoformat()} is not before --until {until.isoformat()}")
+    if goal is not None and goal not in ("max", "min"):
+        raise ReportError(f"goal={goal!r}: expected 'max' or 'min'")
+    view = ViewType.ALL if include_deleted else ViewType.ACTIVE_ONLY
+    names = _experiment_names(client, experiments, view)
+    clauses = []
+    for key, value in (("finops.model", model), ("finops.team", team)):
+        if value is not None:
+            literal = quote(value)
+            if literal is None:
+                raise ReportError(f"--{key.split('.')[1]} {value!r}: cannot hold both ' and \" quotes")
+            clauses.append(f'tags."{key}" = {literal}')
+    if since:
+        clauses.append(f"attributes.start_time >= {int(since.timestamp() * 1000)}")
+    if until:
+        clauses.append(f"attributes.start_time < {int(until.timestamp() * 1000)}")
+    pages = 0
+
+    def counted_page(n: int) -> None:
+        nonlocal pages
+        pages += 1
+        if on_page is not None:
+            on_page(n)
+
+    t0 = time.perf_counter()
+    rows: list[RunCost] = []
+    raw_metrics: Counter[str] = Counter()
+    metric_values: dict[str, dict[str, float]] = {}
+    for run in iter_runs(client, list(names), " AND ".join(clauses), view_type=view, page_size=page_size,
+                         on_page=counted_page):
+        row, quality = _run_cost(run, names)
+        rows.append(row)
+        if row.tracked and quality:
+            raw_metrics.update(quality.keys())
+            metric_values[row.run_id] = quality
+    chosen = metric or _pick_metric(raw_metrics)
+    chosen_goal = goal or (("min" if _LOWER_IS_BETTER.search(chosen) else "max") if chosen else "max")
+    if chosen:
+        rows = [
+            _with_metric(r, metric_values.get(r.run_id, {}).get(chosen)) if r.tracked else r for r in rows
+        ]
+    report = CostReport(
+        runs=rows,
+        metric=chosen,
+        goal=chosen_goal,
+        since=since,
+        until=until,
+        filters={"experiments": list(experiments), "model": model, "team": team},
+        pages=pages,
+        read_seconds=time.perf_counter() - t0,
+    )
+    _log.info("report: %d run(s) in %d page(s), %.2fs", len(rows), pages, report.read_seconds)
+    return report
+
+
+def _experiment_names(client: MlflowClient, wanted: Sequence[str], view: int) -> dict[str, str]:
+    """experiment id -> name for the experiments in scope."""
+    if wanted:
+        out: dict[str, str] = {}
+        for name in wanted:
+            exp = client.get_experiment_by_name(name)
+            if exp is None or (exp.lifecycle_stage == "deleted" and view == ViewType.ACTIVE_ONLY):
+                known = [e.name for e in client.search_experiments(max_results=50) if e.name != REPORTS_EXPERIMENT]
+                hint = f" (known: {', '.join(sorted(known)[:10])}{', ...' if len(known) > 10 else ''})" if known else ""
+                raise ReportError(f"unknown experiment {name!r}{hint}")
+            out[exp.experiment_id] = exp.name
+        return out
+    out = {}
+    token = None
+    while True:
+        page = client.search_experiments(view_type=view, max_results=1000, page_token=token)
+        out.update({e.experiment_id: e.name for e in page if e.name != REPORTS_EXPERIMENT})
+        token = page.token
+        if not token:
+            return out
+
+
+def _run_cost(run: Run, names: dict[str, str]) -> tuple[RunCost, dict[str, float]]:
+    m = run.data.metrics
+    tags = run.data.tags
+    info = run.info
+    cost = m.get("finops/cost_usd")
+    tracked = cost is not None and math.isfinite(cost)
+    figures = {}
+    if tracked:
+        figures = {name: _finite(m.get("finops/" + name)) for name in _FIGURES}
+        figures["cost_usd"] = float(cost)
+    row = RunCost(
+        run_id=info.run_id,
+        run_name=info.run_name or tags.get("mlflow.runName", ""),
+        experiment_id=info.experiment_id,
+        experiment=names.get(info.experiment_id, info.experiment_id),
+        start_time=(info.start_time or 0) / 1000.0,
+        end_time=info.end_time / 1000.0 if info.end_time else None,
+        status=info.status,
+        team=tags.get("finops.team"),
+        model=tags.get("finops.model"),
+        nested_in=tags.get("finops.nested_in"),
+        **figures,
+    )
+    quality = {k: v for k, v in m.items() if not k.startswith(_NOT_QUALITY) and math.isfinite(v)}
+    return row, quality
+
+
+def _with_metric(r: RunCost, value: float | None) -> RunCost:
+    from dataclasses import replace
+
+    return replace(r, metric=value)
+
+
+def _finite(v: float | None) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def _pick_metric(counts: Counter[str]) -> str | None:
+    """The model metric most tracked runs share; well-known quality names win ties."""
+    if not counts:
+        return None
+    top = max(counts.values())
+    common = [k for k, n in counts.items() if n == top]
+    for name in _PREFERRED:
+        for k in common:
+            if k.lower() == name or k.lower().endswith(("_" + name, "/" + name)):
+                return k
+    return sorted(common)[0]
+
+
+# ===================================================================== rendering
+def _cell(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.10g}"
+    return str(v)
+
+
+def _money(v: object) -> str:
+    """Dollars readable at any scale: $1,234.50, $0.0123, $3.5e-06; None is 'untracked'."""
+    if v is None:
+        return "untracked"
+    f = float(v)  # type: ignore[arg-type]
+    if f == 0:
+        return "$0.00"
+    if abs(f) >= 1:
+        return f"${f:,.2f}"
+    if abs(f) >= 0.001:
+        return f"${f:.4f}"
+    return f"${f:.2e}"
+
+
+def _num(v: object, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    return f"{float(v):.{digits}g}"  # type: ignore[arg-type]
+
+
+def _pct(v: object) -> str:
+    return "-" if v is None else f"{float(v):.0%}"  # type: ignore[arg-type]
+
+
+def _iso(ts: float | None) -> str:
+    return "" if not ts else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _run_dict(r: RunCost, metric: str | None) -> dict[str, object]:
+    d: dict[str, object] = {
+        "run_id": r.run_id,
+        "run_name": r.run_name,
+        "experiment": r.experiment,
+        "experiment_id": r.experiment_id,
+        "model": r.model,
+        "team": r.team,
+        "start_time": _iso(r.start_time),
+        "end_time": _iso(r.end_time) or None,
+        "status": r.status,
+        "tracked": r.tracked,
+        "nested_in": r.nested_in,
+    }
+    d.update({f: getattr(r, f) for f in _FIGURES})
+    d["metric"] = r.metric
+    if metric:
+        d["metric_name"] = metric
+    return d
+
+
+def _group_header(level: str, metric: str | None) -> list[str]:
+    return [level, "runs", "cost", "idle cost", "CPU h", "GPU h", "energy kWh", "CO2e kg", "CPU eff.",
+            f"best {metric}" if metric else "best metric", "cost of best", "untracked"]
+
+
+def _group_row(g: GroupCost, metric: str | None) -> list[str]:
+    return [
+        g.key, str(g.runs) + (f" (+{g.nested} nested)" if g.nested else ""), _money(g.cost_usd),
+        _money(g.idle_cost_usd), _num(g.cpu_core_hours), _num(g.gpu_hours), _num(g.energy_kwh), _num(g.co2e_kg),
+        _pct(g.cpu_efficiency), _num(g.best_metric), _money(g.best_run_cost_usd) if g.best_run_cost_usd is not None else "-",
+        str(g.untracked) if g.untracked else "",
+    ]
+
+
+def _run_header(metric: str | None) -> list[str]:
+    return ["run", "experiment", "model", "team", "started (UTC)", "cost", "idle cost", "CPU h", "GPU h",
+            "energy kWh", "CO2e kg", "CPU eff.", metric or "metric"]
+
+
+def _run_row(r: RunCost, metric: str | None) -> list[str]:
+    name = r.label + (f" (nested in {r.nested_in[:8]})" if r.nested_in else "")
+    if not r.tracked:
+        return [name, r.experiment, r.model or "", r.team or "", _iso(r.start_time), "untracked", "", "", "", "",
+                "", "", ""]
+    return [name, r.experiment, r.model or "", r.team or "", _iso(r.start_time), _money(r.cost_usd),
+            _money(r.idle_cost_usd), _num(r.cpu_core_hours), _num(r.gpu_hours), _num(r.energy_kwh), _num(r.co2e_kg),
+            _pct(r.cpu_efficiency), _num(r.metric)]
+
+
+def _budget_header() -> list[str]:
+    return ["envelope", "scope", "period", "amount", "spent", "remaining", "projected", "runs", "status"]
+
+
+def _budget_row(b: "BudgetStatus") -> list[str]:
+    scope = ", ".join([f"model {m}" for m in b.envelope.models] + ([f"team {b.envelope.team}"] if b.envelope.team else []))
+    state = "OVER" if b.exceeded else ("WARN" if b.warn else ("projected over" if b.projected_over else "ok"))
+    return [b.name, scope, f"{b.envelope.period} from {b.period_start.date()} ({b.elapsed_fraction:.0%} elapsed)",
+            _money(b.amount_usd), _money(b.spent_usd), _money(b.remaining_usd), _money(b.projected_usd),
+            str(b.runs), state]
+
+
+def _budget_table_html(budgets: Sequence["BudgetStatus"]) -> str:
+    from . import charts as ch
+
+    classes = ["over" if b.exceeded else ("warn" if b.warn else "") for b in budgets]
+    return ch._table(_budget_header(), [_budget_row(b) for b in budgets], classes)
+
+
+def rich_tables(report: CostReport, by: str | None = None, top: int = 15, budgets: Sequence["BudgetStatus"] = ()):
+    """The terminal view: rich renderables, in order."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out: list[object] = []
+    s = report.summary()
+    out.append(Text.assemble(
+        ("Total ", "bold"), (_money(s["cost_usd"]), "bold green"),
+        f" over {s['tracked_runs']} tracked run(s); {s['nested_runs']} nested (inside their parents), ",
+        (f"{s['untracked_runs']} untracked", "yellow" if s["untracked_runs"] else ""),
+        f"; idle {_money(s['idle_cost_usd'])}, {_num(s['energy_kwh'])} kWh, {_num(s['co2e_kg'])} kg CO2e"
+        + (f"; metric {report.metric} ({'higher' if report.goal == 'max' else 'lower'} is better)" if report.metric else ""),
+    ))
+    if budgets:
+        t = Table(title="Budgets")
+        for col in _budget_header():
+            t.add_column(col, justify="left" if col in ("envelope", "scope", "period", "status") else "right")
+        for b in budgets:
+            t.add_row(*_budget_row(b), style="red" if b.exceeded else ("yellow" if b.warn else None))
+        out.append(t)
+    no_gpu = not any(r.gpu_hours for r in report.runs)
+
+    def cols(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+        if not no_gpu or "GPU h" not in header:
+            return header, rows
+        i = header.index("GPU h")
+        return header[:i] + header[i + 1:], [row[:i] + row[i + 1:] for row in rows]
+
+    for level in ([by] if by and by != "run" else GROUP_LEVELS):
+        t = Table(title=f"Spend by {level}")
+        header, rows = cols(_group_header(level, report.metric),
+                            [_group_row(g, report.metric) for g in report.groups(level)])
+        for i, col in enumerate(header):
+            t.add_column(col, justify="left" if i == 0 else "right")
+        for row in rows:
+            t.add_row(*row)
+        out.append(t)
+    runs = report.sorted_runs()[:top]
+    t = Table(title=f"Runs ({len(runs)} of {len(report.runs)}, most expensive first, untracked last)")
+    header, rows = cols(_run_header(report.metric), [_run_row(r, report.metric) for r in runs])
+    for i, col in enumerate(header):
+        t.add_column(col, justify="left" if i < 5 else "right")
+    for r, row in zip(runs, rows):
+        t.add_row(*row, style="dim italic" if not r.tracked else None)
+    out.append(t)
+    if no_gpu and report.runs:
+        out.append(Text("(no run used a GPU: GPU hours column hidden)", style="dim"))
+    return out
+
+
+# ===================================================================== to MLflow
+def log_report(
+    report: CostReport,
+    client: MlflowClient | None = None,
+    budgets: Sequence["BudgetStatus"] = (),
+    run_name: str | None = None,
+) -> str:
+    """Log the report (JSON, CSV, HTML and every chart as PNG + HTML) to a run in ``finops-reports``.
+
+    Uses the client API, not ``mlflow.start_run``, so autolog never tracks the report itself.
+    Returns the run id.
+    """
+    import os
+    import tempfile
+
+    client = client or MlflowClient()
+    exp = client.get_experiment_by_name(REPORTS_EXPERIMENT)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(REPORTS_EXPERIMENT)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp_id)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    run = client.create_run(exp_id, run_name=run_name or f"cost report {stamp}", tags={"finops.report": "true"})
+    rid = run.info.run_id
+    try:
+        s = report.summary()
+        params = {k: ",".join(v) if isinstance(v, list) else v for k, v in report.filters.items() if v}
+        params.update({"since": s["since"], "until": s["until"], "metric": report.metric})
+        from mlflow.entities import Metric, Param
+
+        now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+        metrics = [
+            Metric(f"report/{k}", float(s[k]), now_ms, 0)
+            for k in ("cost_usd", "idle_cost_usd", "energy_kwh", "co2e_kg", "tracked_runs", "untracked_runs",
+                      "nested_runs", "cpu_core_hours", "gpu_hours")
+            if s[k] is not None
+        ]
+        metrics += [Metric(f"budget/{b.name}/spent_usd", b.spent_usd, now_ms, 0) for b in budgets]
+        metrics += [Metric(f"budget/{b.name}/projected_usd", b.projected_usd, now_ms, 0) for b in budgets]
+        client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items() if v is not None])
+        with tempfile.TemporaryDirectory() as tmp:
+            charts_dir = os.path.join(tmp, "charts")
+            os.makedirs(charts_dir)
+            for name, (png, page) in report.charts(budgets).items():
+                with open(os.path.join(charts_dir, f"{name}.png"), "wb") as f:
+                    f.write(png)
+                with open(os.path.join(charts_dir, f"{name}.html"), "w", encoding="utf-8") as f:
+                    f.write(page)
+            for name, text in (("report.json", report.to_json(budgets)), ("report_runs.csv", report.to_csv("run")),
+                               ("report.html", report.to_html(budgets))):
+                with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                    f.write(text)
+            client.log_artifacts(rid, tmp)
+    except BaseException:
+        client.set_terminated(rid, "FAILED")
+        raise
+    client.set_terminated(rid, "FINISHED")
+    return rid
