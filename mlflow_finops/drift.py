@@ -207,6 +207,7 @@ class _ColumnPlan:
     n_cur: int
     sample_ref: int  # rows of the frame to feed Evidently (len(frame) = no sampling)
     sample_cur: int
+    by_name: bool = True  # False: Evidently resolves this (default) method itself
 
 
 class DriftGate:
@@ -394,8 +395,9 @@ class DriftGate:
                     )
 
     # ---------------------------------------------------------------- planning
-    def _method_for(self, c: str, cur: pd.Series) -> tuple[str, float]:
-        """Method and threshold as Evidently would pick them on the *full* frames."""
+    def _method_for(self, c: str, cur: pd.Series) -> tuple[str, float, bool]:
+        """Method and threshold as Evidently would pick them on the *full* frames, and whether
+        the method can be passed to Evidently by name."""
         from evidently.legacy.calculations.stattests.registry import get_registered_stattest
         from evidently.legacy.core import ColumnType
 
@@ -406,6 +408,7 @@ class DriftGate:
         threshold = (col.threshold if col else None) or (
             p.num_threshold if t == "numerical" else p.cat_threshold
         ) or p.threshold
+        chosen = method is not None
         if method is None:
             big = self._ref_nonnull[c] > 1000
             if t == "categorical":
@@ -425,8 +428,14 @@ class DriftGate:
         try:
             test = get_registered_stattest(method, ctype)
         except ValueError as exc:
-            raise PolicyError("drift policy", [f"column {c!r}: {exc}"]) from None
-        return method, float(threshold if threshold is not None else test.default_threshold)
+            if chosen:
+                raise PolicyError("drift policy", [f"column {c!r}: {exc}"]) from None
+            # Evidently's own default for a numerical column with <= 5 values on a small
+            # reference is chi-square / Z, which it will not accept by name for that type:
+            # let it pick (the frames are not cut for these tests, so its pick is the same)
+            test = get_registered_stattest(method, ColumnType.Categorical)
+            return method, float(threshold if threshold is not None else test.default_threshold), False
+        return method, float(threshold if threshold is not None else test.default_threshold), True
 
     def _nunique_over(self, c: str, cur: pd.Series, k: int) -> bool:
         """Whether reference+current hold more than ``k`` distinct values; cheap on big frames.
@@ -445,11 +454,13 @@ class DriftGate:
         cap = self.policy.sample_rows
         n_ref_rows, n_cur_rows = len(self.reference), len(cur)
         for c in self.features:
-            method, threshold = self._method_for(c, cur[c])
+            method, threshold, by_name = self._method_for(c, cur[c])
             kind = stat_test_kind(method)
             n_ref, n_cur = self._ref_nonnull[c], int(cur[c].count())
             s_ref, s_cur = n_ref_rows, n_cur_rows
-            if kind.sampling == "distance":
+            if not by_name:
+                pass  # Evidently re-picks the method itself: give it the full frames
+            elif kind.sampling == "distance":
                 s_ref, s_cur = min(n_ref_rows, cap), min(n_cur_rows, cap)
             elif kind.sampling == "two_sample":
                 if n_cur_rows > _TWO_SAMPLE_RATIO * n_ref_rows:
@@ -462,7 +473,9 @@ class DriftGate:
                         "a distance method (wasserstein, jensenshannon) suits large data better",
                         c, method, n_ref_rows, n_cur_rows,
                     )
-            plans.append(_ColumnPlan(c, self.types[c], method, threshold, kind, n_ref, n_cur, s_ref, s_cur))
+            plans.append(
+                _ColumnPlan(c, self.types[c], method, threshold, kind, n_ref, n_cur, s_ref, s_cur, by_name)
+            )
         return plans
 
     # ---------------------------------------------------------------- Evidently
@@ -485,7 +498,10 @@ class DriftGate:
             categorical_columns=[p.column for p in plans if p.type == "categorical"],
         )
         report = Report(
-            [ValueDrift(column=p.column, method=p.method, threshold=p.threshold) for p in plans],
+            [
+                ValueDrift(column=p.column, method=p.method if p.by_name else None, threshold=p.threshold)
+                for p in plans
+            ],
             include_tests=True,
         )
         snapshot = report.run(
@@ -616,7 +632,7 @@ class DriftGate:
             # refine columns whose sampled score is too close to the threshold to trust
             near = [
                 pl for pl in plans
-                if pl.kind.sampling == "distance"
+                if pl.kind.sampling == "distance" and pl.by_name
                 and abs(scores[pl.column] - pl.threshold)
                 <= self._band(pl, *frames[pl.column], len(self.reference), len(cur))
             ]

@@ -248,7 +248,8 @@ def test_sampling_keeps_the_full_data_verdicts() -> None:
     # x0: far from the threshold; x1: normed W1 = 0.1 exactly, on the threshold; x2: no drift
     cur = frame(n, seed=31, numeric=5, shift={"x0": 0.5, "x1": 0.1, "x3": 0.04}, levels=("a", "b", "c"),
                 probs=(0.2, 0.4, 0.4))
-    sampled = DriftGate(ref, model="big", log_to_mlflow=False, sample_rows=10_000, min_rows=10).check(cur)
+    sampled = DriftGate(ref, model="big", log_to_mlflow=False, sample_rows=10_000, min_rows=10,
+                        progress=True).check(cur)  # the rich progress bar path, on stderr
     full = DriftGate(ref, model="big", log_to_mlflow=False, sample_rows=n, min_rows=10).check(cur)
     assert sampled.sampled_rows_reference == 10_000 and sampled.sampled_rows_current == 10_000
     assert full.sampled_rows_current == n
@@ -315,3 +316,35 @@ def test_performance_signal_retrains_without_feature_drift(drift_store: str) -> 
     # unlabelled windows skip the performance signal instead of failing
     unlabelled = gate.check(labelled(1500, 4, 0.3).drop(columns=["churned"]))
     assert unlabelled.performance is None and unlabelled.decision == "no_drift"
+
+
+@pytest.mark.parametrize("n", [500, 3000])
+def test_default_methods_are_the_ones_evidently_picks(n: int) -> None:
+    """The gate resolves Evidently's default method itself (to pin it before sampling): same choice."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
+    from evidently.legacy.core import ColumnType
+    from evidently.metrics import ValueDrift
+
+    rng = np.random.default_rng(n)
+
+    def make() -> pd.DataFrame:
+        return pd.DataFrame({
+            "x": rng.normal(size=n), "d": rng.integers(0, 4, n).astype(float),
+            "b": rng.integers(0, 2, n).astype(float), "c": rng.choice(list("abc"), n), "z": rng.choice(list("ab"), n),
+        })
+
+    ref, cur = make(), make()
+    dd = DataDefinition(numerical_columns=["x", "d", "b"], categorical_columns=["c", "z"])
+    ours = DriftGate(ref, log_to_mlflow=False, min_rows=10, data_definition=dd).check(cur)
+    snap = Report([ValueDrift(column=c) for c in ref.columns]).run(
+        Dataset.from_pandas(cur, data_definition=dd), Dataset.from_pandas(ref, data_definition=dd))
+    for m in snap.dict()["metrics"]:
+        col = m["config"]["column"]
+        r = ours.columns[col]
+        # chi-square / Z are registered for categorical columns only, yet Evidently picks them
+        # for numerical columns with <= 5 values on a small reference
+        ctype = ColumnType.Numerical if r.method not in ("chisquare", "z") else ColumnType.Categorical
+        assert get_registered_stattest(r.method, ctype).display_name == m["config"]["method"], col
+        assert r.threshold == m["config"]["threshold"]
+        assert r.score == pytest.approx(m["value"])  # unsampled: the very same score
