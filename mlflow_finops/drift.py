@@ -240,6 +240,8 @@ class DriftGate:
                 base = DriftPolicy.model_validate({**base.model_dump(), **overrides})
             except Exception as exc:
                 raise PolicyError("DriftGate", [str(exc)]) from None
+        if base.problems():
+            raise PolicyError("DriftGate", base.problems())
         self.policy = base
         self.model = model
         self.target = target

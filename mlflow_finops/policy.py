@@ -137,13 +137,11 @@ class DriftPolicy(_Section):
         classmethod(lambda cls, v: _check_method(v))
     )
 
-    @model_validator(mode="after")
-    def _k_le_n(self) -> "DriftPolicy":
+    def problems(self) -> list[str]:
+        """Cross-key problems; checked on the merged policy, since a model may override one key only."""
         if self.persistence_k > self.persistence_n:
-            raise ValueError(
-                f"persistence_k ({self.persistence_k}) must be <= persistence_n ({self.persistence_n})"
-            )
-        return self
+            return [f"persistence_k ({self.persistence_k}) must be <= persistence_n ({self.persistence_n})"]
+        return []
 
     def merged(self, override: "DriftPolicy | None") -> "DriftPolicy":
         """This policy with the keys that ``override`` sets explicitly replaced."""
@@ -232,6 +230,16 @@ class Policy(_Section):
     budgets: dict[str, BudgetEnvelope] = Field(default_factory=dict)
 
     source: str | None = Field(None, exclude=True, description="Where this policy was read from.")
+
+    @model_validator(mode="after")
+    def _drift_consistent(self) -> "Policy":
+        problems = [f"[drift]: {p}" for p in self.drift.problems()]
+        for name, mp in self.models.items():
+            if mp.drift is not None:
+                problems += [f"[models.{name}.drift]: {p}" for p in self.drift.merged(mp.drift).problems()]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "policy") -> "Policy":

@@ -348,3 +348,26 @@ def test_default_methods_are_the_ones_evidently_picks(n: int) -> None:
         assert get_registered_stattest(r.method, ctype).display_name == m["config"]["method"], col
         assert r.threshold == m["config"]["threshold"]
         assert r.score == pytest.approx(m["value"])  # unsampled: the very same score
+
+
+def test_policy_errors_name_the_key(tmp_path: Path) -> None:
+    from mlflow_finops import load_policy
+
+    cases = {
+        "[drift]\npersistence_k = 3\n": "persistence_k (3) must be <= persistence_n (1)",
+        '[drift]\nmethod = "kss"\n': "unsupported drift method 'kss'",
+        "[drift]\ncorrection = \"holm\"\n": "[drift].correction",
+        '[models.churn]\nschedule = "every day"\n': "not a valid cron expression",
+        "[models.churn]\nrefrence = \"x\"\n": "[models].churn.refrence: unknown key (expected one of: reference",
+        "[models.churn.drift]\nshare = 1\n": "[models].churn.drift.share: unknown key",
+    }
+    for text, needle in cases.items():
+        (tmp_path / "p.toml").write_text(text)
+        with pytest.raises(PolicyError) as err:
+            load_policy(tmp_path / "p.toml")
+        assert needle in str(err.value), (text, str(err.value))
+    # a model may override one persistence key when the merged pair is consistent
+    (tmp_path / "p.toml").write_text("[drift]\npersistence_n = 3\n[models.churn.drift]\npersistence_k = 2\n")
+    assert load_policy(tmp_path / "p.toml").models["churn"].drift.persistence_k == 2
+    with pytest.raises(PolicyError, match="persistence_k"):
+        DriftGate(frame(100), log_to_mlflow=False, persistence_k=2)
