@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+# Figure + FigureCanvasAgg directly: no pyplot, so a notebook's interactive backend is left alone.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from .budget import BudgetStatus
