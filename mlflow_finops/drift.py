@@ -520,7 +520,7 @@ class DriftGate:
         """Half-width of the sampling-error band around the threshold (0 when nothing was cut)."""
         r, c = ref.dropna(), cur.dropna()
         n, m = len(r), len(c)
-        fpc = max(0.0, 1 / n - 1 / max(n_full_ref, n)) , max(0.0, 1 / m - 1 / max(n_full_cur, m))
+        fpc = (max(0.0, 1 / n - 1 / max(n_full_ref, n)), max(0.0, 1 / m - 1 / max(n_full_cur, m)))
         if fpc == (0.0, 0.0):
             return 0.0
         if plan.method == "wasserstein":
@@ -603,7 +603,7 @@ class DriftGate:
         log.info("drift check %s: %s (%s)", self.model, decision.decision, decision.reason)
         return decision
 
-    def _judge(self, cur: pd.DataFrame, decision: DriftDecision) -> list[Any]:
+    def _judge(self, cur: pd.DataFrame, decision: DriftDecision) -> list[tuple[str, Any]]:
         """Run Evidently on the planned samples; fill in column verdicts, share and performance."""
         p = self.policy
         show = self.progress if self.progress is not None else (
@@ -617,7 +617,7 @@ class DriftGate:
                 groups.setdefault((pl.sample_ref, pl.sample_cur), []).append(pl)
             scores: dict[str, float] = {}
             refined: set[str] = set()
-            snapshots: list[Any] = []
+            snapshots: list[tuple[str, Any]] = []
             frames: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
             for (n_ref, n_cur), group in groups.items():
                 cols = [g.column for g in group]
@@ -626,7 +626,7 @@ class DriftGate:
                 bar.step(f"Evidently drift tests: {len(cols)} columns on {len(ref_s):,} x {len(cur_s):,} rows")
                 s, snap = self._evidently(ref_s, cur_s, group)
                 scores.update(s)
-                snapshots.append(snap)
+                snapshots.append(("drift_report" if not snapshots else f"drift_report_{len(snapshots) + 1}", snap))
                 for g in group:
                     frames[g.column] = (ref_s[g.column], cur_s[g.column])
                 decision.sampled_rows_reference = max(decision.sampled_rows_reference, len(ref_s))
@@ -647,7 +647,7 @@ class DriftGate:
                     self._sample(self.reference, n_ref, cols, 3), self._sample(cur, n_cur, cols, 4), near
                 )
                 scores.update(s)
-                snapshots.append(snap)
+                snapshots.append(("drift_report_refined", snap))
                 refined = set(cols)
             bar.step("verdicts")
             verdicts = _apply_correction(plans, scores, p.correction)
@@ -753,7 +753,7 @@ class DriftGate:
         return run.info.run_id
 
     def _log(
-        self, client: Any, exp_id: str, d: DriftDecision, snapshots: list[Any],
+        self, client: Any, exp_id: str, d: DriftDecision, snapshots: list[tuple[str, Any]],
         extra: Mapping[str, str] | None, t0: float,
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -808,9 +808,8 @@ class DriftGate:
             client.log_dict(d.run_id, {"decision": d.decision, "reason": d.reason, "columns": rows},
                             "drift/columns.json")
         with tempfile.TemporaryDirectory(prefix="finops-drift-") as tmp:
-            for i, snap in enumerate(snapshots):
-                name = "drift_report.html" if i == 0 else "drift_report_refined.html"
-                path = Path(tmp) / name
+            for name, snap in snapshots:
+                path = Path(tmp) / f"{name}.html"
                 snap.save_html(str(path))
                 client.log_artifact(d.run_id, str(path), "drift")
 
