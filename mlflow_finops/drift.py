@@ -251,6 +251,13 @@ class DriftGate:
         self.random_state = random_state
         self._performance_model = performance_model
         self._perf_reference: float | None = None
+        if base.performance is not None:
+            if not target:
+                raise PolicyError("drift policy", ["[drift.performance] needs the label column: set "
+                                                   "[models.NAME].target (or pass target=...)"])
+            if performance_model is None:
+                raise PolicyError("drift policy", ["[drift.performance] needs a model: set model_uri "
+                                                   "(or pass performance_model=...)"])
         self.reference = _as_frame(reference, "reference")
         self.features, self.types = self._resolve_columns(self.reference, data_definition)
         self._ref_nonnull = {c: int(self.reference[c].count()) for c in self.features}
@@ -716,11 +723,7 @@ class DriftGate:
     # ---------------------------------------------------------------- performance
     def _performance(self, cur: pd.DataFrame) -> PerformanceResult | None:
         perf = self.policy.performance
-        assert perf is not None
-        if not self.target:
-            raise PolicyError("drift policy", ["[drift.performance] needs the model's target column ([models.NAME].target)"])
-        if self._performance_model is None:
-            raise PolicyError("drift policy", ["[drift.performance] needs a model: set model_uri or pass performance_model"])
+        assert perf is not None and self.target is not None
         if self.target not in cur.columns or cur[self.target].count() == 0:
             log.info("current data has no labels in %r: performance signal skipped", self.target)
             return None

@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
@@ -160,7 +160,3 @@ def claim_window(client: MlflowClient, key: str) -> bool:
     except MlflowException:  # pragma: no cover - cosmetic only
         log.debug("could not hide claim experiment %s", name, exc_info=True)
     return True
-
-
-def tags_of(runs: Iterable[Run], key: str) -> list[str | None]:
-    return [r.data.tags.get(key) for r in runs]

@@ -371,3 +371,35 @@ def test_policy_errors_name_the_key(tmp_path: Path) -> None:
     assert load_policy(tmp_path / "p.toml").models["churn"].drift.persistence_k == 2
     with pytest.raises(PolicyError, match="persistence_k"):
         DriftGate(frame(100), log_to_mlflow=False, persistence_k=2)
+
+
+def test_performance_without_target_or_model_is_a_config_error() -> None:
+    ref = frame(200)
+    perf = {"metric": "accuracy", "margin": 0.05}
+    with pytest.raises(PolicyError, match="label column"):
+        DriftGate(ref, log_to_mlflow=False, performance=perf)
+    with pytest.raises(PolicyError, match="needs a model"):
+        DriftGate(ref.assign(y=1), log_to_mlflow=False, target="y", performance=perf)
+
+
+def test_performance_model_from_an_mlflow_model_uri(drift_store: str, tmp_path: Path) -> None:
+    """[drift.performance].model_uri: the model is loaded with mlflow.pyfunc, as a scheduler would."""
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    ref = frame(2000, seed=1, categorical=False)
+    ref["y"] = (ref["x0"] > 0).astype(int)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(LogisticRegression().fit(ref.drop(columns=["y"]), ref["y"]), name="model",
+                                        pip_requirements=["scikit-learn"])  # no slow requirement inference
+    ref.to_parquet(tmp_path / "ref.parquet")
+    (tmp_path / "finops.toml").write_text(
+        f'[drift]\nmin_rows = 100\n[drift.performance]\nmetric = "f1"\nmargin = 0.1\nmodel_uri = "{info.model_uri}"\n'
+        '[models.m]\nreference = "ref.parquet"\ntarget = "y"\n'
+    )
+    cur = frame(1000, seed=2, categorical=False)
+    cur["y"] = (cur["x0"] < 0).astype(int)  # the label flipped: the model is now always wrong
+    d = DriftGate.from_policy(tmp_path / "finops.toml", model="m").check(cur)
+    assert d.performance is not None and d.performance.metric == "f1"
+    assert d.performance.reference > 0.95 and d.performance.current < 0.1
+    assert d.retrain and d.drifted_columns == []
