@@ -114,12 +114,13 @@ def window_key(model: str, files: Sequence[str | os.PathLike[str]]) -> str:
 
 
 def find_checked_window(client: MlflowClient, experiment_id: str | None, key: str) -> Run | None:
-    """A finished check run already logged for this window, if any."""
+    """A finished check run already logged for this window, if any (failed attempts do not count)."""
     if experiment_id is None:
         return None
     runs = client.search_runs(
         [experiment_id],
-        f"tags.`{TAG_WINDOW_KEY}` = '{_q(key)}' and tags.`{TAG_WORKLOAD}` = '{WORKLOAD_DRIFT_CHECK}'",
+        f"tags.`{TAG_WINDOW_KEY}` = '{_q(key)}' and tags.`{TAG_WORKLOAD}` = '{WORKLOAD_DRIFT_CHECK}' "
+        "and attributes.status = 'FINISHED'",
         ViewType.ACTIVE_ONLY,
         max_results=1,
     )
@@ -160,3 +161,18 @@ def claim_window(client: MlflowClient, key: str) -> bool:
     except MlflowException:  # pragma: no cover - cosmetic only
         log.debug("could not hide claim experiment %s", name, exc_info=True)
     return True
+
+
+def release_window(client: MlflowClient, key: str) -> None:
+    """Give a claimed window back (the check failed), so a later scheduler run can judge it.
+
+    The claim's name is freed by renaming the claim experiment; the renamed
+    one stays (deleted) as a record of the failed attempt.
+    """
+    exp = client.get_experiment_by_name(f"{CLAIM_PREFIX}/{key}")
+    if exp is None:
+        return
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    client.rename_experiment(exp.experiment_id, f"{CLAIM_PREFIX}/{key}/released-{int(time.time() * 1000)}")
+    client.delete_experiment(exp.experiment_id)

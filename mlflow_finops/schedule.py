@@ -6,6 +6,9 @@ Each ``[models.NAME]`` with a ``schedule`` is checked on that cron expression
 (model + file names, sizes, mtimes) is tagged on the check run, and before
 checking, a scheduler must win the window's claim in MLflow
 (:func:`mlflow_finops.monitoring.claim_window`), which exactly one process can.
+A check that fails after the claim gives it back, so the window is retried on
+the next run; a scheduler killed mid-check (no chance to give it back) leaves
+the window claimed, and it is not judged again until its files change.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Callable, Literal
 import pandas as pd
 
 from .drift import DriftDecision, DriftGate, DriftInputError, _resolve_path, model_policy, read_frame
-from .monitoring import claim_window, find_checked_window, window_key
+from .monitoring import claim_window, find_checked_window, release_window, window_key
 from .policy import Policy, PolicyError
 
 __all__ = ["CheckOutcome", "current_window", "run_scheduled_check", "run_schedule", "scheduled_models"]
@@ -113,9 +116,13 @@ def run_scheduled_check(
         if not claim_window(client, key):
             return CheckOutcome(model, "claimed_elsewhere", f"window {key} is being checked by another scheduler",
                                 window_key=key)
-        decision = gate.check(
-            current, window_key=key, extra_tags={"finops.window_files": ",".join(f.name for f in files)[:5000]}
-        )
+        try:
+            decision = gate.check(
+                current, window_key=key, extra_tags={"finops.window_files": ",".join(f.name for f in files)[:5000]}
+            )
+        except BaseException:
+            release_window(client, key)  # the next scheduler run may try this window again
+            raise
         return CheckOutcome(model, "checked", decision.reason, decision, key)
     except (DriftInputError, PolicyError) as exc:
         log.error("drift check %s: %s", model, exc)

@@ -161,3 +161,22 @@ def test_schedule_loop_follows_the_cron_expression(drift_store: str, tmp_path: P
     assert [o.status for o in outcomes] == ["checked"] * 3
     assert slept == [8 * 60, 15 * 60, 15 * 60]  # 10:15, 10:30, 10:45
     assert datetime.fromtimestamp(now[0]).strftime("%H:%M") == "10:45"
+
+
+def test_a_failed_check_releases_its_window_claim(drift_store: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow_finops.drift import DriftGate
+
+    pol = str(_scheduled_policy(tmp_path))
+    _drop(tmp_path, "w.csv", seed=2, shift=1.0)
+    real = DriftGate._judge
+
+    def boom(self, *a, **k):
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(DriftGate, "_judge", boom)
+    failed = invoke("schedule", "--policy", pol, "--once")
+    assert failed.exit_code == 1 and "error" in failed.output
+    monkeypatch.setattr(DriftGate, "_judge", real)
+    retry = invoke("schedule", "--policy", pol, "--once")  # same window, claimable again
+    assert retry.exit_code == 10 and "checked -> retrain" in retry.output, retry.output
