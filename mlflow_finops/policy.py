@@ -220,6 +220,40 @@ class BudgetEnvelope(_Section):
         return self
 
 
+# ------------------------------------------------------------------ Ray clusters
+class NodePriceRule(_Section):
+    """Prices for the Ray nodes whose labels all match (``[[ray.node_prices]]``); first match wins."""
+
+    labels: dict[str, str] = Field(..., min_length=1, description="Ray node labels that must all match.")
+    prices: dict[str, Any] = Field(..., description="[prices] keys that differ on these nodes.")
+
+    @field_validator("prices")
+    @classmethod
+    def _valid_prices(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            PriceCatalog.model_validate(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or "?"
+            raise ValueError(f"{key}: {err['msg']}") from None
+        return value
+
+
+class RayPolicy(_Section):
+    """How work on a Ray cluster is priced (``[ray]``)."""
+
+    address: str | None = Field(None, description="Ray cluster address (default: $RAY_ADDRESS or local).")
+    node_prices: list[NodePriceRule] = Field(default_factory=list)
+    max_node_metrics: int = Field(16, ge=0, description="Per-node metrics for at most this many nodes.")
+
+    def prices_for(self, base: PriceCatalog, labels: dict[str, str]) -> PriceCatalog:
+        """The catalog of a node: ``base`` with the first matching rule's prices applied."""
+        for rule in self.node_prices:
+            if all(labels.get(k) == v for k, v in rule.labels.items()):
+                return PriceCatalog.model_validate({**base.model_dump(exclude_unset=True), **rule.prices})
+        return base
+
+
 class Policy(_Section):
     """The whole policy file. Every section is optional."""
 
@@ -228,6 +262,7 @@ class Policy(_Section):
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     models: dict[str, ModelPolicy] = Field(default_factory=dict)
     budgets: dict[str, BudgetEnvelope] = Field(default_factory=dict)
+    ray: RayPolicy = Field(default_factory=RayPolicy)
 
     source: str | None = Field(None, exclude=True, description="Where this policy was read from.")
 

@@ -29,8 +29,9 @@ import mlflow
 
 from .context import run_tags
 from .delivery import Batch, Outbox
-from .policy import Policy, load_policy
+from .policy import Policy, RayPolicy, load_policy
 from .pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
+from .ray_usage import RayClusterSampler, is_ray_component, ray_driver_active
 from .usage import GpuAccumulator, GpuSampler, ProcessTreeSampler, allocated_cpus, allocated_ram_gb
 
 _log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class CostTracker:
         pid: int | None = None,
         gpu: GpuSampler | None = None,
         flush_timeout_s: float | None = None,
+        ray_policy: RayPolicy | None = None,
+        log_charts: bool | None = None,
     ):
         self.run_id = run_id
         self.interval_s = interval_s or _env_float("MLFLOW_FINOPS_INTERVAL_S", DEFAULT_INTERVAL_S)
@@ -112,6 +115,16 @@ class CostTracker:
         self._errors = 0
         self.degraded_reason: str | None = None
         self._last: CostBreakdown = self._offset
+        # Ray: the job's workers on every node, attached once this process is a Ray driver.
+        self._ray_policy = ray_policy
+        if log_charts is None:
+            log_charts = os.environ.get("MLFLOW_FINOPS_LOG_CHARTS", "true").lower() not in ("0", "false", "no")
+        self.log_charts = log_charts
+        self._ray: RayClusterSampler | None = None
+        self._ray_attaching = False
+        self._ray_errors = 0
+        self.node_breakdowns: dict[str, CostBreakdown] = {}
+        self.sampling_cpu_s = 0.0  # CPU this tracker's own sampling used (its overhead)
         # (unix time, cumulative breakdown) per sample, for the run's cost timeline chart
         self.history: list[tuple[float, CostBreakdown]] = []
         self.samples = 0
@@ -119,8 +132,12 @@ class CostTracker:
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> "CostTracker":
+        self._t0 = time.time()
+        if ray_driver_active():
+            # Synchronously, so Ray workers alive now get their baseline before the run's
+            # tasks start (probes are reused, so only a driver's first run waits for them).
+            self._attach_ray()
         first = self._tree.read()
-        self._t0 = first.timestamp
         self._cpu0 = first.cpu_s
         self._prev_ts = first.timestamp
         self._prev_rss = first.rss_bytes
@@ -160,13 +177,40 @@ class CostTracker:
         for run_id in list(self._segments):
             self.close_segment(run_id)
         tags = {"finops.tracking_status": "degraded" if self.degraded_reason else "complete"}
+        if self._ray is not None:
+            tags["finops.ray_job_id"] = self._ray.job_id
+            tags["finops.ray_nodes"] = str(len(self.node_breakdowns))
+            if self._ray.lost_nodes:
+                tags["finops.ray_lost_nodes"] = ",".join(self._ray.lost_nodes)
+            self._ray.close()
         if self.degraded_reason:
             tags["finops.tracking_error"] = self.degraded_reason[:500]
         self._outbox.put(
             Batch(self.tracking_uri, self.run_id, self._metric_rows(final, final=True), tags)
         )
-        self._outbox.close(self.flush_timeout_s)
+        spooled = self._outbox.close(self.flush_timeout_s)
+        if self.log_charts and not spooled and len(self.history) >= 2:
+            self._log_timeline()
         return final
+
+    def _log_timeline(self) -> None:
+        """Log the run's cost timeline (PNG + HTML) without holding up the training code.
+
+        A non-daemon thread: ``end_run`` returns at once, and the interpreter
+        still waits for the chart before it exits.
+        """
+        history = list(self.history)
+
+        def render() -> None:
+            try:
+                from .charts import log_cost_timeline
+
+                log_cost_timeline(history, self.run_id, self.tracking_uri)
+            except Exception as exc:
+                _log.warning("mlflow-finops: cost timeline chart not logged: %s", exc)
+
+        self._chart_thread = threading.Thread(target=render, name=f"finops-chart-{self.run_id[:8]}")
+        self._chart_thread.start()
 
     def breakdown(self) -> CostBreakdown:
         """Cost so far (including what a resumed run already carried)."""
@@ -211,7 +255,53 @@ class CostTracker:
         while not self._stop_event.wait(self.interval_s):
             if self.degraded_reason is not None:
                 return
+            t = time.thread_time()
             self._safe_sample()
+            self.sampling_cpu_s += time.thread_time() - t
+
+    # ------------------------------------------------------------------ Ray
+    def _attach_ray_async(self) -> None:
+        """Start Ray attribution in the background (its probes take a moment to start)."""
+        if self._ray is not None or self._ray_attaching or not ray_driver_active():
+            return
+        self._ray_attaching = True
+        threading.Thread(target=self._attach_ray, name=f"finops-ray-{self.run_id[:8]}", daemon=True).start()
+
+    def _attach_ray(self) -> None:
+        self._ray_attaching = True
+        try:
+            if self._ray_policy is None:
+                try:
+                    self._ray_policy = load_policy().ray
+                except Exception:
+                    self._ray_policy = None
+            self._ray = RayClusterSampler(self.prices, self._ray_policy, t0=self._t0)
+            # A local cluster started by this driver is in its process tree: its job
+            # workers are counted per node by the Ray sampler, the rest is Ray's own upkeep.
+            with self._lock:
+                if hasattr(self, "_cpu0"):  # attached mid-run: keep what the subtree used so far
+                    before = self._tree.read().cpu_s
+                    self._tree.exclude = is_ray_component
+                    self._cpu0 -= before - self._tree.read().cpu_s
+                else:
+                    self._tree.exclude = is_ray_component
+            _log.debug("Ray attribution on for job %s", self._ray.job_id)
+        except Exception as exc:
+            _log.warning("mlflow-finops: Ray workers not tracked (training continues): %s", exc)
+
+    def _sample_ray(self, wall_s: float, final: bool) -> dict[str, CostBreakdown]:
+        if self._ray is None:
+            self._attach_ray_async()  # ray.init() may come after the run started
+            return self.node_breakdowns
+        try:
+            self._ray.sample(final=final)
+            self.node_breakdowns = self._ray.breakdowns(wall_s)
+            self._ray_errors = 0
+        except Exception as exc:
+            self._ray_errors += 1
+            if self._ray_errors == 1:
+                _log.warning("mlflow-finops: Ray sample failed (kept last figures): %s", exc)
+        return self.node_breakdowns
 
     def _safe_sample(self, final: bool = False) -> None:
         try:
@@ -232,6 +322,7 @@ class CostTracker:
                 _log.exception("mlflow-finops: cost listener failed")
 
     def _sample(self, final: bool) -> None:
+        nodes = self._sample_ray(time.time() - self._t0, final)  # outside the lock: it waits on Ray
         with self._lock:
             reading = self._tree.read()
             dt = max(reading.timestamp - self._prev_ts, 0.0)
@@ -250,6 +341,8 @@ class CostTracker:
                 allocation=self.allocation,
                 peak_rss_gb=self._peak_rss / GB,
             )
+            for node in nodes.values():
+                seg = seg + node
             self._last = self._offset + seg
             self.samples += 1
             self.history.append((reading.timestamp, self._last))
@@ -265,9 +358,26 @@ class CostTracker:
         elapsed = (now_ms - self._run_start_ms) / 1000.0
         step = int(math.ceil(elapsed)) + 1 if final else int(elapsed)
         rows = [(k, v, now_ms, step) for k, v in b.to_metrics().items()]
+        if self.node_breakdowns and b is self._last:
+            rows += [(k, v, now_ms, step) for k, v in self._node_metrics().items()]
         if self._gpu_acc.peak_memory_bytes:
             rows.append(("finops/gpu_peak_memory_gb", self._gpu_acc.peak_memory_bytes / GB, now_ms, step))
         return rows
+
+
+    def _node_metrics(self) -> dict[str, float]:
+        """Per-node cost for the dearest nodes (bounded), the rest summed as 'other'."""
+        limit = self._ray_policy.max_node_metrics if self._ray_policy is not None else 16
+        ranked = sorted(self.node_breakdowns.items(), key=lambda kv: kv[1].cost_usd, reverse=True)
+        out: dict[str, float] = {
+            "finops/ray_cpu_core_hours": sum(b.cpu_core_hours for b in self.node_breakdowns.values())
+        }
+        for i, (node_id, b) in enumerate(ranked):
+            name = node_id if i < limit else "other"
+            for key, value in (("cost_usd", b.cost_usd), ("cpu_core_hours", b.cpu_core_hours)):
+                metric = f"finops/node/{name}/{key}"
+                out[metric] = out.get(metric, 0.0) + value
+        return out
 
 
 # ====================================================================== autolog

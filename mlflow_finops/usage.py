@@ -25,7 +25,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import psutil
 
@@ -59,8 +59,12 @@ class TreeReading:
 class ProcessTreeSampler:
     """Reads the CPU time and memory of one process and all its descendants."""
 
-    def __init__(self, pid: int | None = None):
+    def __init__(self, pid: int | None = None, exclude: Callable[[psutil.Process], bool] | None = None):
         self.root = psutil.Process(pid or os.getpid())
+        # Subtrees to leave out, e.g. a local Ray cluster started by this driver, whose
+        # job workers are attributed by the Ray sampler instead. Decisions cached per process.
+        self.exclude = exclude
+        self._excluded: dict[tuple[int, float], bool] = {}
         # CPU seconds of members that vanished without being reaped by a member
         # (orphans re-parented to init): kept at their last reading.
         self._last_seen: dict[tuple[int, float], tuple[float, int | None]] = {}
@@ -76,6 +80,8 @@ class ProcessTreeSampler:
         cpu = 0.0
         rss = 0
         seen: dict[tuple[int, float], tuple[float, int | None]] = {}
+        if self.exclude is not None:
+            members = self._without_excluded(members)
         for proc in members:
             try:
                 with proc.oneshot():
@@ -102,6 +108,30 @@ class ProcessTreeSampler:
                 self._orphaned_s += used
         self._last_seen = seen
         return TreeReading(now, cpu + self._orphaned_s, rss, frozenset(pids))
+
+    def _without_excluded(self, members: list[psutil.Process]) -> list[psutil.Process]:
+        assert self.exclude is not None
+        parent: dict[int, int] = {}
+        bad: set[int] = set()
+        for proc in members[1:]:
+            try:
+                key = (proc.pid, proc.create_time())
+                parent[proc.pid] = proc.ppid()
+                if key not in self._excluded:
+                    self._excluded[key] = bool(self.exclude(proc))
+                if self._excluded[key]:
+                    bad.add(proc.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                bad.add(proc.pid)
+
+        def excluded(pid: int) -> bool:
+            while pid in parent:
+                if pid in bad:
+                    return True
+                pid = parent[pid]
+            return False
+
+        return [members[0]] + [p for p in members[1:] if not excluded(p.pid)]
 
 
 # --------------------------------------------------------------------- GPU

@@ -18,6 +18,11 @@ import requests
 
 BIN = Path(sys.executable).parent
 
+# Ray reads this when it is imported: keep every Ray address on 127.0.0.1 (otherwise
+# Ray advertises the host's own IP). Set here, before any test module imports ray.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -121,3 +126,60 @@ def server_uri(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> 
     mlflow.set_tracking_uri(mlflow_server.url)
     yield mlflow_server.url
     mlflow.set_tracking_uri(None)
+
+
+# ------------------------------------------------------------------------- Ray
+class RayTestCluster:
+    """One real multi-node Ray cluster on this machine (ray.cluster_utils.Cluster), on loopback."""
+
+    def __init__(self) -> None:
+        from ray.cluster_utils import Cluster
+
+        self.dashboard_port = free_port()
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 1,
+                "node_ip_address": "127.0.0.1",
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": self.dashboard_port,
+                "labels": {"market": "on_demand"},
+            },
+        )
+        self.workers = [
+            self.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={"market": "spot"}),
+        ]
+        self.cluster.wait_for_nodes()
+        self.address = self.cluster.address
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+
+    def add_node(self, **labels: str):
+        node = self.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels=labels)
+        self.cluster.wait_for_nodes()
+        return node
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayTestCluster]:
+    """Two nodes (head 'on_demand' + one 'spot'), one CPU each, started once per session."""
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    cluster = RayTestCluster()
+    yield cluster
+    import ray
+
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture
+def ray_driver(ray_cluster: RayTestCluster) -> Iterator[RayTestCluster]:
+    """This test process connected to the session's cluster as a Ray driver (a new job)."""
+    import ray
+
+    ray.init(address=ray_cluster.address, log_to_driver=False)
+    yield ray_cluster
+    ray.shutdown()

@@ -195,3 +195,16 @@ def test_prices_argument_changes_cost(sqlite_uri: str) -> None:
     assert r.data.tags["finops.allocation_mode"] == "allocation"
     assert m["finops/cost_usd"] == pytest.approx(m["finops/allocation_cost_usd"])
     assert m["finops/usage_cost_usd"] >= m["finops/cpu_core_hours"] * 100.0
+
+
+def test_each_tracked_run_gets_a_cost_timeline_chart(sqlite_uri: str) -> None:
+    mlflow_finops.autolog(interval_s=0.1)
+    with mlflow.start_run() as run:
+        burn(0.5)
+    for t in threading.enumerate():
+        if t.name.startswith("finops-chart"):
+            t.join(timeout=60)
+    names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "finops")}
+    assert names == {"finops/cost_timeline.png", "finops/cost_timeline.html"}
+    png = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="finops/cost_timeline.png"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,322 @@
+"""What a Ray driver's tasks and actors use on every node of the cluster.
+
+Ray worker processes are children of each node's raylet, not of the training
+script, so the driver's process-tree sampler cannot see them. This module
+finds the workers that run *this driver's* job (Ray's state API: the job's
+running tasks and live actors give node id + worker pid), and reads their
+cumulative CPU time, memory and GPUs with one tiny probe actor per node
+(``num_cpus=0``, pinned to the node). Ray workers are dedicated to one job, so
+once a worker has been seen running our tasks, all its later CPU is ours.
+
+A worker already alive when tracking started is charged only from its
+reading at that moment; one started later is charged from zero (its start-up
+is part of the run's cost). A node that stops answering keeps its share up
+to its last reading and is reported as lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
+from .usage import GpuAccumulator, GpuReading, GpuSampler
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["RayClusterSampler", "ray_driver_active", "NodeProbe"]
+
+GB = 1024**3
+PROBE_TIMEOUT_S = 10.0
+STATE_API_LIMIT = 10_000  # the most Ray's state API returns per call
+
+
+def ray_driver_active() -> bool:
+    """True in a process that is a connected Ray *driver* (never inside a task or actor)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return False
+    try:
+        from ray._private.worker import SCRIPT_MODE, global_worker
+
+        return global_worker.mode == SCRIPT_MODE
+    except Exception:  # pragma: no cover - Ray internals moved
+        return False
+
+
+_RAY_NAMES = {"gcs_server", "raylet", "plasma_store", "plasma_store_server"}
+
+
+def is_ray_component(proc: Any) -> bool:
+    """A Ray system process or worker (GCS, raylet, dashboard, agents, ``ray::`` workers)."""
+    try:
+        if proc.name() in _RAY_NAMES:
+            return True
+        cmd = proc.cmdline()
+    except Exception:
+        return False
+    if cmd and cmd[0].startswith("ray::"):
+        return True
+    return any("/ray/dashboard/" in c or "/ray/_private/" in c or "/ray/core/src/" in c for c in cmd[:4])
+
+
+class NodeProbe:
+    """Runs on one node (as a Ray actor) and reads the given worker processes there."""
+
+    def __init__(self) -> None:
+        self.gpu = GpuSampler()
+
+    def read(self, pids: list[int]) -> dict[str, Any]:
+        import psutil
+
+        procs: dict[int, tuple[float, float, int]] = {}
+        for pid in set(pids) | {os.getpid()}:
+            try:
+                p = psutil.Process(pid)
+                with p.oneshot():
+                    t = p.cpu_times()
+                    procs[pid] = (
+                        p.create_time(),
+                        t.user + t.system + t.children_user + t.children_system,
+                        p.memory_info().rss,
+                    )
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                continue
+        gpu = [r.__dict__ for r in self.gpu.read(pids)]
+        return {"time": time.time(), "procs": procs, "gpu": gpu, "probe_pid": os.getpid()}
+
+    def ray_workers(self) -> dict[int, tuple[float, float]]:
+        """Every Ray worker process on this node: pid -> (create time, CPU seconds)."""
+        import psutil
+
+        out = {}
+        for p in psutil.process_iter(["name", "cmdline"]):
+            try:
+                title = (p.info["cmdline"] or [""])[0]
+                if title.startswith("ray::") and "Agent" not in title:
+                    t = p.cpu_times()
+                    out[p.pid] = (p.create_time(), t.user + t.system + t.children_user + t.children_system)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied, IndexError):
+                continue
+        return out
+
+
+# (job id, node id) -> probe actor handle; probes live as long as the driver's job.
+_PROBES: dict[tuple[str, str], Any] = {}
+
+
+@dataclass
+class _Worker:
+    baseline_s: float
+    last_s: float
+    is_probe: bool = False
+
+
+@dataclass
+class _Node:
+    node_id: str
+    labels: dict[str, str]
+    prices: PriceCatalog
+    probe: Any = None
+    workers: dict[tuple[int, float], _Worker] = field(default_factory=dict)
+    pre_existing: dict[int, tuple[float, float]] = field(default_factory=dict)
+    ram_gb_s: float = 0.0
+    worker_s: float = 0.0  # live workers x seconds: the CPU slots held, for allocation mode
+    last_rss: int = 0
+    last_time: float | None = None
+    gpu: GpuAccumulator = field(default_factory=GpuAccumulator)
+    lost: bool = False
+    failures: int = 0
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(w.last_s - w.baseline_s for w in self.workers.values() if not w.is_probe)
+
+    @property
+    def probe_cpu_s(self) -> float:
+        return sum(w.last_s - w.baseline_s for w in self.workers.values() if w.is_probe)
+
+
+class RayClusterSampler:
+    """Attributes a Ray job's worker usage, per node, to the tracked run.
+
+    Called from the tracker's sampler thread: ``sample()`` reads every node
+    once, ``breakdowns(wall_s)`` prices each node with its own catalog.
+    """
+
+    def __init__(self, prices: PriceCatalog, policy: Any = None, t0: float | None = None):
+        import ray
+
+        self._ray = ray
+        self.base_prices = prices
+        self.policy = policy
+        self.t0 = t0 or time.time()
+        self.job_id = ray.get_runtime_context().get_job_id()
+        self.nodes: dict[str, _Node] = {}
+        self._state_api_errors = 0
+        self._probe_cls = ray.remote(num_cpus=0, max_restarts=0)(NodeProbe)
+        self._refresh_nodes()
+        # Baseline: every Ray worker already alive, so CPU spent before the run is not charged.
+        refs = {n.node_id: n.probe.ray_workers.remote() for n in self.nodes.values()}
+        for node_id, ref in refs.items():
+            try:
+                self.nodes[node_id].pre_existing = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+            except Exception as exc:
+                _log.debug("no baseline from node %s: %s", node_id, exc)
+
+    # ----------------------------------------------------------- discovery
+    def _refresh_nodes(self) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        for info in self._ray.nodes():
+            node_id = info["NodeID"]
+            if node_id in self.nodes:
+                if not info.get("Alive", False) and not self.nodes[node_id].lost:
+                    self._mark_lost(self.nodes[node_id], "node is dead in Ray's view")
+                continue
+            if not info.get("Alive", False):
+                continue
+            labels = {k: str(v) for k, v in (info.get("Labels") or {}).items()}
+            prices = self.policy.prices_for(self.base_prices, labels) if self.policy else self.base_prices
+            key = (self.job_id, node_id)
+            if key not in _PROBES:  # one probe per node, reused by every run of this driver
+                _PROBES[key] = self._probe_cls.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                ).remote()
+            self.nodes[node_id] = _Node(node_id, labels, prices, _PROBES[key])
+
+    def _job_workers(self, all_tasks: bool = False) -> dict[str, set[int]]:
+        """Node id -> pids of worker processes running this job's tasks and actors."""
+        from ray.util.state import list_actors, list_tasks
+
+        out: dict[str, set[int]] = {}
+        task_filters: list[tuple[str, str, str]] = [("job_id", "=", self.job_id)]
+        if not all_tasks:
+            task_filters.append(("state", "=", "RUNNING"))
+        for t in list_tasks(filters=task_filters, limit=STATE_API_LIMIT, raise_on_missing_output=False):
+            if t.node_id and t.worker_pid:
+                out.setdefault(t.node_id, set()).add(int(t.worker_pid))
+        for a in list_actors(
+            filters=[("job_id", "=", self.job_id), ("state", "=", "ALIVE")],
+            limit=STATE_API_LIMIT,
+            raise_on_missing_output=False,
+        ):
+            if a.node_id and a.pid and a.class_name != "NodeProbe":
+                out.setdefault(a.node_id, set()).add(int(a.pid))
+        return out
+
+    # -------------------------------------------------------------- sample
+    def sample(self, final: bool = False) -> None:
+        self._refresh_nodes()
+        try:
+            found = self._job_workers(all_tasks=final)
+        except Exception as exc:
+            self._state_api_errors += 1
+            log = _log.warning if self._state_api_errors == 1 else _log.debug
+            log("mlflow-finops: Ray state API unavailable (known workers still read): %s", exc)
+            found = {}
+        pending = {}
+        for node in self.nodes.values():
+            if node.lost:
+                continue
+            known = {pid for pid, _ in node.workers}
+            pids = sorted(known | found.get(node.node_id, set()))
+            pending[node.node_id] = node.probe.read.remote(pids)
+        for node_id, ref in pending.items():
+            node = self.nodes[node_id]
+            try:
+                result = self._ray.get(ref, timeout=PROBE_TIMEOUT_S)
+            except Exception as exc:
+                node.failures += 1
+                if node.failures >= 2 or "ActorDied" in type(exc).__name__ or "ActorUnavailable" in type(exc).__name__:
+                    self._mark_lost(node, f"{type(exc).__name__}: {exc}".splitlines()[0])
+                continue
+            node.failures = 0
+            self._apply(node, result, found.get(node_id, set()))
+
+    def _apply(self, node: _Node, result: dict[str, Any], found: set[int]) -> None:
+        now = float(result["time"])
+        probe_pid = int(result["probe_pid"])
+        rss = 0
+        live = 0
+        for pid, (created, cpu_s, proc_rss) in result["procs"].items():
+            pid = int(pid)
+            key = (pid, round(created, 2))
+            worker = node.workers.get(key)
+            if worker is None:
+                if pid == probe_pid:
+                    worker = _Worker(baseline_s=cpu_s, last_s=cpu_s, is_probe=True)
+                elif pid not in found:
+                    continue  # a pid we knew was reused by another process
+                else:
+                    pre = node.pre_existing.get(pid)
+                    if pre is not None and abs(pre[0] - created) < 0.05:
+                        baseline = pre[1]  # alive before the run: charge only what came after
+                    elif created >= self.t0:
+                        baseline = 0.0
+                    else:
+                        baseline = cpu_s  # alive before the run, unseen then: from now on
+                    worker = _Worker(baseline_s=baseline, last_s=cpu_s)
+                node.workers[key] = worker
+            worker.last_s = max(worker.last_s, cpu_s)
+            if not worker.is_probe:
+                rss += proc_rss
+                live += 1
+        if node.last_time is not None:
+            dt = max(now - node.last_time, 0.0)
+            node.ram_gb_s += 0.5 * (node.last_rss + rss) / GB * dt
+            node.worker_s += live * dt
+            node.gpu.add([GpuReading(**g) for g in result["gpu"]], dt)
+        node.last_time, node.last_rss = now, rss
+
+    def _mark_lost(self, node: _Node, why: str) -> None:
+        node.lost = True
+        _log.warning(
+            "mlflow-finops: Ray node %s lost (%s); its cost up to the last sample is kept", node.node_id, why
+        )
+
+    # ------------------------------------------------------------- figures
+    def breakdowns(self, wall_s: float) -> dict[str, CostBreakdown]:
+        """Each node's cost so far (``wall_hours`` 0: the run's wall time is the driver's)."""
+        out = {}
+        for node in self.nodes.values():
+            if not node.workers and not node.lost:
+                continue
+            cpu_s = node.cpu_s
+            if cpu_s <= 0 and node.ram_gb_s <= 0 and not node.gpu.seconds_by_model:
+                continue
+            b = price_usage(
+                node.prices,
+                wall_s=max(wall_s, 1e-9),
+                cpu_s=cpu_s,
+                ram_gb_s=node.ram_gb_s,
+                gpu_s_by_model=node.gpu.seconds_by_model,
+                gpu_energy_j=node.gpu.energy_j,
+                allocation=Allocation(
+                    cpus=node.worker_s / max(wall_s, 1e-9),
+                    ram_gb=node.ram_gb_s / max(wall_s, 1e-9),
+                    gpus=len(node.gpu.seconds_by_model),
+                    gpu_models=tuple(node.gpu.seconds_by_model),
+                ),
+            )
+            out[node.node_id] = replace(b, wall_hours=0.0, allocation_mode=self.base_prices.allocation_mode)
+        return out
+
+    @property
+    def lost_nodes(self) -> list[str]:
+        return [n.node_id for n in self.nodes.values() if n.lost]
+
+    @property
+    def probe_cpu_s(self) -> float:
+        return sum(n.probe_cpu_s for n in self.nodes.values())
+
+    def close(self) -> None:
+        """Forget probes of lost nodes; the others stay for the driver's next run."""
+        for node in self.nodes.values():
+            if node.lost:
+                _PROBES.pop((self.job_id, node.node_id), None)

@@ -1,0 +1,100 @@
+"""Cost of distributed work: a real multi-node Ray cluster on this machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+import mlflow_finops
+
+ray = pytest.importorskip("ray")
+
+
+@ray.remote(num_cpus=1)
+def burn_task(seconds: float) -> tuple[float, str]:
+    """Spin for ``seconds`` of CPU; return the CPU the task itself measured and its node."""
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+    return time.process_time() - start, ray.get_runtime_context().get_node_id()
+
+
+def on_node(node_id: str):
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return burn_task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+
+
+def alive_nodes() -> list[dict]:
+    return [n for n in ray.nodes() if n["Alive"]]
+
+
+def outside_burner() -> int:
+    """A busy process that is neither a Ray worker nor a descendant of this test (orphaned)."""
+    out = subprocess.run(
+        ["sh", "-c", f"{sys.executable} -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+        capture_output=True, text=True, check=True,
+    )
+    return int(out.stdout.strip())
+
+
+def test_every_nodes_share_lands_in_the_run(ray_driver, sqlite_uri: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "finops.toml").write_text(
+        '[[ray.node_prices]]\nlabels = { market = "spot" }\nprices = { market = "spot", spot_discount = 0.7 }\n'
+    )
+    monkeypatch.setenv("MLFLOW_FINOPS_POLICY", str(tmp_path / "finops.toml"))
+    nodes = alive_nodes()
+    assert len(nodes) >= 2
+    ray.get([on_node(n["NodeID"]).remote(0.01) for n in nodes])  # warm workers: start-up is not the run's
+    burner = outside_burner()
+    try:
+        mlflow_finops.autolog(interval_s=0.5)
+        with mlflow.start_run() as run:
+            time.sleep(1.5)  # the probes start
+            results = ray.get([on_node(n["NodeID"]).remote(1.5) for n in nodes for _ in range(2)])
+    finally:
+        os.kill(burner, signal.SIGKILL)
+    in_task = sum(cpu for cpu, _ in results)
+    r = MlflowClient().get_run(run.info.run_id)
+    m, tags = r.data.metrics, r.data.tags
+    ray_cpu = m["finops/ray_cpu_core_hours"] * 3600
+    assert ray_cpu == pytest.approx(in_task, rel=0.10)
+    assert tags["finops.ray_job_id"] == ray.get_runtime_context().get_job_id()
+    assert "finops.ray_lost_nodes" not in tags
+    per_node = {n["NodeID"]: m.get(f"finops/node/{n['NodeID']}/cpu_core_hours", 0.0) * 3600 for n in nodes}
+    for n in nodes:
+        assert per_node[n["NodeID"]] == pytest.approx(3.0, rel=0.15), n["Labels"]
+    # the spot node is priced with the spot rule: 30% of the on-demand CPU price
+    rate = {n["Labels"]["market"]: m[f"finops/node/{n['NodeID']}/cost_usd"] / per_node[n["NodeID"]] for n in nodes}
+    assert rate["spot"] < 0.5 * rate["on_demand"]
+    # the whole run: driver + every node, and not the busy neighbour (which burned ~6 s)
+    total_cpu = m["finops/cpu_core_hours"] * 3600
+    assert ray_cpu + 0.05 <= total_cpu < ray_cpu + 2.5  # the driver's own share is there too
+
+
+def test_a_node_lost_mid_run_keeps_its_share(ray_driver, sqlite_uri: str) -> None:
+    extra = ray_driver.add_node(market="doomed")
+    doomed = next(n["NodeID"] for n in alive_nodes() if n["Labels"].get("market") == "doomed")
+    ray.get(on_node(doomed).remote(0.01))
+    mlflow_finops.autolog(interval_s=0.3)
+    with mlflow.start_run() as run:
+        time.sleep(1.5)
+        ref = on_node(doomed).remote(30)
+        time.sleep(3.0)  # a few samples of the node at work
+        ray_driver.cluster.remove_node(extra)
+        with pytest.raises(Exception):
+            ray.get(ref, timeout=60)
+        time.sleep(1.0)
+    r = MlflowClient().get_run(run.info.run_id)
+    assert doomed in r.data.tags["finops.ray_lost_nodes"]
+    assert r.data.metrics[f"finops/node/{doomed}/cpu_core_hours"] * 3600 >= 1.0
+    assert r.data.tags["finops.tracking_status"] == "complete"
