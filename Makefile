@@ -8,13 +8,14 @@ PY     := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[ray,gpu,test]'
+	$(PY) -m pip install -q -e '.[ray,gpu,test,browser]'
 	touch $@
 
 demo: $(VENV)/.installed          ## set everything up and run the main example
 	$(PY) examples/quickstart.py
 
-test: $(VENV)/.installed          ## run the test suite
+test: $(VENV)/.installed          ## run the test suite (installs Chromium for the UI test where it can)
+	-bash .ci/install-browser $(PY)
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed         ## run the benchmarks (minutes; figures go to bench/README.md by hand)
