@@ -12,6 +12,7 @@ import sys
 import types
 import typing
 from pathlib import Path
+from zoneinfo import ZoneInfo
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -162,6 +163,8 @@ class ModelPolicy(_Section):
     experiment: str | None = Field(None, description="Monitoring experiment (default finops-monitoring/NAME).")
     target: str | None = Field(None, description="Label column: left out of drift, used by performance.")
     drift: DriftPolicy | None = Field(None, description="Overrides of [drift] for this model.")
+    registered_model: str | None = Field(None, description="Model registry name (default: the model's name).")
+    retrain: "RetrainPolicy | None" = Field(None, description="Overrides of [retrain] for this model.")
 
     @field_validator("schedule")
     @classmethod
@@ -254,6 +257,131 @@ class RayPolicy(_Section):
         return base
 
 
+# ------------------------------------------------------------------ windows and retraining
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class OffPeakRange(_Section):
+    """``[[windows.off_peak]]``: days and an ``HH:MM`` range; ``end`` before ``start`` wraps midnight."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: list(DAYS), min_length=1
+    )
+    start: str = Field(..., description="HH:MM, local time")
+    end: str = Field(..., description="HH:MM, local time; 24:00 is the end of the day")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        minutes(value)
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "OffPeakRange":
+        if minutes(self.start) == minutes(self.end) % 1440 and minutes(self.end) != 1440:
+            raise ValueError(f"start and end are both {self.start}: an empty window")
+        return self
+
+    def spans(self) -> list[tuple[int, int]]:
+        """Minute-of-week intervals [a, b) this range covers."""
+        a, b = minutes(self.start), minutes(self.end)
+        out = []
+        for d in self.days:
+            base = DAYS.index(d) * 1440
+            if b > a:
+                out.append((base + a, base + b))
+            else:  # wraps past midnight into the next day
+                out.append((base + a, base + 1440))
+                nxt = (base + 1440) % (7 * 1440)
+                out.append((nxt, nxt + b))
+        return [(x, y) for x, y in out if y > x]
+
+
+class WindowPolicy(_Section):
+    """``[windows]``: off-peak ranges in a time zone, and a cluster-idle condition."""
+
+    timezone: str = Field("UTC", description="IANA time zone of the off-peak ranges.")
+    off_peak: list[OffPeakRange] = Field(default_factory=list, description="Empty: any time of day.")
+    min_free_cpus: float = Field(0.0, ge=0, description="Free CPUs the Ray cluster must have.")
+    min_free_gpus: float = Field(0.0, ge=0, description="Free GPUs the Ray cluster must have.")
+    max_wait_hours: float = Field(12.0, gt=0, description="How long 'standard' retrains wait for a window.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except Exception:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as 'Europe/Paris')") from None
+        return value
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> "WindowPolicy":
+        spans = sorted((s, i) for i, r in enumerate(self.off_peak) for s in r.spans())
+        for ((a0, a1), i), ((b0, b1), j) in zip(spans, spans[1:]):
+            if b0 < a1 and i != j:
+                day = DAYS[(b0 // 1440) % 7]
+                raise ValueError(
+                    f"off_peak[{i}] and off_peak[{j}] overlap on {day} "
+                    f"around {b0 % 1440 // 60:02d}:{b0 % 60:02d}"
+                )
+        return self
+
+    def in_off_peak(self, now: datetime) -> bool:
+        if not self.off_peak:
+            return True
+        local = now.astimezone(ZoneInfo(self.timezone))
+        m = local.weekday() * 1440 + local.hour * 60 + local.minute
+        return any(a <= m < b for r in self.off_peak for a, b in r.spans())
+
+
+def minutes(hhmm: str) -> int:
+    """'20:30' -> 1230; '24:00' -> 1440. Raises ValueError with the expected form."""
+    try:
+        h, m = hhmm.split(":")
+        hi, mi = int(h), int(m)
+    except ValueError:
+        raise ValueError(f"{hhmm!r} is not a time of day in HH:MM form") from None
+    if not (0 <= hi <= 24 and 0 <= mi < 60) or (hi == 24 and mi != 0):
+        raise ValueError(f"{hhmm!r} is not a time of day in HH:MM form (00:00 .. 24:00)")
+    return hi * 60 + mi
+
+
+RetrainMetric = Literal["accuracy", "f1", "roc_auc", "rmse", "mae", "r2"]
+RetrainStrategy = Literal["auto", "partial_fit", "warm_start", "refit"]
+
+
+class RetrainPolicy(_Section):
+    """How a model is retrained (``[retrain]``; ``[models.NAME.retrain]`` overrides any key)."""
+
+    ray_address: str | None = Field(
+        None, description="Ray Jobs API address, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS, else that)."
+    )
+    strategy: RetrainStrategy = Field("auto", description="auto: partial_fit, else warm_start, else refit.")
+    metric: RetrainMetric = Field("accuracy", description="What champion and challenger are compared on.")
+    margin: float = Field(0.0, ge=0, description="The challenger must beat the champion by more than this.")
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Newest share of the new data held out.")
+    deadline_hours: float = Field(24.0, gt=0, description="A pending retrain not started by then is dropped.")
+    max_attempts: int = Field(3, ge=1, description="Tries of a failing job while budget remains.")
+    backoff_s: float = Field(60.0, ge=0, description="Wait before the 2nd try; doubles each time.")
+    expected_cost_usd: float | None = Field(
+        None, gt=0, description="Cost a job is expected to need (default: mean of the last 3 retrains)."
+    )
+    cap_tolerance: float = Field(0.05, ge=0, le=1, description="Hard stop at cap x (1 + this).")
+    sample_interval_s: float = Field(2.0, gt=0, description="Cost sampling interval inside the job.")
+    poll_s: float = Field(2.0, gt=0, description="How often the supervisor polls the job.")
+    entrypoint_num_cpus: float = Field(1.0, ge=0, description="CPUs the job's driver reserves.")
+    warm_start_step: int = Field(10, ge=1, description="Trees (or stages) added per step when warm-starting.")
+    warm_start_steps: int = Field(5, ge=1, description="How many such steps at most.")
+    partial_fit_epochs: int = Field(5, ge=1, description="Passes over the new data with partial_fit.")
+    batch_rows: int = Field(2048, ge=1, description="Rows per partial_fit call.")
+
+    def merged(self, override: "RetrainPolicy | None") -> "RetrainPolicy":
+        if override is None:
+            return self
+        return self.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
+
+
 class Policy(_Section):
     """The whole policy file. Every section is optional."""
 
@@ -263,6 +391,8 @@ class Policy(_Section):
     models: dict[str, ModelPolicy] = Field(default_factory=dict)
     budgets: dict[str, BudgetEnvelope] = Field(default_factory=dict)
     ray: RayPolicy = Field(default_factory=RayPolicy)
+    windows: WindowPolicy = Field(default_factory=WindowPolicy)
+    retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
 
     source: str | None = Field(None, exclude=True, description="Where this policy was read from.")
 
@@ -272,6 +402,14 @@ class Policy(_Section):
         for name, mp in self.models.items():
             if mp.drift is not None:
                 problems += [f"[models.{name}.drift]: {p}" for p in self.drift.merged(mp.drift).problems()]
+        if self.models:
+            for name, env in self.budgets.items():
+                for m in env.models:
+                    if m not in self.models:
+                        problems.append(
+                            f"[budgets.{name}].models: unknown model {m!r} "
+                            f"(models in this policy: {', '.join(sorted(self.models))})"
+                        )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -1,0 +1,1 @@
+"""Entrypoints that run *inside* Ray jobs (submitted by mlflow_finops.retrain)."""
