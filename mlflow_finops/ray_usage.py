@@ -31,6 +31,10 @@ __all__ = ["RayClusterSampler", "ray_driver_active", "NodeProbe"]
 
 GB = 1024**3
 PROBE_TIMEOUT_S = 10.0
+# The baseline waits for new probes to start (a driver's first run only: probes are reused).
+# One deadline for all nodes together: a worker process can take >10 s to start on a busy
+# node, and a node without its baseline is charged only from its workers' first sighting.
+PROBE_START_TIMEOUT_S = 30.0
 STATE_API_LIMIT = 10_000  # the most Ray's state API returns per call
 
 
@@ -62,7 +66,11 @@ def is_ray_component(proc: Any) -> bool:
         return False
     if cmd and cmd[0].startswith("ray::"):
         return True
-    return any("/ray/dashboard/" in c or "/ray/_private/" in c or "/ray/core/src/" in c for c in cmd[:4])
+    return any(
+        marker in c
+        for c in cmd[:4]
+        for marker in ("/ray/dashboard/", "/ray/_private/", "/ray/core/src/", "/ray/autoscaler/")
+    )
 
 
 class NodeProbe:
@@ -159,15 +167,20 @@ class RayClusterSampler:
         self.job_id = ray.get_runtime_context().get_job_id()
         self.nodes: dict[str, _Node] = {}
         self._state_api_errors = 0
+        self._state_url: str | None = None  # the connected cluster's state API, resolved once
         self._probe_cls = ray.remote(num_cpus=0, max_restarts=0)(NodeProbe)
         self._refresh_nodes()
         # Baseline: every Ray worker already alive, so CPU spent before the run is not charged.
         refs = {n.node_id: n.probe.ray_workers.remote() for n in self.nodes.values()}
+        deadline = time.monotonic() + PROBE_START_TIMEOUT_S
         for node_id, ref in refs.items():
             try:
-                self.nodes[node_id].pre_existing = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+                self.nodes[node_id].pre_existing = ray.get(ref, timeout=max(deadline - time.monotonic(), 0.1))
             except Exception as exc:
-                _log.debug("no baseline from node %s: %s", node_id, exc)
+                _log.warning(
+                    "mlflow-finops: no baseline of the Ray workers on node %s (their CPU counts from "
+                    "when they are first seen running this job): %s", node_id, f"{exc}".splitlines()[0][:200]
+                )
 
     # ----------------------------------------------------------- discovery
     def _refresh_nodes(self) -> None:
@@ -190,18 +203,35 @@ class RayClusterSampler:
                 ).remote()
             self.nodes[node_id] = _Node(node_id, labels, prices, _PROBES[key])
 
+    def _state_api_url(self) -> str:
+        """The state API of the cluster this driver is connected to.
+
+        Without an address Ray's state API looks for a local cluster on every
+        call: it scans the machine's processes, picks the *latest* local cluster
+        when there are several (not necessarily this driver's: another cluster's
+        job with the same id would be charged here) and finds none for a driver
+        connected to a remote cluster.
+        """
+        if self._state_url is None:
+            from ray.dashboard.utils import ray_address_to_api_server_url
+
+            self._state_url = ray_address_to_api_server_url(self._ray.get_runtime_context().gcs_address)
+        return self._state_url
+
     def _job_workers(self, all_tasks: bool = False) -> dict[str, set[int]]:
         """Node id -> pids of worker processes running this job's tasks and actors."""
         from ray.util.state import list_actors, list_tasks
 
+        address = self._state_api_url()
         out: dict[str, set[int]] = {}
         task_filters: list[tuple[str, str, str]] = [("job_id", "=", self.job_id)]
         if not all_tasks:
             task_filters.append(("state", "=", "RUNNING"))
-        for t in list_tasks(filters=task_filters, limit=STATE_API_LIMIT, raise_on_missing_output=False):
+        for t in list_tasks(address, filters=task_filters, limit=STATE_API_LIMIT, raise_on_missing_output=False):
             if t.node_id and t.worker_pid:
                 out.setdefault(t.node_id, set()).add(int(t.worker_pid))
         for a in list_actors(
+            address,
             filters=[("job_id", "=", self.job_id), ("state", "=", "ALIVE")],
             limit=STATE_API_LIMIT,
             raise_on_missing_output=False,
@@ -217,6 +247,7 @@ class RayClusterSampler:
             found = self._job_workers(all_tasks=final)
         except Exception as exc:
             self._state_api_errors += 1
+            self._state_url = None  # resolved again next time (the dashboard may have moved)
             log = _log.warning if self._state_api_errors == 1 else _log.debug
             log("mlflow-finops: Ray state API unavailable (known workers still read): %s", exc)
             found = {}
