@@ -444,3 +444,118 @@ def budget(policy_path, names, as_json, charts_dir, check) -> None:
 
 def main() -> None:  # pragma: no cover - console entry point
     cli()
+
+
+# ==================================================================== retraining (issue 4) ====
+EXIT_NOT_PROMOTED = 0
+EXIT_BLOCKED = 12  # out of budget, dropped, or still waiting for a window
+
+
+def _print_outcome(out) -> None:
+    color = {"promoted": "green", "not_promoted": "yellow", "waiting": "yellow"}.get(out.state, "red")
+    cost = f"${out.cost_usd:.6f}" if out.cost_usd is not None else "-"
+    cap = f" of cap ${out.cap_usd:.6f}" if out.cap_usd is not None else ""
+    click.secho(f"{out.model}: {out.state} (run {out.run_id}, cost {cost}{cap})", fg=color)
+    click.echo(f"  {out.reason}")
+
+
+@cli.command()
+@policy_option
+@click.option("--model", required=True, help="The model, as named in [models.NAME].")
+@click.option("--drift-run-id", default=None, help="The drift check that asked for it (lineage).")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Supervise the Ray job to its end, or return once it is submitted.")
+def retrain(policy_path: str | None, model: str, drift_run_id: str | None, wait: bool) -> None:
+    """Retrain MODEL incrementally as a Ray job, within its budget and windows.
+
+    \b
+    Steps: budget envelopes covering the model (spend read from MLflow) ->
+    opportunistic window ([windows]; `critical` envelopes bypass it) -> a Ray
+    job (ray_jobs/retrain.py) that updates @champion with the data that arrived
+    since it was trained (partial_fit / warm_start / refit) and stops at the
+    cost cap -> the challenger gets @champion only if it beats it by the margin.
+    The Ray Jobs API address is [retrain].ray_address, else $RAY_ADDRESS, else
+    http://127.0.0.1:8265 (`mlflow-finops ray up` starts a local cluster).
+
+    \b
+    Exit codes:
+      0   retrained (promoted or not: see the output)
+      12  no job ran: out of budget, dropped, or waiting for a window
+      3   stopped at its cost cap, nothing promoted
+      1   the job failed (retried with backoff while budget remains)
+      2   bad input or configuration
+    """
+    from .retrain import RetrainSupervisor, request_retrain
+
+    policy = load_policy_or_exit(policy_path)
+    try:
+        run_id = request_retrain(policy, model, drift_run_id=drift_run_id, reason="mlflow-finops retrain")
+        sup = RetrainSupervisor(policy)
+        out = sup.process(run_id, wait=wait)
+        while wait and out.state == "retry":
+            delay = max(0.0, (_retry_at(sup, run_id) - sup.now()).total_seconds())
+            click.echo(f"{model}: job failed, retrying in {delay:.0f} s")
+            sup.sleep(delay)
+            out = sup.process(run_id, wait=True)
+    except PolicyError as exc:
+        fail(str(exc))
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger(__name__).debug("retrain failed", exc_info=True)
+        fail(f"{type(exc).__name__}: {exc}", EXIT_INTERNAL)
+    _print_outcome(out)
+    codes = {"promoted": 0, "not_promoted": EXIT_NOT_PROMOTED, "submitted": 0, "capped": 3,
+             "failed": EXIT_INTERNAL, "no_new_data": 0}
+    sys.exit(codes.get(out.state, EXIT_BLOCKED))
+
+
+def _retry_at(sup, run_id: str):
+    from datetime import datetime
+
+    return datetime.fromisoformat(sup.client.get_run(run_id).data.tags["finops.retry_at"])
+
+
+@cli.group("ray")
+def ray_group() -> None:
+    """A local Ray cluster for retraining jobs (127.0.0.1 only)."""
+
+
+@ray_group.command("up")
+@click.option("--num-cpus", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--dashboard-port", type=int, default=8265, show_default=True, help="Jobs API port.")
+def ray_up(num_cpus: int, dashboard_port: int) -> None:
+    """Start a local Ray head with the Jobs API on http://127.0.0.1:PORT.
+
+    Equivalent to `ray start --head --node-ip-address 127.0.0.1 ...`; point
+    retraining at it with [retrain].ray_address or RAY_ADDRESS.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    if ray_bin is None:
+        fail("Ray is not installed: pip install 'mlflow-finops[ray]'")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--node-ip-address", "127.0.0.1",
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port), "--disable-usage-stats"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        fail(f"ray start failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", EXIT_INTERNAL)
+    click.echo(f"Ray is up: Jobs API at http://127.0.0.1:{dashboard_port} (stop it with `mlflow-finops ray down`)")
+
+
+@ray_group.command("down")
+def ray_down() -> None:
+    """Stop the local Ray cluster started by `mlflow-finops ray up`."""
+    import os
+    import shutil
+    import subprocess
+
+    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    if ray_bin is None:
+        fail("Ray is not installed")
+    subprocess.run([ray_bin, "stop"], capture_output=True)
+    click.echo("Ray stopped")
+
+
+# ==================================================================== end retraining ====

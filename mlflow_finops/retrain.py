@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Literal
 
-from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from .budget import envelopes_for, spend
@@ -358,7 +357,7 @@ class RetrainSupervisor:
 
         run = self.client.get_run(run_id)
         job_state = run.data.tags.get("finops.retrain_state", "submitted")
-        if status == JobStatus.SUCCEEDED and job_state in TERMINAL:
+        if job_state in TERMINAL - {"failed", "capped"}:  # the job reached a verdict itself
             return self._outcome(run_id, job_state, run.data.tags.get("finops.reason", ""))
         if stopped_for_cap or job_state == "capped":
             return self._finish(
@@ -400,9 +399,8 @@ class RetrainSupervisor:
 
     def _finish(self, run_id: str, state: str, reason: str, status: str) -> RetrainOutcome:
         self._tag(run_id, {"finops.retrain_state": state, "finops.reason": reason})
+        self.client.set_terminated(run_id, status)
         run = self.client.get_run(run_id)
-        if RunStatus.is_terminated(RunStatus.from_string(run.info.status)) is False:
-            self.client.set_terminated(run_id, status)
         log = _log.info if state in ("promoted", "not_promoted") else _log.warning
         log("retrain %s of %s: %s: %s", run_id, run.data.tags.get("finops.model"), state, reason)
         return self._outcome(run_id, state, reason)

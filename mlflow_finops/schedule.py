@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import pandas as pd
 
@@ -132,6 +132,28 @@ def run_scheduled_check(
         return CheckOutcome(model, "error", f"{type(exc).__name__}: {exc}")
 
 
+def retrain_configured(policy: Policy, model: str) -> bool:
+    """Whether drift on ``model`` should lead to a retrain job (it has registry/retrain keys)."""
+    mp = policy.models.get(model)
+    return mp is not None and (mp.registered_model is not None or mp.retrain is not None)
+
+
+def _hand_over_to_retrain(
+    policy: Policy, model: str, out: CheckOutcome, on_retrain: Callable[[Any], None] | None
+) -> None:
+    """A retrain decision becomes a retrain request; open requests are moved forward."""
+    from .retrain import RetrainSupervisor, request_retrain
+
+    try:
+        if out.retrain and out.decision is not None:
+            request_retrain(policy, model, drift_run_id=out.decision.run_id, reason=out.decision.reason)
+        for result in RetrainSupervisor(policy).run_pending(model):
+            if on_retrain:
+                on_retrain(result)
+    except Exception:  # a retrain problem must not stop the drift checks
+        log.exception("retraining %s failed", model)
+
+
 def run_schedule(
     policy: Policy,
     *,
@@ -139,6 +161,7 @@ def run_schedule(
     max_runs: int | None = None,
     models: list[str] | None = None,
     on_outcome: Callable[[CheckOutcome], None] | None = None,
+    on_retrain: Callable[[Any], None] | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[CheckOutcome]:
@@ -154,6 +177,8 @@ def run_schedule(
         outcomes.append(out)
         if on_outcome:
             on_outcome(out)
+        if retrain_configured(policy, model):
+            _hand_over_to_retrain(policy, model, out, on_retrain)
 
     if once:
         for model in crons:

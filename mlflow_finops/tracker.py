@@ -31,7 +31,7 @@ from .context import run_tags
 from .delivery import Batch, Outbox
 from .policy import Policy, RayPolicy, load_policy
 from .pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
-from .ray_usage import RayClusterSampler, is_ray_component, ray_driver_active
+from .ray_usage import RayClusterSampler, ray_driver_active
 from .usage import GpuAccumulator, GpuSampler, ProcessTreeSampler, allocated_cpus, allocated_ram_gb
 
 _log = logging.getLogger(__name__)
@@ -276,15 +276,6 @@ class CostTracker:
                 except Exception:
                     self._ray_policy = None
             self._ray = RayClusterSampler(self.prices, self._ray_policy, t0=self._t0)
-            # A local cluster started by this driver is in its process tree: its job
-            # workers are counted per node by the Ray sampler, the rest is Ray's own upkeep.
-            with self._lock:
-                if hasattr(self, "_cpu0"):  # attached mid-run: keep what the subtree used so far
-                    before = self._tree.read().cpu_s
-                    self._tree.exclude = is_ray_component
-                    self._cpu0 -= before - self._tree.read().cpu_s
-                else:
-                    self._tree.exclude = is_ray_component
             _log.debug("Ray attribution on for job %s", self._ray.job_id)
         except Exception as exc:
             _log.warning("mlflow-finops: Ray workers not tracked (training continues): %s", exc)

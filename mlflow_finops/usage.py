@@ -61,8 +61,13 @@ class ProcessTreeSampler:
 
     def __init__(self, pid: int | None = None, exclude: Callable[[psutil.Process], bool] | None = None):
         self.root = psutil.Process(pid or os.getpid())
-        # Subtrees to leave out, e.g. a local Ray cluster started by this driver, whose
-        # job workers are attributed by the Ray sampler instead. Decisions cached per process.
+        # Subtrees to leave out. By default: Ray's own processes (a local cluster started
+        # by this process is in its tree; a Ray driver's job workers are attributed per
+        # node by the Ray sampler, the rest is Ray's upkeep). Decisions cached per process.
+        if exclude is None:
+            from .ray_usage import is_ray_component
+
+            exclude = is_ray_component
         self.exclude = exclude
         self._excluded: dict[tuple[int, float], bool] = {}
         # CPU seconds of members that vanished without being reaped by a member

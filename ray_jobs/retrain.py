@@ -115,6 +115,10 @@ def new_data(pattern: str, since_s: float) -> tuple[pd.DataFrame, list[str], flo
     return pd.concat([read_frame(f) for f in files], ignore_index=True), files, max(map(os.path.getmtime, files))
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(143)  # unwinds through `with mlflow.start_run()`: the run ends with its cost
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-id", required=True)
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Ray's stop_job sends SIGTERM: end the run cleanly so its partial cost is logged.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     try:
         policy = load_policy(args.policy)
@@ -162,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                              "finops.reason": f"no file in {current} newer than champion v{champion_version.version}"})
             return 4
         if mp.target not in data.columns:
-            mlflow.set_tags({"finops.retrain_state": "failed", "finops.reason": f"target column {mp.target!r} missing"})
+            mlflow.set_tags({"finops.retrain_state": "failed",
+                             "finops.reason": f"new data has no target column {mp.target!r}"})
+            log.error("new data in %s has no target column %r", current, mp.target)
+            mlflow.end_run("FAILED")
             return 2
         n_hold = max(1, int(len(data) * rp.holdout_fraction))
         train, hold = data.iloc[:-n_hold], data.iloc[-n_hold:]  # newest rows held out

@@ -34,7 +34,8 @@ def free_port() -> int:
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test gets its own spool folder and no inherited finops settings."""
     for key in list(os.environ):
-        if key.startswith("MLFLOW_FINOPS_") or key == "MLFLOW_TRACKING_URI":
+        if key.startswith("MLFLOW_FINOPS_") or key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID",
+                                                        "MLFLOW_EXPERIMENT_NAME"):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_FINOPS_SPOOL_DIR", str(tmp_path / "spool"))
     yield
@@ -43,6 +44,9 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     tracker.autolog(disable=True)
     while mlflow.active_run():
         mlflow.end_run()
+    # set_experiment() in one test must not point the next test's fresh store at an old id
+    mlflow.tracking.fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 @pytest.fixture
@@ -62,7 +66,7 @@ class MlflowServer:
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
         self.log = root / "server.log"
 
     def start(self, timeout_s: float = 120) -> None:
@@ -73,12 +77,16 @@ class MlflowServer:
             "--artifacts-destination", str(self.root / "artifacts"),
             "--workers", "1",
         ]
-        self.proc = subprocess.Popen(
-            cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+        # Started through a shell that exits at once: the server is re-parented away from
+        # this test process, so it is not part of the process tree the cost tests measure.
+        launcher = subprocess.run(
+            ["sh", "-c", 'setsid "$@" >>"$LOG" 2>&1 </dev/null & echo $!', "sh", *cmd],
+            env={**os.environ, "LOG": str(self.log)}, capture_output=True, text=True, check=True,
         )
+        self.pid = int(launcher.stdout.strip())
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if not self.alive():
                 raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
             try:
                 if requests.get(self.url + "/health", timeout=1).ok:
@@ -88,14 +96,28 @@ class MlflowServer:
             time.sleep(0.5)
         raise RuntimeError(f"mlflow server did not answer in {timeout_s}s: {self.log.read_text()[-2000:]}")
 
+    def alive(self) -> bool:
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        try:  # a zombie is not alive
+            return open(f"/proc/{self.pid}/stat").read().split()[2] != "Z"
+        except OSError:
+            return False
+
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.alive():
+            assert self.pid is not None
+            os.killpg(self.pid, signal.SIGTERM)
+            for _ in range(200):
+                if not self.alive():
+                    break
+                time.sleep(0.1)
+            else:
+                os.killpg(self.pid, signal.SIGKILL)
         # wait until the port is really closed
         for _ in range(50):
             try:
@@ -117,7 +139,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 
 @pytest.fixture
 def server_uri(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    if mlflow_server.proc is None or mlflow_server.proc.poll() is not None:
+    if not mlflow_server.alive():
         mlflow_server.start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     # fail fast in tests rather than MLflow's default minutes of retries

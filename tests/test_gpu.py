@@ -91,7 +91,7 @@ def test_gpu_hours_energy_and_cost(sqlite_uri: str, energy_counter: bool) -> Non
     wall_s = b.wall_hours * 3600
     gpu_s = b.gpu_hours * 3600
     assert gpu_s == pytest.approx(wall_s, abs=0.15)  # one GPU held for the whole run
-    assert b.energy_kwh * 3.6e6 == pytest.approx(300.0 * gpu_s, rel=0.05, abs=20)
+    assert b.energy_kwh * 3.6e6 == pytest.approx(300.0 * gpu_s, rel=0.1, abs=30)
     assert b.usage_cost_usd >= b.gpu_hours * 2.0
     m = MlflowClient().get_run(run.info.run_id).data.metrics
     assert m["finops/gpu_hours"] == pytest.approx(b.gpu_hours)
