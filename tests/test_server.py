@@ -18,9 +18,13 @@ pytestmark = pytest.mark.server
 
 
 def burn(seconds: float) -> None:
+    """CPU work the way training does it: in native code that releases the GIL."""
+    import numpy as np
+
+    a = np.random.default_rng(0).normal(size=(300, 300))
     end = time.process_time() + seconds
     while time.process_time() < end:
-        pass
+        np.linalg.svd(a)
 
 
 def test_cost_columns_through_the_rest_api_the_ui_uses(server_uri: str) -> None:
