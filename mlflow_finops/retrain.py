@@ -207,12 +207,14 @@ class RetrainSupervisor:
             exp = self.client.get_experiment_by_name(retrain_experiment_name(m))
             if exp is None:
                 continue
-            runs = self.client.search_runs(
-                [exp.experiment_id],
-                "attributes.status = 'SCHEDULED' OR attributes.status = 'RUNNING'",
-                order_by=["attributes.start_time ASC"],
-                max_results=1000,
-            )
+            runs = [
+                r
+                for status in ("SCHEDULED", "RUNNING")
+                for r in self.client.search_runs(
+                    [exp.experiment_id], f"attributes.status = '{status}'", max_results=1000
+                )
+            ]
+            runs.sort(key=lambda r: r.info.start_time)
             out += [r for r in runs if r.data.tags.get("finops.retrain_state") not in TERMINAL]
         return out
 
@@ -290,12 +292,11 @@ class RetrainSupervisor:
         if exp is None:
             return None
         runs = self.client.search_runs(
-            [exp.experiment_id],
-            "tags.`finops.retrain_state` IN ('promoted', 'not_promoted')",
-            order_by=["attributes.start_time DESC"],
-            max_results=3,
+            [exp.experiment_id], "attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=50,
         )
-        costs = [r.data.metrics["finops/cost_usd"] for r in runs if "finops/cost_usd" in r.data.metrics]
+        done = [r for r in runs if r.data.tags.get("finops.retrain_state") in ("promoted", "not_promoted")]
+        costs = [r.data.metrics["finops/cost_usd"] for r in done[:3] if "finops/cost_usd" in r.data.metrics]
         return sum(costs) / len(costs) if costs else None
 
     def _submit(self, run_id: str, model: str, rp: RetrainPolicy, cap: float | None, why: str) -> None:

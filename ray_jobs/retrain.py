@@ -106,6 +106,16 @@ def update(model: Any, X: pd.DataFrame, y: pd.Series, path: str, rp: RetrainPoli
     return clone(model).fit(full.drop(columns=[target]), full[target])
 
 
+def _serialization(model: Any) -> dict[str, Any]:
+    """Save like the champion was loadable: skops with the model's own types trusted (we built it)."""
+    try:
+        import skops.io as sio
+
+        return {"skops_trusted_types": sio.get_untrusted_types(data=sio.dumps(model))}
+    except Exception:  # no skops here: MLflow's default format
+        return {}
+
+
 def new_data(pattern: str, since_s: float) -> tuple[pd.DataFrame, list[str], float]:
     """Files of ``pattern`` (a folder or glob) modified after ``since_s``, concatenated in time order."""
     files = glob.glob(os.path.join(pattern, "*")) if os.path.isdir(pattern) else glob.glob(pattern)
@@ -204,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
         champ_score, chall_score = score(champion, Xh, yh, rp.metric), score(challenger, Xh, yh, rp.metric)
         mlflow.log_metrics({f"eval/champion_{rp.metric}": champ_score, f"eval/challenger_{rp.metric}": chall_score})
-        info = mlflow.sklearn.log_model(challenger, name="model", registered_model_name=name)
+        info = mlflow.sklearn.log_model(challenger, name="model", registered_model_name=name,
+                                        **_serialization(challenger))
         version = str(info.registered_model_version)
         client.set_registered_model_alias(name, "challenger", version)
         gain = (champ_score - chall_score) if rp.metric in LOWER_IS_BETTER else (chall_score - champ_score)

@@ -66,7 +66,8 @@ def setup(tmp_path: Path, ray_cluster, model, *, tag: str, amount: float = 5.0, 
     model.fit(ref.drop(columns="y"), ref["y"])
     name = f"churn-{tag}"
     with mlflow.start_run():
-        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
+                                        skops_trusted_types=["sklearn.tree._tree.Tree"])
     MlflowClient().set_registered_model_alias(name, "champion", str(info.registered_model_version))
     time.sleep(0.05)
     (tmp_path / "incoming").mkdir()
@@ -91,7 +92,7 @@ def test_drift_to_promoted_challenger_with_lineage_and_cost(tmp_path: Path, ray_
     assert run.data.metrics["finops/cost_usd"] > 0
     assert run.data.metrics["eval/challenger_accuracy"] > run.data.metrics["eval/champion_accuracy"]
     champion = c.get_model_version_by_alias(name, "champion")
-    assert champion.version == out.model_version == c.get_model_version_by_alias(name, "challenger").version
+    assert str(champion.version) == out.model_version == str(c.get_model_version_by_alias(name, "challenger").version)
     assert champion.tags["finops.retrain_run_id"] == run_id
     assert champion.tags["finops.drift_run_id"] == decision.run_id
     assert float(champion.tags["finops.cost_usd"]) > 0
@@ -112,7 +113,7 @@ def test_out_of_budget_submits_no_job(tmp_path: Path, ray_cluster, sqlite_uri: s
     assert "envelope 'churn' is spent" in out.reason
     assert out.ray_job_id is None
     assert c.get_run(run_id).data.tags["finops.retrain_state"] == "out_of_budget"
-    assert c.get_model_version_by_alias(name, "champion").version == "1"
+    assert str(c.get_model_version_by_alias(name, "champion").version) == "1"
 
 
 def test_windows_priorities_and_deadline(tmp_path: Path, ray_cluster, sqlite_uri: str) -> None:
@@ -145,7 +146,7 @@ def test_cap_stops_the_job_and_nothing_is_promoted(tmp_path: Path, ray_cluster, 
     assert run.info.status == "KILLED"
     assert run.data.tags["finops.update_path"] == "warm_start"
     assert run.data.metrics["finops/cost_usd"] >= 2e-6  # the partial cost is recorded
-    assert [v.version for v in MlflowClient().search_model_versions(f"name = '{name}'")] == ["1"]
+    assert [str(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'")] == ["1"]
 
 
 def test_failing_job_is_retried_then_marked_failed(tmp_path: Path, ray_cluster, sqlite_uri: str) -> None:
