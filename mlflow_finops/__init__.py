@@ -1,25 +1,44 @@
-"""mlflow-finops: what every MLflow run costs, and retraining that is worth its cost."""
+"""mlflow-finops: what every MLflow run costs, and retraining that is worth its cost.
+
+Names are imported on first use: MLflow loads this package's run-context plugin
+while MLflow itself is being imported, so nothing heavy may load here eagerly.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from .policy import Policy, PolicyError, load_policy  # noqa: E402
-from .pricing import CostBreakdown, PriceCatalog  # noqa: E402
-from .tracker import CostTracker, active_tracker, autolog, track_cost  # noqa: E402
-from .drift import DriftDecision, DriftGate  # noqa: E402
+_EXPORTS = {
+    "autolog": "tracker",
+    "track_cost": "tracker",
+    "CostTracker": "tracker",
+    "active_tracker": "tracker",
+    "Policy": "policy",
+    "PolicyError": "policy",
+    "load_policy": "policy",
+    "PriceCatalog": "pricing",
+    "CostBreakdown": "pricing",
+    "DriftGate": "drift",
+    "DriftDecision": "drift",
+    "run_schedule": "schedule",
+    "request_retrain": "retrain",
+    "RetrainSupervisor": "retrain",
+    "RetrainOutcome": "retrain",
+}
 
-__all__ = [
-    "__version__",
-    "autolog",
-    "track_cost",
-    "CostTracker",
-    "active_tracker",
-    "Policy",
-    "PolicyError",
-    "load_policy",
-    "PriceCatalog",
-    "CostBreakdown",
-    "DriftGate",
-    "DriftDecision",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

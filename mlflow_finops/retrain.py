@@ -94,13 +94,27 @@ def jobs_address(rp: RetrainPolicy) -> str:
 
 
 def ray_auth_headers() -> dict[str, str]:
-    """Ray's token-auth header when the cluster uses token authentication (Ray 2.59+)."""
-    try:
-        from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+    """The bearer token for a Ray cluster with token authentication (Ray 2.59+ turns it on).
 
-        return dict(get_auth_headers_if_auth_enabled({}))
-    except Exception:
-        return {}
+    ``$RAY_AUTH_TOKEN``, else the file ``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``
+    (where ``ray start`` writes it); no header when there is none.
+    """
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+        try:
+            with open(path) as fh:
+                token = fh.read().strip()
+        except OSError:
+            token = ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def jobs_client(rp: RetrainPolicy) -> Any:
+    """A Ray ``JobSubmissionClient`` for the policy's cluster, with its token when it needs one."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(jobs_address(rp), headers=ray_auth_headers() or None)
 
 
 def _now() -> datetime:
@@ -300,7 +314,6 @@ class RetrainSupervisor:
         return sum(costs) / len(costs) if costs else None
 
     def _submit(self, run_id: str, model: str, rp: RetrainPolicy, cap: float | None, why: str) -> None:
-        from ray.job_submission import JobSubmissionClient
 
         tags = self.client.get_run(run_id).data.tags
         attempt = int(tags.get("finops.attempts", "0")) + 1
@@ -314,14 +327,22 @@ class RetrainSupervisor:
         env["MLFLOW_TRACKING_URI"] = _absolute_uri(self.client.tracking_uri)
         env.setdefault("PYTHONUNBUFFERED", "1")
         submission_id = f"finops-retrain-{run_id[:12]}-{attempt}"
-        jobs = JobSubmissionClient(jobs_address(rp))
-        jobs.submit_job(
-            entrypoint=entrypoint,
-            submission_id=submission_id,
-            runtime_env={"env_vars": env},
-            entrypoint_num_cpus=rp.entrypoint_num_cpus,
-            metadata={"finops.model": model, "finops.run_id": run_id},
-        )
+        jobs = jobs_client(rp)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                jobs.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=submission_id,
+                    runtime_env={"env_vars": env},
+                    entrypoint_num_cpus=rp.entrypoint_num_cpus,
+                    metadata={"finops.model": model, "finops.run_id": run_id},
+                )
+                break
+            except RuntimeError as exc:  # a cluster that just started has no job agent yet
+                if "try again later" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                self.sleep(2.0)
         new_tags = {
             "finops.retrain_state": "submitted",
             "finops.ray_submission_id": submission_id,
@@ -335,12 +356,12 @@ class RetrainSupervisor:
         _log.info("retrain %s of %s submitted as Ray job %s (cap %s)", run_id, model, submission_id, cap)
 
     def _supervise(self, run_id: str, model: str, rp: RetrainPolicy, wait: bool) -> RetrainOutcome:
-        from ray.job_submission import JobStatus, JobSubmissionClient
+        from ray.job_submission import JobStatus
 
         tags = self.client.get_run(run_id).data.tags
         submission_id = tags["finops.ray_submission_id"]
         cap = float(tags["finops.cap_usd"]) if "finops.cap_usd" in tags else None
-        jobs = JobSubmissionClient(jobs_address(rp))
+        jobs = jobs_client(rp)
         stopped_for_cap = False
         while True:
             status = jobs.get_job_status(submission_id)
@@ -385,6 +406,19 @@ class RetrainSupervisor:
         if why_not:
             reason += f"; no retry: {why_not}"
         return self._finish(run_id, "failed", reason, "KILLED" if status == JobStatus.STOPPED else "FAILED")
+
+    def cancel(self, run_id: str, reason: str) -> RetrainOutcome:
+        """Drop an open request (it will not run); a submitted job is stopped first."""
+        tags = self.client.get_run(run_id).data.tags
+        if tags.get("finops.retrain_state") == "submitted" and tags.get("finops.ray_submission_id"):
+            model = tags.get("finops.model", "")
+            mp = self.policy.models.get(model)
+            rp = self.policy.retrain.merged(mp.retrain if mp else None)
+            try:
+                jobs_client(rp).stop_job(tags["finops.ray_submission_id"])
+            except Exception as exc:
+                _log.warning("could not stop Ray job %s: %s", tags["finops.ray_submission_id"], exc)
+        return self._finish(run_id, "dropped", f"cancelled: {reason}", "KILLED")
 
     # -------------------------------------------------------------- helpers
     def _cost(self, run_id: str) -> float | None:

@@ -103,9 +103,14 @@ def run_scheduled_check(
     try:
         files = current_window(policy, model)
         key = window_key(model, files)
+        reference = champion_reference(policy, model)
         gate = gates.get(model)
-        if gate is None:
-            gate = gates[model] = DriftGate.from_policy(policy, model=model)
+        if gate is None or getattr(gate, "reference_source", None) != reference:
+            # After a promotion, drift is judged against what the new champion learned from.
+            gate = gates[model] = DriftGate.from_policy(
+                policy, model=model, **({"reference": reference} if reference else {})
+            )
+            gate.reference_source = reference
         client, exp_id = gate._monitoring(create=False)
         seen = find_checked_window(client, exp_id, key)
         if seen is not None:
@@ -130,6 +135,21 @@ def run_scheduled_check(
     except Exception as exc:  # one model's failure must not stop the others
         log.exception("drift check %s failed", model)
         return CheckOutcome(model, "error", f"{type(exc).__name__}: {exc}")
+
+
+def champion_reference(policy: Policy, model: str) -> str | None:
+    """The data the registered ``@champion`` was last updated on (tag ``finops.reference``), if any."""
+    mp = policy.models.get(model)
+    if mp is None or not retrain_configured(policy, model):
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        version = MlflowClient().get_model_version_by_alias(mp.registered_model or model, "champion")
+    except Exception:  # no registry entry yet: the policy's reference
+        return None
+    ref = version.tags.get("finops.reference")
+    return ref if ref and Path(ref).is_file() else None
 
 
 def retrain_configured(policy: Policy, model: str) -> bool:

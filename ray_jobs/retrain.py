@@ -235,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         verdict = (f"challenger v{version} {rp.metric}={chall_score:.4f} vs champion "
                    f"v{champion_version.version} {champ_score:.4f} (margin {rp.margin})")
         if better:
+            # what the new champion learned from becomes the drift gate's reference
+            ref_dir = os.path.join(base, "references")
+            os.makedirs(ref_dir, exist_ok=True)
+            ref_path = os.path.join(ref_dir, f"{name}-v{version}.parquet")
+            data.to_parquet(ref_path)
+            client.set_model_version_tag(name, version, "finops.reference", ref_path)
             client.set_registered_model_alias(name, "champion", version)
         mlflow.set_tags({
             "finops.retrain_state": "promoted" if better else "not_promoted",

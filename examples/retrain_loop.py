@@ -1,0 +1,179 @@
+"""The whole loop on the embedded defaults: cost-tracked training, drift-gated,
+budget-limited incremental retraining on Ray, promotion only when better, and
+a report of what it all cost and bought.
+
+    python examples/retrain_loop.py [--windows 8] [--rows 20000]
+
+It writes ./mlflow.db (the SQLite MLflow store) and ./finops-demo/ (data and
+policy), starts a local Ray cluster (`mlflow-finops ray up`) unless one
+answers on 127.0.0.1:8265, and stops the cluster it started. Re-running it in
+the same folder starts the demo over: the demo's data folder is rewritten and
+its registered model recreated; earlier runs stay in mlflow.db.
+
+The stream (examples/stream.py) drifts at windows 3 and 6; each window is
+checked by the drift gate on the policy's schedule, and only drift leads to a
+retrain job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlflow
+import requests
+from mlflow.tracking import MlflowClient
+from sklearn.ensemble import RandomForestClassifier
+
+sys.path.insert(0, str(Path(__file__).parent))
+import mlflow_finops  # noqa: E402
+from stream import DRIFT_POINTS, FEATURES, TARGET, window  # noqa: E402
+
+MODEL = "churn"
+REGISTERED = "churn-demo"
+JOBS = "http://127.0.0.1:8265"
+BIN = Path(sys.executable).parent
+
+POLICY = f"""
+# finops.toml of the demo (data only; see README.md for every key)
+[tags]
+team = "growth"
+cost_center = "cc-demo"
+
+[models.{MODEL}]
+reference = "reference.parquet"
+current = "incoming/*.parquet"
+target = "{TARGET}"
+schedule = "*/15 * * * *"          # cron: how `mlflow-finops schedule` would run it
+experiment = "finops-demo/monitoring"
+registered_model = "{REGISTERED}"
+
+[drift]
+drift_share = 0.3                  # retrain when 30% of the columns drifted
+min_rows = 1000
+
+[retrain]
+ray_address = "{JOBS}"
+metric = "accuracy"
+margin = 0.0                       # promote only when strictly better on the newest slice
+sample_interval_s = 1.0
+poll_s = 1.0
+warm_start_step = 20               # incremental: grow the forest by 20 trees per step
+warm_start_steps = 2
+
+[windows]
+min_free_cpus = 1                  # opportunistic: only when the Ray cluster has a free CPU
+
+[budgets.churn-monthly]
+amount_usd = 0.05
+per_job_usd = 0.01
+period = "month"
+priority = "standard"
+models = ["{MODEL}"]
+"""
+
+
+def ray_up() -> bool:
+    """Start a local Ray cluster unless one answers; True when this script started it."""
+    try:
+        if requests.get(JOBS + "/api/version", timeout=2).ok:
+            return False
+    except requests.RequestException:
+        pass
+    print("starting a local Ray cluster (mlflow-finops ray up) ...", flush=True)
+    subprocess.run([str(BIN / "mlflow-finops"), "ray", "up", "--num-cpus", "2"], check=True)
+    return True
+
+
+def train_champion(root: Path, policy) -> None:
+    client = MlflowClient()
+    supervisor = mlflow_finops.RetrainSupervisor(policy)
+    for run in supervisor.pending(MODEL):  # requests left by an earlier demo run
+        supervisor.cancel(run.info.run_id, "the demo starts over")
+    if client.search_registered_models(f"name = '{REGISTERED}'"):
+        client.delete_registered_model(REGISTERED)  # the demo starts over: no duplicate models
+    ref = window(0)
+    ref.to_parquet(root / "reference.parquet")
+    mlflow.set_experiment("finops-demo/training")
+    with mlflow.start_run(run_name="champion-v1", tags={"finops.model": MODEL}):
+        model = RandomForestClassifier(n_estimators=60, random_state=0, n_jobs=2)
+        model.fit(ref[FEATURES], ref[TARGET])
+        info = mlflow.sklearn.log_model(
+            model, name="model", registered_model_name=REGISTERED,
+            skops_trusted_types=["sklearn.tree._tree.Tree"],
+        )
+    client.set_registered_model_alias(REGISTERED, "champion", str(info.registered_model_version))
+
+
+def champion_accuracy(df) -> float:
+    model = mlflow.sklearn.load_model(f"models:/{REGISTERED}@champion")
+    return float((model.predict(df[FEATURES]) == df[TARGET]).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--windows", type=int, default=8)
+    ap.add_argument("--rows", type=int, default=20_000)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    started = datetime.now(timezone.utc)
+
+    root = Path("finops-demo").absolute()
+    shutil.rmtree(root / "incoming", ignore_errors=True)
+    (root / "incoming").mkdir(parents=True)
+    (root / "finops.toml").write_text(POLICY)
+    os.environ["MLFLOW_FINOPS_POLICY"] = str(root / "finops.toml")
+    mlflow.set_tracking_uri(mlflow.get_tracking_uri())  # default: sqlite:///mlflow.db here
+    policy = mlflow_finops.load_policy(root / "finops.toml")
+    mlflow_finops.autolog(interval_s=1.0)  # every run below, training included, knows its cost
+
+    our_ray = ray_up()
+    try:
+        print("training the champion on window 0 ...", flush=True)
+        train_champion(root, policy)
+        print(f"\n{'window':>6}  {'drift':<8} {'champion acc':>12}  what happened")
+        for w in range(1, args.windows + 1):
+            df = window(w, args.rows)
+            path = root / "incoming" / f"window-{w:02d}.parquet"
+            df.to_parquet(path)
+            acc = champion_accuracy(df)  # how the model in production does on the new window
+            events: list[str] = []
+            outcomes = mlflow_finops.run_schedule(
+                policy, once=True,
+                on_retrain=lambda r: events.append(f"retrain {r.state} (${r.cost_usd or 0:.6f}): {r.reason}"),
+            )
+            decision = outcomes[0].decision.decision if outcomes and outcomes[0].decision else outcomes[0].status
+            marker = "  <- drift point" if w in DRIFT_POINTS else ""
+            print(f"{w:>6}  {decision:<8} {acc:>12.3f}  {'; '.join(events) or '-'}{marker}", flush=True)
+            time.sleep(0.01)
+    finally:
+        if our_ray:
+            subprocess.run([str(BIN / "mlflow-finops"), "ray", "down"], check=False)
+
+    print("\nWhat it cost and what it bought:")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(f"finops-retrains/{MODEL}")
+    for r in client.search_runs([exp.experiment_id], f"attributes.start_time >= {int(started.timestamp() * 1000)}",
+                                order_by=["attributes.start_time ASC"]) if exp else []:
+        m, t = r.data.metrics, r.data.tags
+        gain = m.get("eval/challenger_accuracy", float("nan")) - m.get("eval/champion_accuracy", float("nan"))
+        print(f"  retrain {r.info.run_id[:8]}  {t.get('finops.retrain_state'):<13} "
+              f"cost ${m.get('finops/cost_usd', 0):.6f}  accuracy {gain:+.3f} on the newest slice "
+              f"(path {t.get('finops.update_path', '-')}, after drift check {t.get('finops.drift_run_id', '-')[:8]})")
+    subprocess.run([str(BIN / "mlflow-finops"), "report", "--since", started.isoformat(timespec="seconds"),
+                    "--by", "experiment"], check=False)
+    print("\nLook at it in the MLflow UI:\n"
+          f"  {BIN / 'mlflow'} ui --backend-store-uri {mlflow.get_tracking_uri()}\n"
+          "  then open http://127.0.0.1:5000 (experiments finops-demo/*, finops-retrains/churn; "
+          f"model {REGISTERED})")
+
+
+if __name__ == "__main__":
+    main()
