@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo quickstart test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,16 +11,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[ray,gpu,test,browser]'
 	touch $@
 
-demo: $(VENV)/.installed          ## set everything up and run the main example
+demo: $(VENV)/.installed          ## set everything up and run the whole loop (a few minutes)
+	$(PY) examples/retrain_loop.py
+
+quickstart: $(VENV)/.installed    ## just the cost of two training runs (a minute)
 	$(PY) examples/quickstart.py
 
 test: $(VENV)/.installed          ## run the test suite (installs Chromium for the UI test where it can)
 	-bash .ci/install-browser $(PY)
 	$(PY) -m pytest
 
-bench: $(VENV)/.installed         ## run the benchmarks (minutes; figures go to bench/README.md by hand)
+bench: $(VENV)/.installed         ## run every benchmark (long; figures go to bench/README.md)
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_attribution.py
+	$(PY) bench/bench_drift.py
+	$(PY) bench/bench_report.py
+	$(PY) bench/bench_ray.py
+	$(PY) bench/bench_retrain.py
+	$(PY) bench/bench_headline.py
 
 clean:
-	rm -rf $(VENV) mlflow.db mlartifacts mlruns
+	rm -rf $(VENV) mlflow.db mlartifacts mlruns finops-demo

@@ -53,6 +53,11 @@ def cli(verbose: bool) -> None:
     \b
     Track what every run costs:   add `mlflow_finops.autolog()` to a training script.
     See the prices in force:      mlflow-finops prices --policy finops.toml
+    Gate retraining on drift:     mlflow-finops drift check --policy finops.toml --model churn \\
+                                      --reference ref.parquet --current new.parquet
+    Run the checks on cron:       mlflow-finops schedule --policy finops.toml
+    Retrain within budget:        mlflow-finops ray up; mlflow-finops retrain --model churn
+    What was spent, and on what:  mlflow-finops report --since 30d; mlflow-finops budget
     Deliver spooled samples:      mlflow-finops sync
 
     MLflow is read from MLFLOW_TRACKING_URI (default: sqlite:///mlflow.db here).
