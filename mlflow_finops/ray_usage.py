@@ -36,6 +36,7 @@ PROBE_TIMEOUT_S = 10.0
 # node, and a node without its baseline is charged only from its workers' first sighting.
 PROBE_START_TIMEOUT_S = 30.0
 STATE_API_LIMIT = 10_000  # the most Ray's state API returns per call
+DISCOVERY_EVERY_S = 5.0  # default of $MLFLOW_FINOPS_RAY_DISCOVERY_S
 
 
 def ray_driver_active() -> bool:
@@ -167,6 +168,8 @@ class RayClusterSampler:
         self.job_id = ray.get_runtime_context().get_job_id()
         self.nodes: dict[str, _Node] = {}
         self._state_api_errors = 0
+        self._last_discovery = float("-inf")
+        self.discovery_every_s = float(os.environ.get("MLFLOW_FINOPS_RAY_DISCOVERY_S", DISCOVERY_EVERY_S))
         self._state_url: str | None = None  # the connected cluster's state API, resolved once
         self._probe_cls = ray.remote(num_cpus=0, max_restarts=0)(NodeProbe)
         self._refresh_nodes()
@@ -242,15 +245,29 @@ class RayClusterSampler:
 
     # -------------------------------------------------------------- sample
     def sample(self, final: bool = False) -> None:
-        self._refresh_nodes()
+        # Discovery (GCS + state API, both on the head) at most every DISCOVERY_EVERY_S:
+        # a worker found late loses nothing (its baseline is from the run's start), and
+        # known workers are read by the probes at every sample.
+        now = time.monotonic()
+        if not final and now - self._last_discovery < self.discovery_every_s:
+            found: dict[str, set[int]] = {}
+        else:
+            self._last_discovery = now
+            self._refresh_nodes()
+            found = self._discover(final)
+        self._read_probes(found)
+
+    def _discover(self, final: bool) -> dict[str, set[int]]:
         try:
-            found = self._job_workers(all_tasks=final)
+            return self._job_workers(all_tasks=final)
         except Exception as exc:
             self._state_api_errors += 1
             self._state_url = None  # resolved again next time (the dashboard may have moved)
             log = _log.warning if self._state_api_errors == 1 else _log.debug
             log("mlflow-finops: Ray state API unavailable (known workers still read): %s", exc)
-            found = {}
+            return {}
+
+    def _read_probes(self, found: dict[str, set[int]]) -> None:
         pending = {}
         for node in self.nodes.values():
             if node.lost:

@@ -340,10 +340,14 @@ class CostTracker:
             if len(self.history) > MAX_HISTORY:  # long runs: keep every other point
                 self.history = self.history[::2]
         if self.log_timeseries and not final:
-            self._outbox.put(Batch(self.tracking_uri, self.run_id, self._metric_rows(self._last)))
+            self._outbox.put(
+                Batch(self.tracking_uri, self.run_id, self._metric_rows(self._last, at=self.history[-1][0]))
+            )
 
-    def _metric_rows(self, b: CostBreakdown, final: bool = False) -> list[tuple[str, float, int, int]]:
-        now_ms = int(time.time() * 1000)
+    def _metric_rows(
+        self, b: CostBreakdown, final: bool = False, at: float | None = None
+    ) -> list[tuple[str, float, int, int]]:
+        now_ms = int((at if at is not None else time.time()) * 1000)
         # Step = seconds since the run started: monotonic across resumes, and the
         # final scalars get the highest step so they are the run's "latest" values.
         elapsed = (now_ms - self._run_start_ms) / 1000.0

@@ -83,7 +83,7 @@ class ProcessTreeSampler:
         cpu = 0.0
         rss = 0
         seen: dict[tuple[int, float], tuple[float, int | None]] = {}
-        if self.exclude is not None:
+        if self.exclude is not None and not _HAS_CHILDREN_FILES:  # the /proc walk skips them itself
             members = self._without_excluded(members)
         for proc in members:
             try:
@@ -144,12 +144,23 @@ class ProcessTreeSampler:
                     if child in seen:
                         continue
                     seen.add(child)
-                    stack.append(child)
                     try:
-                        out.append(psutil.Process(child))
-                    except psutil.NoSuchProcess:
+                        proc = psutil.Process(child)
+                        if self._is_excluded(proc):
+                            continue  # and its whole subtree: never walked
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
                         continue
+                    stack.append(child)
+                    out.append(proc)
         return out
+
+    def _is_excluded(self, proc: psutil.Process) -> bool:
+        if self.exclude is None:
+            return False
+        key = (proc.pid, proc.create_time())
+        if key not in self._excluded:
+            self._excluded[key] = bool(self.exclude(proc))
+        return self._excluded[key]
 
     def _without_excluded(self, members: list[psutil.Process]) -> list[psutil.Process]:
         assert self.exclude is not None

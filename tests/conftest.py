@@ -166,6 +166,7 @@ class RayTestCluster:
                 "include_dashboard": True,
                 "dashboard_host": "127.0.0.1",
                 "dashboard_port": self.dashboard_port,
+                "dashboard_agent_listen_port": free_port(),  # not Ray's fixed default (52365)
                 "labels": {"market": "on_demand"},
             },
         )

@@ -81,7 +81,8 @@ def test_every_nodes_share_lands_in_the_run(ray_driver, sqlite_uri: str, tmp_pat
     assert ray_cpu + 0.05 <= total_cpu < ray_cpu + 2.5  # the driver's own share is there too
 
 
-def test_a_node_lost_mid_run_keeps_its_share(ray_driver, sqlite_uri: str) -> None:
+def test_a_node_lost_mid_run_keeps_its_share(ray_driver, sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_FINOPS_RAY_DISCOVERY_S", "0.3")  # find the worker before the node dies
     extra = ray_driver.add_node(market="doomed")
     doomed = next(n["NodeID"] for n in alive_nodes() if n["Labels"].get("market") == "doomed")
     ray.get(on_node(doomed).remote(0.01))

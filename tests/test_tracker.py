@@ -103,7 +103,7 @@ def test_resumed_run_adds_to_its_cost(sqlite_uri: str) -> None:
         assert len(samplers()) == 1
         burn(0.4)
     total = MlflowClient().get_run(run.info.run_id).data.metrics["finops/cpu_core_hours"] * 3600
-    assert first >= 0.4
+    assert first >= 0.38  # /proc counts in 10 ms ticks
     assert total == pytest.approx(first + 0.4, abs=0.15)
 
 
@@ -111,10 +111,10 @@ def test_track_cost_starts_and_ends_a_run_when_none_is_active(sqlite_uri: str) -
     with mlflow_finops.track_cost(interval_s=0.2) as tracker:
         burn(0.3)
         run_id = tracker.run_id
-        assert tracker.sample_now().cpu_core_hours * 3600 >= 0.3
+        assert tracker.sample_now().cpu_core_hours * 3600 >= 0.28
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["finops/cpu_core_hours"] * 3600 >= 0.3
+    assert run.data.metrics["finops/cpu_core_hours"] * 3600 >= 0.28
     assert mlflow.active_run() is None
 
 
