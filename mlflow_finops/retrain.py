@@ -2,7 +2,7 @@
 
 A retrain request is an MLflow run in ``finops-retrains/<model>`` with status
 ``SCHEDULED`` and tag ``finops.retrain_state`` (``pending``, ``waiting``,
-``retry``, ``submitted``, then one of ``promoted``, ``not_promoted``,
+``retry``, ``submitted``, ``running`` (set by the job), then one of ``promoted``, ``not_promoted``,
 ``capped``, ``failed``, ``out_of_budget``, ``dropped``, ``no_new_data``). Being
 in MLflow, a pending retrain survives a scheduler restart, and the same run
 becomes the retrain's own tracked run inside the Ray job: its cost lands
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 State = Literal[
-    "pending", "waiting", "retry", "submitted",
+    "pending", "waiting", "retry", "submitted", "running",
     "promoted", "not_promoted", "capped", "failed", "out_of_budget", "dropped", "no_new_data",
 ]
 TERMINAL = {"promoted", "not_promoted", "capped", "failed", "out_of_budget", "dropped", "no_new_data"}
@@ -242,14 +242,18 @@ class RetrainSupervisor:
         tags = run.data.tags
         model = tags["finops.model"]
         state = tags.get("finops.retrain_state", "pending")
-        if state in TERMINAL:
+        # The job tags its verdict (promoted, capped, ...) before it ends its run, and its final
+        # cost is recorded only then: until the run has ended, supervise it like a submitted one.
+        finishing = state in TERMINAL and run.info.status == "RUNNING" and bool(tags.get("finops.ray_submission_id"))
+        if state in TERMINAL and not finishing:
             return self._outcome(run_id, state, tags.get("finops.reason", ""))
         mp = _model_policy(self.policy, model)
         rp = self.policy.retrain.merged(mp.retrain)
         now = self.now()
 
-        if state == "submitted" and tags.get("finops.ray_submission_id"):
-            return self._supervise(run_id, model, rp, wait)  # the scheduler restarted mid-job
+        # "running": the job's own tag once its run has started; never submit that job again
+        if (state in ("submitted", "running") or finishing) and tags.get("finops.ray_submission_id"):
+            return self._supervise(run_id, model, rp, wait)  # a later step, or the scheduler restarted mid-job
 
         deadline = datetime.fromisoformat(tags["finops.deadline"])
         if now >= deadline:
@@ -362,7 +366,7 @@ class RetrainSupervisor:
         submission_id = tags["finops.ray_submission_id"]
         cap = float(tags["finops.cap_usd"]) if "finops.cap_usd" in tags else None
         jobs = jobs_client(rp)
-        stopped_for_cap = False
+        stopped_for_cap = tags.get("finops.stopped_for_cap") == "true"  # by an earlier step (wait=False)
         while True:
             status = jobs.get_job_status(submission_id)
             if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
@@ -373,6 +377,7 @@ class RetrainSupervisor:
                              run_id, cost, cap, submission_id)
                 jobs.stop_job(submission_id)
                 stopped_for_cap = True
+                self._tag(run_id, {"finops.stopped_for_cap": "true"})
             if not wait:
                 return self._outcome(run_id, "submitted", f"Ray job {submission_id} is {status}")
             self.sleep(rp.poll_s)

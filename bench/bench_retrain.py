@@ -1,0 +1,421 @@
+"""Retraining benchmarks (issue 4): cost-cap precision, and incremental vs full retraining.
+
+Everything goes through the real path: ``request_retrain`` records the request
+in MLflow, ``RetrainSupervisor.process`` submits ``ray_jobs/retrain.py`` as a
+real Ray job (Jobs API of a ``ray.cluster_utils.Cluster`` head on 127.0.0.1,
+2 CPUs) and supervises it; the job loads ``models:/<name>@champion`` from a
+SQLite MLflow store in a temp folder, updates it with the newer data files, is
+cost-tracked by ``mlflow_finops.autolog`` and logs ``finops/cost_usd`` and
+``eval/*`` to the retrain run. The figures are read back from that run.
+
+**cap**: a ``Pipeline(StandardScaler, SGDClassifier)`` champion, one new
+Parquet file (``--cap-rows`` rows x 20 features), ``partial_fit`` for
+``--cap-epochs`` epochs (``batch_rows`` 2048, so the job can stop between two
+``partial_fit`` calls), ``sample_interval_s = 1.0``. One uncapped run of the
+same job sizes the cap: ``per_job_usd = --cap-fraction x`` its cost. Then
+``--repeats`` capped runs; printed for each: the cap, the final recorded
+``finops/cost_usd``, the overspend past the cap (USD and % of the cap), and one
+sampling interval's spend (the run's mean cost rate x 1 s). Target: overspend
+<= 5% of the cap or <= one interval's spend.
+
+**incremental**: a drifting stream of 20 features: a reference window
+(``--ref-rows``, t = 0) on which the champion is trained, then 3 new windows of
+``--window-rows`` (t = 1/3, 2/3, 1) whose feature means shift and whose
+decision boundary rotates (60 degrees at t = 1). The job holds out the newest
+20% of the new rows (part of the t = 1 window) for both. Incremental = the
+job's ``partial_fit`` path (5 epochs over the new rows, the champion's scaler
+kept); full = ``strategy = "refit"`` (a fresh pipeline fitted on reference +
+new rows, reading the reference inside the run). Each ``--inc-repeats`` times,
+in alternating order, the champion alias reset to the same v1 in between.
+Printed: each one's ``finops/cost_usd``, the ratio incremental / full (target
+<= 0.3), ``eval/challenger_accuracy`` on the held-out newest slice and the
+accuracy difference (target <= 1 point lost).
+
+The incremental part also runs the job's own ``update`` and one
+``mlflow.sklearn.log_model`` in this process on the same data, to show where
+the CPU goes. ``BENCH_JOB_LOGS=1`` prints each Ray job's log tail.
+
+    .venv/bin/python bench/bench_retrain.py                  # both parts, ~7 min on 2 cores
+    .venv/bin/python bench/bench_retrain.py --part cap
+    .venv/bin/python bench/bench_retrain.py --part incremental
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before ray is imported: keep every Ray address on loopback.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+N_FEATURES = 20
+SAMPLE_INTERVAL_S = 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stream(n: int, t: float, seed: int, theta: float = np.pi / 3) -> pd.DataFrame:
+    """One window of the drifting stream at time t in [0, 1].
+
+    Feature means move by t x (0.2 .. 1.0); the label is the sign of a linear
+    score (plus a small non-linear term and noise) whose direction rotates from
+    ``a`` (features 0-3) towards ``b`` (features 4-7) by ``t x theta``.
+    """
+    rng = np.random.default_rng(seed)
+    shift = t * np.linspace(0.2, 1.0, N_FEATURES)
+    X = rng.normal(size=(n, N_FEATURES)) + shift
+    a = np.zeros(N_FEATURES)
+    a[:4] = [1.0, 0.8, -0.6, 0.5]
+    b = np.zeros(N_FEATURES)
+    b[4:8] = [1.0, -0.7, 0.6, 0.4]
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    w = np.cos(t * theta) * a + np.sin(t * theta) * b
+    z = (X - shift) @ w + 0.3 * np.sin(2 * X[:, 8]) + rng.normal(scale=0.25, size=n)
+    cols = [f"f{i}" for i in range(N_FEATURES)]
+    return pd.DataFrame(X.astype(np.float32), columns=cols).assign(y=(z > 0).astype(np.int64))
+
+
+def sgd_pipeline():
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), SGDClassifier(random_state=0))
+
+
+def register_champion(model, names: list[str]) -> None:
+    """Log the fitted model once per registered name and point @champion at it."""
+    import mlflow
+    import skops.io as sio
+    from mlflow.tracking import MlflowClient
+
+    trusted = sio.get_untrusted_types(data=sio.dumps(model))
+    for name in names:
+        with mlflow.start_run(run_name=f"champion-{name}"):
+            info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
+                                            skops_trusted_types=trusted)
+        MlflowClient().set_registered_model_alias(name, "champion", str(info.registered_model_version))
+    time.sleep(0.05)  # the new data files are strictly newer than the champion versions
+
+
+def retrain(policy_path: Path, model: str, timeout_s: float = 300.0) -> dict:
+    """request_retrain + RetrainSupervisor.process until done (a real Ray job); what the run recorded."""
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_finops import load_policy
+    from mlflow_finops.retrain import RetrainSupervisor, request_retrain
+
+    policy = load_policy(policy_path)
+    t0 = time.time()
+    run_id = request_retrain(policy, model, reason="bench")
+    sup = RetrainSupervisor(policy)
+    # process(wait=False) step by step, as the scheduler does: same submit and supervision
+    # (cap backstop included), with a deadline in case the cluster dies under us
+    out = sup.process(run_id, wait=False)
+    while not out.done:
+        if time.time() - t0 > timeout_s:
+            raise SystemExit(f"retrain {run_id} of {model} still {out.state} after {timeout_s:.0f} s: {out.reason}")
+        time.sleep(policy.retrain.poll_s)
+        out = sup.process(run_id, wait=False)
+    wall = time.time() - t0
+    run = MlflowClient().get_run(run_id)
+    job_status = None
+    if out.ray_job_id:
+        from ray.job_submission import JobSubmissionClient
+
+        jobs = JobSubmissionClient(policy.retrain.ray_address)
+        while (job_status := str(jobs.get_job_status(out.ray_job_id).value)) in ("PENDING", "RUNNING"):
+            if time.time() - t0 > timeout_s:
+                break
+            time.sleep(0.5)  # the job's process may outlive its run by a moment
+        if os.environ.get("BENCH_JOB_LOGS"):
+            print(jobs.get_job_logs(out.ray_job_id)[-3000:])
+    m, tags = run.data.metrics, run.data.tags
+    wall_s = m.get("finops/wall_hours", float("nan")) * 3600
+    cost = m.get("finops/cost_usd", float("nan"))
+    return {
+        "run_id": run_id,
+        "state": out.state,
+        "reason": out.reason,
+        "status": run.info.status,
+        "path": tags.get("finops.update_path"),
+        "cost": cost,
+        "cap": out.cap_usd,
+        "cpu_s": m.get("finops/cpu_core_hours", float("nan")) * 3600,
+        "wall_s": wall_s,
+        "rate": cost / wall_s if wall_s else float("nan"),
+        "acc": m.get("eval/challenger_accuracy"),
+        "champ_acc": m.get("eval/champion_accuracy"),
+        "rows": m.get("retrain/rows_new"),
+        "round_trip_s": wall,
+        "job_status": job_status,
+    }
+
+
+RETRAIN_DEFAULTS = f"""
+[retrain]
+ray_address = "{{jobs}}"
+sample_interval_s = {SAMPLE_INTERVAL_S}
+poll_s = 0.5
+max_attempts = 1
+backoff_s = 0
+"""
+
+
+# ---------------------------------------------------------------------------- cap
+def part_cap(args: argparse.Namespace, jobs: str, root: Path) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    d = root / "cap"
+    (d / "incoming").mkdir(parents=True)
+    ref = stream(50_000, 0.0, 11)
+    ref.to_parquet(d / "ref.parquet")
+    champion = sgd_pipeline().fit(ref.drop(columns="y"), ref["y"])
+    register_champion(champion, ["bench-capsize", "bench-capped"])
+    stream(args.cap_rows, 0.5, 12).to_parquet(d / "incoming" / "w1.parquet")
+
+    def policy(cap: float | None) -> Path:
+        text = RETRAIN_DEFAULTS.format(jobs=jobs)
+        for model in ("capsize", "capped"):
+            text += f"""
+[models.{model}]
+reference = "ref.parquet"
+current = "incoming/*.parquet"
+target = "y"
+registered_model = "bench-{model}"
+[models.{model}.retrain]
+strategy = "partial_fit"
+partial_fit_epochs = {args.cap_epochs}
+"""
+        if cap is not None:
+            text += f"""
+[budgets.capped]
+amount_usd = 100.0
+per_job_usd = {cap:.10f}
+models = ["capped"]
+"""
+        (d / "finops.toml").write_text(text)
+        return d / "finops.toml"
+
+    print(f"\n== cap: SGD partial_fit, {args.cap_rows:,} new rows x {N_FEATURES}, "
+          f"{args.cap_epochs} epochs, sample_interval_s={SAMPLE_INTERVAL_S}", flush=True)
+    size = retrain(policy(None), "capsize")
+    print(f"uncapped run: {size['state']}, cost ${size['cost']:.8f}, {size['wall_s']:.1f} s tracked, "
+          f"{size['cpu_s']:.1f} CPU-s, rate ${size['rate']:.3e}/s (round trip {size['round_trip_s']:.1f} s)",
+          flush=True)
+    if size["state"] not in ("promoted", "not_promoted"):
+        raise SystemExit(f"sizing run did not finish: {size['state']}: {size['reason']}")
+    cap = args.cap_fraction * size["cost"]
+    path = policy(cap)
+    rows = []
+    print(f"cap = {args.cap_fraction:.0%} of the uncapped cost = ${cap:.8f}")
+    print(f"{'#':>2} {'state':>8} {'cap $':>11} {'final $':>11} {'over $':>11} {'over %cap':>9} "
+          f"{'1 interval $':>12} {'over s':>7} {'target':>6}  Ray job")
+    for i in range(args.repeats):
+        r = retrain(path, "capped")
+        over = r["cost"] - cap
+        interval_usd = r["rate"] * SAMPLE_INTERVAL_S
+        ok = over <= 0.05 * cap or over <= interval_usd
+        rows.append({**r, "over": over, "over_pct": 100 * over / cap, "interval_usd": interval_usd, "ok": ok})
+        print(f"{i + 1:>2} {r['state']:>8} {cap:>11.3e} {r['cost']:>11.3e} {over:>11.3e} {100 * over / cap:>8.1f}% "
+              f"{interval_usd:>12.3e} {over / r['rate']:>7.2f} {'met' if ok else 'MISSED':>6}  {r['job_status']}",
+              flush=True)
+        if r["state"] != "capped":
+            print(f"   (not capped: {r['reason']})")
+    worst = max(rows, key=lambda r: r["over_pct"])
+    print(f"worst: overspend ${worst['over']:.3e} = {worst['over_pct']:.1f}% of the cap "
+          f"(one interval = ${worst['interval_usd']:.3e} = {100 * worst['interval_usd'] / cap:.1f}% of the cap); "
+          f"target {'met' if all(r['ok'] for r in rows) else 'MISSED'} in {sum(r['ok'] for r in rows)}/{len(rows)}")
+    versions = MlflowClient().search_model_versions("name = 'bench-capped'")
+    print(f"versions of bench-capped after the capped runs: {len(versions)} (1 = nothing promoted)")
+    return {"size": size, "cap": cap, "runs": rows}
+
+
+def _cpu_s() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def breakdown(d: Path, champion) -> dict:
+    """CPU of the job's pieces, run here with the job's own functions on the same data."""
+    import threading
+
+    import mlflow
+
+    from mlflow_finops.drift import read_frame
+    from mlflow_finops.policy import RetrainPolicy
+    from ray_jobs.retrain import _serialization, new_data, update
+
+    data, _, _ = new_data(str(d / "incoming" / "*.parquet"), 0.0)
+    n_hold = max(1, int(len(data) * RetrainPolicy().holdout_fraction))
+    train = data.iloc[:-n_hold]
+    X, y = train.drop(columns=["y"]), train["y"]
+    out = {}
+    c = _cpu_s()
+    challenger = update(champion, X, y, "partial_fit", RetrainPolicy(), threading.Event(), None, "y")
+    out["inc_update"] = _cpu_s() - c
+    c = _cpu_s()
+    ref = read_frame(d / "ref.parquet")
+    out["ref_read"] = _cpu_s() - c
+    update(champion, X, y, "refit", RetrainPolicy(), threading.Event(), ref, "y")
+    out["full_update"] = _cpu_s() - c
+    mlflow.set_experiment("bench-breakdown")
+    with mlflow.start_run():
+        c = _cpu_s()
+        mlflow.sklearn.log_model(challenger, name="m1", **_serialization(challenger))
+        out["log_model"] = _cpu_s() - c
+        c = _cpu_s()
+        mlflow.sklearn.log_model(challenger, name="m2", pip_requirements=["scikit-learn", "skops"],
+                                 **_serialization(challenger))
+        out["log_model_no_infer"] = _cpu_s() - c
+    return out
+
+
+# -------------------------------------------------------------------- incremental
+def part_incremental(args: argparse.Namespace, jobs: str, root: Path) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    d = root / "inc"
+    (d / "incoming").mkdir(parents=True)
+    ref = stream(args.ref_rows, 0.0, 21)
+    ref.to_parquet(d / "ref.parquet")
+    t = time.process_time()
+    champion = sgd_pipeline().fit(ref.drop(columns="y"), ref["y"])
+    fit_s = time.process_time() - t
+    register_champion(champion, ["bench-inc", "bench-full"])
+    for k, (tt, seed) in enumerate([(1 / 3, 22), (2 / 3, 23), (1.0, 24)], start=1):
+        stream(args.window_rows, tt, seed).to_parquet(d / "incoming" / f"w{k}.parquet")
+        time.sleep(0.02)  # files in time order by mtime
+    text = RETRAIN_DEFAULTS.format(jobs=jobs)
+    for model, strategy in (("inc", "partial_fit"), ("full", "refit")):
+        text += f"""
+[models.{model}]
+reference = "ref.parquet"
+current = "incoming/*.parquet"
+target = "y"
+registered_model = "bench-{model}"
+[models.{model}.retrain]
+strategy = "{strategy}"
+"""
+    (d / "finops.toml").write_text(text)
+    print(f"\n== incremental vs full: SGD pipeline, reference {args.ref_rows:,} rows (champion fit here: "
+          f"{fit_s:.1f} CPU-s), 3 new windows x {args.window_rows:,} rows, drift t = 1/3, 2/3, 1", flush=True)
+    client = MlflowClient()
+    res: dict[str, list[dict]] = {"inc": [], "full": []}
+    order = ["inc", "full"]
+    for i in range(args.inc_repeats):
+        for model in order if i % 2 == 0 else order[::-1]:
+            r = retrain(d / "finops.toml", model)
+            client.set_registered_model_alias(f"bench-{model}", "champion", "1")  # same start next time
+            res[model].append(r)
+            print(f"{i + 1} {model:>4}: {r['state']:>12} path={r['path']} cost ${r['cost']:.8f} "
+                  f"({r['cpu_s']:.2f} CPU-s, {r['wall_s']:.1f} s tracked, round trip {r['round_trip_s']:.1f} s) "
+                  f"challenger acc {r['acc']:.4f} (champion {r['champ_acc']:.4f}), {r['rows']:.0f} new rows",
+                  flush=True)
+            if r["state"] not in ("promoted", "not_promoted"):
+                raise SystemExit(f"{model}: {r['state']}: {r['reason']}")
+    inc_cost = float(np.mean([r["cost"] for r in res["inc"]]))
+    full_cost = float(np.mean([r["cost"] for r in res["full"]]))
+    inc_acc, full_acc = res["inc"][0]["acc"], res["full"][0]["acc"]
+    ratio = inc_cost / full_cost
+    diff = 100 * (inc_acc - full_acc)
+    where = breakdown(d, champion)
+    print(f"where the CPU goes (same data and code, in this process, CPU-s incl. children): "
+          f"update alone: incremental {where['inc_update']:.2f}, full {where['full_update']:.2f} "
+          f"(reference read {where['ref_read']:.2f} + fit); one mlflow.sklearn.log_model of the challenger: "
+          f"{where['log_model']:.2f} ({where['log_model_no_infer']:.2f} with pip_requirements given, "
+          f"i.e. without MLflow's requirements inference)")
+    print(f"cost: incremental ${inc_cost:.8f} / full ${full_cost:.8f} = {ratio:.3f} "
+          f"(target <= 0.3: {'met' if ratio <= 0.3 else 'MISSED'}); per repeat: "
+          + ", ".join(f"{a['cost'] / b['cost']:.3f}" for a, b in zip(res["inc"], res["full"])))
+    print(f"accuracy on the newest held-out slice: incremental {inc_acc:.4f}, full {full_acc:.4f}, "
+          f"champion {res['inc'][0]['champ_acc']:.4f}; incremental - full = {diff:+.2f} points "
+          f"(target >= -1: {'met' if diff >= -1 else 'MISSED'})")
+    return {"inc": res["inc"], "full": res["full"], "ratio": ratio, "diff": diff}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["cap", "incremental", "all"], default="all")
+    ap.add_argument("--repeats", type=int, default=3, help="capped runs")
+    ap.add_argument("--cap-rows", type=int, default=200_000)
+    ap.add_argument("--cap-epochs", type=int, default=40)
+    ap.add_argument("--cap-fraction", type=float, default=0.25)
+    ap.add_argument("--ref-rows", type=int, default=1_000_000)
+    ap.add_argument("--window-rows", type=int, default=10_000)
+    ap.add_argument("--inc-repeats", type=int, default=2)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-retrain-"))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    os.environ["MLFLOW_FINOPS_SPOOL_DIR"] = str(tmp / "spool")
+    os.environ["MLFLOW_FINOPS_LOG_CHARTS"] = "false"
+    os.environ.pop("MLFLOW_FINOPS_POLICY", None)
+    os.environ.pop("RAY_ADDRESS", None)
+    import mlflow
+    from ray.cluster_utils import Cluster
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    port = free_port()
+    t0 = time.time()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": True,
+        "dashboard_host": "127.0.0.1", "dashboard_port": port,
+        # not Ray's fixed default 52365: another local cluster (`ray start --head`) may hold it,
+        # and then this head's job agent never comes up ("No available agent to submit job")
+        "dashboard_agent_listen_port": free_port(),
+    })
+    jobs = f"http://127.0.0.1:{port}"
+    _wait_for_jobs_api(jobs)
+    print(f"Ray head (2 CPUs) up in {time.time() - t0:.1f} s, Jobs API {jobs}; MLflow store {tmp / 'mlflow.db'}; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}", flush=True)
+    try:
+        if args.part in ("cap", "all"):
+            part_cap(args, jobs, tmp)
+        if args.part in ("incremental", "all"):
+            part_incremental(args, jobs, tmp)
+    finally:
+        cluster.shutdown()
+    print(f"\ntotal {time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def _wait_for_jobs_api(address: str, timeout_s: float = 120.0) -> None:
+    """Until a trivial job has run: the head's job agent starts some seconds after the API answers."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            job = client.submit_job(entrypoint=f"{sys.executable} -c pass")
+            break
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(1.0)
+    while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        if time.time() > deadline:
+            raise TimeoutError(f"warm-up job {job} still {status}")
+        time.sleep(0.5)
+
+if __name__ == "__main__":
+    sys.exit(main())
