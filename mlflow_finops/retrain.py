@@ -329,6 +329,7 @@ class RetrainSupervisor:
         )
         env = {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_FINOPS_", "MLFLOW_"))}
         env["MLFLOW_TRACKING_URI"] = _absolute_uri(self.client.tracking_uri)
+        env["MLFLOW_FINOPS_CHARGE_PROCESS_START"] = "true"  # the job's start-up is the retrain's cost
         env.setdefault("PYTHONUNBUFFERED", "1")
         submission_id = f"finops-retrain-{run_id[:12]}-{attempt}"
         jobs = jobs_client(rp)

@@ -143,6 +143,12 @@ class CostTracker:
         self._prev_rss = first.rss_bytes
         self._cpu_s = 0.0
         self._ram_gb_s = 0.0
+        if os.environ.get("MLFLOW_FINOPS_CHARGE_PROCESS_START", "").lower() in ("1", "true", "yes"):
+            # A process that exists only for this run (a retrain job): its start-up (imports,
+            # loading data and models) is part of the run's cost too.
+            self._cpu0 = 0.0
+            self._t0 = min(self._t0, self._tree.root.create_time())
+            self._ram_gb_s = 0.5 * first.rss_bytes / GB * (first.timestamp - self._t0)
         self._peak_rss = first.rss_bytes
         self._gpu_acc.add(self._gpu.read(first.pids), 0.0)
         self._outbox.start(sync_spool_for=self.tracking_uri)
