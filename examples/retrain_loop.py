@@ -24,8 +24,10 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import requests
@@ -40,6 +42,8 @@ MODEL = "churn"
 REGISTERED = "churn-demo"
 JOBS = "http://127.0.0.1:8265"
 BIN = Path(sys.executable).parent
+N_ESTIMATORS = 60  # the champion: RandomForestClassifier(N_ESTIMATORS, random_state=0, n_jobs=2)
+REFERENCE_ROWS = 20_000  # window 0, what the champion is trained on
 
 POLICY = f"""
 # finops.toml of the demo (data only; see README.md for every key)
@@ -82,8 +86,10 @@ models = ["{MODEL}"]
 
 def ray_up() -> bool:
     """Start a local Ray cluster unless one answers; True when this script started it."""
-    try:
-        if requests.get(JOBS + "/api/version", timeout=2).ok:
+    from mlflow_finops.retrain import ray_auth_headers
+
+    try:  # with Ray's token authentication (2.59+) an answer without the token is a 401
+        if requests.get(JOBS + "/api/version", headers=ray_auth_headers(), timeout=2).ok:
             return False
     except requests.RequestException:
         pass
@@ -92,18 +98,23 @@ def ray_up() -> bool:
     return True
 
 
-def train_champion(root: Path, policy) -> None:
+def new_model(n_estimators: int = N_ESTIMATORS) -> RandomForestClassifier:
+    """The champion's configuration (also what a from-scratch retrain fits)."""
+    return RandomForestClassifier(n_estimators=n_estimators, random_state=0, n_jobs=2)
+
+
+def train_champion(root: Path, policy, n_estimators: int = N_ESTIMATORS, rows: int = REFERENCE_ROWS) -> None:
     client = MlflowClient()
     supervisor = mlflow_finops.RetrainSupervisor(policy)
     for run in supervisor.pending(MODEL):  # requests left by an earlier demo run
         supervisor.cancel(run.info.run_id, "the demo starts over")
     if client.search_registered_models(f"name = '{REGISTERED}'"):
         client.delete_registered_model(REGISTERED)  # the demo starts over: no duplicate models
-    ref = window(0)
+    ref = window(0, rows)
     ref.to_parquet(root / "reference.parquet")
     mlflow.set_experiment("finops-demo/training")
     with mlflow.start_run(run_name="champion-v1", tags={"finops.model": MODEL}):
-        model = RandomForestClassifier(n_estimators=60, random_state=0, n_jobs=2)
+        model = new_model(n_estimators)
         model.fit(ref[FEATURES], ref[TARGET])
         info = mlflow.sklearn.log_model(
             model, name="model", registered_model_name=REGISTERED,
@@ -117,45 +128,79 @@ def champion_accuracy(df) -> float:
     return float((model.predict(df[FEATURES]) == df[TARGET]).mean())
 
 
+def prepare(root: Path):
+    """The demo folder: an empty incoming/, the policy written and in force; returns the policy."""
+    shutil.rmtree(root / "incoming", ignore_errors=True)
+    (root / "incoming").mkdir(parents=True)
+    (root / "finops.toml").write_text(POLICY)
+    os.environ["MLFLOW_FINOPS_POLICY"] = str(root / "finops.toml")
+    return mlflow_finops.load_policy(root / "finops.toml")
+
+
+@dataclass
+class LoopResult:
+    """What the loop did, window by window (windows 1..N)."""
+
+    started: datetime
+    accuracy: list[float] = field(default_factory=list)  # the champion in production, on the window, before any retrain
+    decisions: list[str] = field(default_factory=list)
+    retrains: list[list[dict]] = field(default_factory=list)  # per window: the retrain outcomes
+
+
+def run_loop(root: Path, windows: int = 8, rows: int = 20_000, *, n_estimators: int = N_ESTIMATORS,
+             echo: Callable[[str], None] = print) -> LoopResult:
+    """The whole loop in ``root`` (data and policy) on the current tracking URI.
+
+    Starts a local Ray cluster unless one answers on 127.0.0.1:8265 (and stops the one it started).
+    """
+    started = datetime.now(timezone.utc)
+    policy = prepare(root)
+    mlflow_finops.autolog(interval_s=1.0)  # every run below, training included, knows its cost
+    result = LoopResult(started)
+
+    our_ray = ray_up()
+    try:
+        echo("training the champion on window 0 ...")
+        train_champion(root, policy, n_estimators)
+        echo(f"\n{'window':>6}  {'drift':<8} {'champion acc':>12}  what happened")
+        for w in range(1, windows + 1):
+            df = window(w, rows)
+            path = root / "incoming" / f"window-{w:02d}.parquet"
+            df.to_parquet(path)
+            acc = champion_accuracy(df)  # how the model in production does on the new window
+            events: list[str] = []
+            done: list[dict] = []
+
+            def on_retrain(r) -> None:
+                events.append(f"retrain {r.state} (${r.cost_usd or 0:.6f}): {r.reason}")
+                done.append({"state": r.state, "cost_usd": r.cost_usd, "ray_job_id": r.ray_job_id,
+                             "run_id": r.run_id, "model_version": r.model_version})
+
+            outcomes = mlflow_finops.run_schedule(policy, once=True, on_retrain=on_retrain)
+            decision = outcomes[0].decision.decision if outcomes and outcomes[0].decision else outcomes[0].status
+            result.accuracy.append(acc)
+            result.decisions.append(decision)
+            result.retrains.append(done)
+            marker = "  <- drift point" if w in DRIFT_POINTS else ""
+            echo(f"{w:>6}  {decision:<8} {acc:>12.3f}  {'; '.join(events) or '-'}{marker}")
+            time.sleep(0.01)
+    finally:
+        if our_ray:
+            subprocess.run([str(BIN / "mlflow-finops"), "ray", "down"], check=False)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--rows", type=int, default=20_000)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    started = datetime.now(timezone.utc)
 
-    root = Path("finops-demo").absolute()
-    shutil.rmtree(root / "incoming", ignore_errors=True)
-    (root / "incoming").mkdir(parents=True)
-    (root / "finops.toml").write_text(POLICY)
-    os.environ["MLFLOW_FINOPS_POLICY"] = str(root / "finops.toml")
     mlflow.set_tracking_uri(mlflow.get_tracking_uri())  # default: sqlite:///mlflow.db here
-    policy = mlflow_finops.load_policy(root / "finops.toml")
-    mlflow_finops.autolog(interval_s=1.0)  # every run below, training included, knows its cost
-
-    our_ray = ray_up()
-    try:
-        print("training the champion on window 0 ...", flush=True)
-        train_champion(root, policy)
-        print(f"\n{'window':>6}  {'drift':<8} {'champion acc':>12}  what happened")
-        for w in range(1, args.windows + 1):
-            df = window(w, args.rows)
-            path = root / "incoming" / f"window-{w:02d}.parquet"
-            df.to_parquet(path)
-            acc = champion_accuracy(df)  # how the model in production does on the new window
-            events: list[str] = []
-            outcomes = mlflow_finops.run_schedule(
-                policy, once=True,
-                on_retrain=lambda r: events.append(f"retrain {r.state} (${r.cost_usd or 0:.6f}): {r.reason}"),
-            )
-            decision = outcomes[0].decision.decision if outcomes and outcomes[0].decision else outcomes[0].status
-            marker = "  <- drift point" if w in DRIFT_POINTS else ""
-            print(f"{w:>6}  {decision:<8} {acc:>12.3f}  {'; '.join(events) or '-'}{marker}", flush=True)
-            time.sleep(0.01)
-    finally:
-        if our_ray:
-            subprocess.run([str(BIN / "mlflow-finops"), "ray", "down"], check=False)
+    result = run_loop(Path("finops-demo").absolute(), args.windows, args.rows,
+                      echo=lambda line: print(line, flush=True))
+    started = result.started
 
     print("\nWhat it cost and what it bought:")
     client = MlflowClient()
