@@ -22,9 +22,9 @@ HERE = Path(__file__).parent
 MODES = ["plain", "finops", "sysmetrics"]
 
 
-def measure(mode: str, store: str) -> dict:
+def measure(mode: str, store: str, n_estimators: int = 120) -> dict:
     out = subprocess.run(
-        [sys.executable, str(HERE / "_training.py"), mode, store],
+        [sys.executable, str(HERE / "_training.py"), mode, store, str(n_estimators)],
         capture_output=True, text=True, check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -33,6 +33,7 @@ def measure(mode: str, store: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=7)
+    ap.add_argument("--n-estimators", type=int, default=120, help="Forest size: the training's length.")
     args = ap.parse_args()
     rng = random.Random(0)
     walls: dict[str, list[float]] = {m: [] for m in MODES}
@@ -42,7 +43,7 @@ def main() -> None:
         for i in range(args.pairs):
             order = MODES[:]
             rng.shuffle(order)
-            got = {m: measure(m, store)["wall_s"] for m in order}
+            got = {m: measure(m, store, args.n_estimators)["wall_s"] for m in order}
             for m in MODES:
                 walls[m].append(got[m])
             ratios["finops"].append(got["finops"] / got["plain"])
