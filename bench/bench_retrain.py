@@ -177,6 +177,19 @@ backoff_s = 0
 """
 
 
+def model_section(model: str, strategy: str, extra: str = "") -> str:
+    """One ``[models.X]`` section on ``ref.parquet`` + ``incoming/*.parquet``, registered as bench-X."""
+    return f"""
+[models.{model}]
+reference = "ref.parquet"
+current = "incoming/*.parquet"
+target = "y"
+registered_model = "bench-{model}"
+[models.{model}.retrain]
+strategy = "{strategy}"
+{extra}"""
+
+
 # ---------------------------------------------------------------------------- cap
 def part_cap(args: argparse.Namespace, jobs: str, root: Path) -> dict:
     from mlflow.tracking import MlflowClient
@@ -192,16 +205,7 @@ def part_cap(args: argparse.Namespace, jobs: str, root: Path) -> dict:
     def policy(cap: float | None) -> Path:
         text = RETRAIN_DEFAULTS.format(jobs=jobs)
         for model in ("capsize", "capped"):
-            text += f"""
-[models.{model}]
-reference = "ref.parquet"
-current = "incoming/*.parquet"
-target = "y"
-registered_model = "bench-{model}"
-[models.{model}.retrain]
-strategy = "partial_fit"
-partial_fit_epochs = {args.cap_epochs}
-"""
+            text += model_section(model, "partial_fit", f"partial_fit_epochs = {args.cap_epochs}\n")
         if cap is not None:
             text += f"""
 [budgets.capped]
@@ -305,15 +309,7 @@ def part_incremental(args: argparse.Namespace, jobs: str, root: Path) -> dict:
         time.sleep(0.02)  # files in time order by mtime
     text = RETRAIN_DEFAULTS.format(jobs=jobs)
     for model, strategy in (("inc", "partial_fit"), ("full", "refit")):
-        text += f"""
-[models.{model}]
-reference = "ref.parquet"
-current = "incoming/*.parquet"
-target = "y"
-registered_model = "bench-{model}"
-[models.{model}.retrain]
-strategy = "{strategy}"
-"""
+        text += model_section(model, strategy)
     (d / "finops.toml").write_text(text)
     print(f"\n== incremental vs full: SGD pipeline, reference {args.ref_rows:,} rows (champion fit here: "
           f"{fit_s:.1f} CPU-s), 3 new windows x {args.window_rows:,} rows, drift t = 1/3, 2/3, 1", flush=True)
