@@ -131,6 +131,7 @@ class Outbox:
         self._outage_since: float | None = None
         self.delivered = 0
         self.failures = 0
+        self.cpu_s = 0.0  # CPU this thread spent delivering (part of tracking's own overhead)
         self._flush_now = False
 
     def start(self, sync_spool_for: str | None = None) -> "Outbox":
@@ -192,6 +193,7 @@ class Outbox:
                     continue
                 taken = list(self._pending)
             taken_ids = {id(b) for b in taken}
+            cpu0 = time.thread_time()
             merged = _merge(taken)
             try:
                 for batch in merged:
@@ -203,6 +205,7 @@ class Outbox:
                             if id(b) not in taken_ids or (b.tracking_uri, b.run_id) != key
                         ]
             except Exception as exc:
+                self.cpu_s += time.thread_time() - cpu0
                 self.failures += 1
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
@@ -219,6 +222,7 @@ class Outbox:
                     self._cond.wait(timeout=0.5 if self._flush_now else backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
                 continue
+            self.cpu_s += time.thread_time() - cpu0
             backoff = 1.0
             last_sent = time.monotonic()
             if self._outage_since is not None:

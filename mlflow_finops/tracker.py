@@ -41,6 +41,7 @@ __all__ = ["CostTracker", "autolog", "track_cost", "active_tracker"]
 DEFAULT_INTERVAL_S = 10.0
 MAX_CONSECUTIVE_ERRORS = 3
 MAX_HISTORY = 5000
+CHART_MIN_S = 300.0  # runs shorter than this get no timeline chart ($MLFLOW_FINOPS_CHART_MIN_S)
 GB = 1024**3
 
 
@@ -120,11 +121,16 @@ class CostTracker:
         if log_charts is None:
             log_charts = os.environ.get("MLFLOW_FINOPS_LOG_CHARTS", "true").lower() not in ("0", "false", "no")
         self.log_charts = log_charts
+        # Drawing the chart costs ~2 CPU-s (matplotlib import + render): only worth it on runs
+        # long enough for that to be small; shorter runs have MLflow's own metric charts.
+        self.chart_min_s = _env_float("MLFLOW_FINOPS_CHART_MIN_S", CHART_MIN_S)
         self._ray: RayClusterSampler | None = None
         self._ray_attaching = False
         self._ray_errors = 0
         self.node_breakdowns: dict[str, CostBreakdown] = {}
-        self.sampling_cpu_s = 0.0  # CPU this tracker's own sampling used (its overhead)
+        self.sampling_cpu_s = 0.0  # CPU the sampler thread used
+        self._caller_cpu_s = 0.0  # CPU start() and stop() used on the training's own thread
+        self.chart_cpu_s = 0.0  # CPU the timeline chart took, drawn after the run ended
         # (unix time, cumulative breakdown) per sample, for the run's cost timeline chart
         self.history: list[tuple[float, CostBreakdown]] = []
         self.samples = 0
@@ -132,6 +138,7 @@ class CostTracker:
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> "CostTracker":
+        cpu0 = time.thread_time()
         self._t0 = time.time()
         if ray_driver_active():
             # Synchronously, so Ray workers alive now get their baseline before the run's
@@ -166,6 +173,7 @@ class CostTracker:
         self._thread = threading.Thread(target=self._loop, name=f"finops-sampler-{self.run_id[:8]}", daemon=True)
         self._thread.start()
         _log.debug("cost tracking started for run %s every %.1fs", self.run_id, self.interval_s)
+        self._caller_cpu_s += time.thread_time() - cpu0
         return self
 
     def stop(self, status: str | None = None) -> CostBreakdown:
@@ -174,6 +182,7 @@ class CostTracker:
             if not self.running:
                 return self._last
             self.running = False
+        cpu0 = time.thread_time()
         self._stop_event.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
@@ -195,9 +204,21 @@ class CostTracker:
             Batch(self.tracking_uri, self.run_id, self._metric_rows(final, final=True), tags)
         )
         spooled = self._outbox.close(self.flush_timeout_s)
-        if self.log_charts and not spooled and len(self.history) >= 2:
+        ran_s = self.history[-1][0] - self._t0 if self.history else 0.0
+        if self.log_charts and not spooled and len(self.history) >= 2 and ran_s >= self.chart_min_s:
             self._log_timeline()
+        self._caller_cpu_s += time.thread_time() - cpu0
         return final
+
+    @property
+    def overhead_cpu_s(self) -> float:
+        """CPU seconds tracking itself used: sampling, delivery, start and stop.
+
+        Measured per thread (``time.thread_time``), so it is exact where wall-time
+        comparisons drown in noise. The timeline chart, drawn after ``end_run``
+        returned, is counted apart (``chart_cpu_s``).
+        """
+        return self.sampling_cpu_s + self._outbox.cpu_s + self._caller_cpu_s
 
     def _log_timeline(self) -> None:
         """Log the run's cost timeline (PNG + HTML) without holding up the training code.
@@ -208,12 +229,15 @@ class CostTracker:
         history = list(self.history)
 
         def render() -> None:
+            cpu0 = time.thread_time()
             try:
                 from .charts import log_cost_timeline
 
                 log_cost_timeline(history, self.run_id, self.tracking_uri)
             except Exception as exc:
                 _log.warning("mlflow-finops: cost timeline chart not logged: %s", exc)
+            finally:
+                self.chart_cpu_s = time.thread_time() - cpu0
 
         self._chart_thread = threading.Thread(target=render, name=f"finops-chart-{self.run_id[:8]}")
         self._chart_thread.start()

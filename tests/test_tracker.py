@@ -197,13 +197,19 @@ def test_prices_argument_changes_cost(sqlite_uri: str) -> None:
     assert m["finops/usage_cost_usd"] >= m["finops/cpu_core_hours"] * 100.0
 
 
-def test_each_tracked_run_gets_a_cost_timeline_chart(sqlite_uri: str) -> None:
+def test_a_long_enough_tracked_run_gets_a_cost_timeline_chart(
+    sqlite_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mlflow_finops.autolog(interval_s=0.1)
+    with mlflow.start_run() as short_run:  # shorter than the default minimum: no chart
+        burn(0.5)
+    monkeypatch.setenv("MLFLOW_FINOPS_CHART_MIN_S", "0.3")
     with mlflow.start_run() as run:
         burn(0.5)
     for t in threading.enumerate():
         if t.name.startswith("finops-chart"):
             t.join(timeout=60)
+    assert MlflowClient().list_artifacts(short_run.info.run_id, "finops") == []
     names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "finops")}
     assert names == {"finops/cost_timeline.png", "finops/cost_timeline.html"}
     png = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="finops/cost_timeline.png"))
