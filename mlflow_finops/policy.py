@@ -368,6 +368,9 @@ class RetrainPolicy(_Section):
         None, gt=0, description="Cost a job is expected to need (default: mean of the last 3 retrains)."
     )
     cap_tolerance: float = Field(0.05, ge=0, le=1, description="Hard stop at cap x (1 + this).")
+    max_job_minutes: float = Field(
+        60.0, gt=0, description="A job running longer is stopped and counts as failed (a hung job spends nothing)."
+    )
     sample_interval_s: float = Field(2.0, gt=0, description="Cost sampling interval inside the job.")
     poll_s: float = Field(2.0, gt=0, description="How often the supervisor polls the job.")
     entrypoint_num_cpus: float = Field(1.0, ge=0, description="CPUs the job's driver reserves.")

@@ -17,7 +17,8 @@ where the budget reads it.
 4. a Ray job through ``JobSubmissionClient`` running ``ray_jobs/retrain.py``
    with the cap ``min(per_job_usd, remaining)``; the job stops itself at the
    cap, and the supervisor calls ``stop_job`` at ``cap x (1 + cap_tolerance)``
-   as a hard backstop;
+   as a hard backstop, and after ``max_job_minutes`` (a hung job spends
+   nothing, so no cap would ever stop it);
 5. a failed job is retried with exponential backoff while budget remains.
 """
 
@@ -353,6 +354,7 @@ class RetrainSupervisor:
             "finops.ray_submission_id": submission_id,
             "finops.attempts": str(attempt),
             "finops.reason": f"submitted ({why})",
+            "finops.stopped_for_time": "false",  # this attempt's own time limit
         }
         if cap is not None:
             new_tags["finops.cap_usd"] = f"{cap:.10f}"
@@ -368,8 +370,10 @@ class RetrainSupervisor:
         cap = float(tags["finops.cap_usd"]) if "finops.cap_usd" in tags else None
         jobs = jobs_client(rp)
         stopped_for_cap = tags.get("finops.stopped_for_cap") == "true"  # by an earlier step (wait=False)
+        timed_out = tags.get("finops.stopped_for_time") == "true"
         while True:
-            status = jobs.get_job_status(submission_id)
+            info = jobs.get_job_info(submission_id)
+            status = info.status
             if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
                 break
             cost = self._cost(run_id)
@@ -379,6 +383,13 @@ class RetrainSupervisor:
                 jobs.stop_job(submission_id)
                 stopped_for_cap = True
                 self._tag(run_id, {"finops.stopped_for_cap": "true"})
+            ran_min = (time.time() * 1000 - (info.start_time or time.time() * 1000)) / 60_000
+            if ran_min > rp.max_job_minutes and not (timed_out or stopped_for_cap):
+                _log.warning("retrain %s: Ray job %s still %s after %.1f min (max_job_minutes %g): stopping it",
+                             run_id, submission_id, status, ran_min, rp.max_job_minutes)
+                jobs.stop_job(submission_id)
+                timed_out = True
+                self._tag(run_id, {"finops.stopped_for_time": "true"})
             if not wait:
                 return self._outcome(run_id, "submitted", f"Ray job {submission_id} is {status}")
             self.sleep(rp.poll_s)
@@ -393,9 +404,11 @@ class RetrainSupervisor:
                 f"stopped at its cost cap ${cap:.6f} (Ray job {submission_id} {status}); nothing promoted",
                 "KILLED",
             )
-        # FAILED or STOPPED by someone else: retry with backoff while budget remains
+        # FAILED, STOPPED for time or by someone else: retry with backoff while budget remains
         info = jobs.get_job_info(submission_id)
         message = (info.message or "").splitlines()[-1:] or [""]
+        if timed_out:
+            message = [f"still running after max_job_minutes = {rp.max_job_minutes:g}, stopped"]
         attempts = int(run.data.tags.get("finops.attempts", "1"))
         _log.error("retrain %s of %s: Ray job %s %s: %s", run_id, model, submission_id, status, message[0])
         cap_left, why_not = self._cap(model, rp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -161,3 +162,29 @@ def test_failing_job_is_retried_then_marked_failed(tmp_path: Path, ray_cluster, 
     assert second.state == "failed"
     assert second.attempts == 2
     assert MlflowClient().get_run(run_id).info.status == "FAILED"
+
+
+def test_a_hung_job_is_stopped_after_max_job_minutes(tmp_path: Path, ray_cluster, sqlite_uri: str) -> None:
+    # The new data file is a FIFO nobody writes to: reading it blocks forever, as on a stuck
+    # network mount. The job spends nothing, so only the time limit can stop it.
+    policy, name = setup(tmp_path, ray_cluster, make_pipeline(StandardScaler(), SGDClassifier()), tag="hung",
+                         attempts=1)
+    (tmp_path / "incoming" / "w1.csv").unlink()
+    os.mkfifo(tmp_path / "incoming" / "w2.csv")
+    text = (tmp_path / "finops.toml").read_text().replace("max_attempts = 1", "max_attempts = 1\nmax_job_minutes = 0.1")
+    (tmp_path / "finops.toml").write_text(text)
+    policy = load_policy(tmp_path / "finops.toml")
+    run_id = request_retrain(policy, "churn")
+    sup = RetrainSupervisor(policy)
+    t0 = time.monotonic()
+    out = sup.process(run_id, wait=False)  # stepped, as the scheduler does
+    while not out.done:
+        assert time.monotonic() - t0 < 120, out.reason
+        time.sleep(0.5)
+        out = sup.process(run_id, wait=False)
+    assert out.state == "failed", out.reason
+    assert "max_job_minutes" in out.reason
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["finops.stopped_for_time"] == "true"
+    assert [str(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'")] == ["1"]
