@@ -4,9 +4,12 @@ Ray worker processes are children of each node's raylet, not of the training
 script, so the driver's process-tree sampler cannot see them. This module
 finds the workers that run *this driver's* job (Ray's state API: the job's
 running tasks and live actors give node id + worker pid), and reads their
-cumulative CPU time, memory and GPUs with one tiny probe actor per node
-(``num_cpus=0``, pinned to the node). Ray workers are dedicated to one job, so
-once a worker has been seen running our tasks, all its later CPU is ours.
+cumulative CPU time, memory and GPUs: directly from this process for nodes on
+the driver's own host (their processes are visible here), and through one tiny
+probe actor per other node (``num_cpus=0``, pinned to the node; an idle Ray
+worker costs ~1% of a core, so no probe is started where none is needed). Ray
+workers are dedicated to one job, so once a worker has been seen running our
+tasks, all its later CPU is ours.
 
 A worker already alive when tracking started is charged only from its
 reading at that moment; one started later is charged from zero (its start-up
@@ -75,16 +78,19 @@ def is_ray_component(proc: Any) -> bool:
 
 
 class NodeProbe:
-    """Runs on one node (as a Ray actor) and reads the given worker processes there."""
+    """Reads the given worker processes of one node: as a Ray actor on that node, or in the
+    driver itself for nodes on the driver's host (``in_driver``: its own process is not read)."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_driver: bool = False) -> None:
         self.gpu = GpuSampler()
+        self.in_driver = in_driver
 
     def read(self, pids: list[int]) -> dict[str, Any]:
         import psutil
 
         procs: dict[int, tuple[float, float, int]] = {}
-        for pid in set(pids) | {os.getpid()}:
+        own = set() if self.in_driver else {os.getpid()}  # an actor probe accounts for itself
+        for pid in set(pids) | own:
             try:
                 p = psutil.Process(pid)
                 with p.oneshot():
@@ -117,6 +123,31 @@ class NodeProbe:
 
 # (job id, node id) -> probe actor handle; probes live as long as the driver's job.
 _PROBES: dict[tuple[str, str], Any] = {}
+_IN_DRIVER_PROBE: NodeProbe | None = None  # reads the nodes on the driver's own host
+
+
+def _in_driver_probe() -> NodeProbe:
+    global _IN_DRIVER_PROBE
+    if _IN_DRIVER_PROBE is None:
+        _IN_DRIVER_PROBE = NodeProbe(in_driver=True)
+    return _IN_DRIVER_PROBE
+
+
+def _local_raylet_sockets() -> set[str]:
+    """The socket paths of the raylets running on this host (visible in this process's /proc)."""
+    import psutil
+
+    out = set()
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if p.info["name"] != "raylet":
+                continue
+            for arg in p.info["cmdline"] or []:
+                if arg.startswith("--raylet_socket_name="):
+                    out.add(arg.split("=", 1)[1])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
 
 
 @dataclass
@@ -132,6 +163,7 @@ class _Node:
     labels: dict[str, str]
     prices: PriceCatalog
     probe: Any = None
+    in_driver: bool = False  # the node's processes are read from this process, not by an actor
     workers: dict[tuple[int, float], _Worker] = field(default_factory=dict)
     pre_existing: dict[int, tuple[float, float]] = field(default_factory=dict)
     ram_gb_s: float = 0.0
@@ -172,9 +204,18 @@ class RayClusterSampler:
         self.discovery_every_s = float(os.environ.get("MLFLOW_FINOPS_RAY_DISCOVERY_S", DISCOVERY_EVERY_S))
         self._state_url: str | None = None  # the connected cluster's state API, resolved once
         self._probe_cls = ray.remote(num_cpus=0, max_restarts=0)(NodeProbe)
+        self.read_in_driver = os.environ.get("MLFLOW_FINOPS_RAY_READ_LOCAL", "true").lower() not in (
+            "0", "false", "no"
+        )
+        self._driver_ip: str | None = None
         self._refresh_nodes()
         # Baseline: every Ray worker already alive, so CPU spent before the run is not charged.
-        refs = {n.node_id: n.probe.ray_workers.remote() for n in self.nodes.values()}
+        local = [n for n in self.nodes.values() if n.in_driver]
+        if local:
+            here = _in_driver_probe().ray_workers()  # one host: one listing serves all its nodes
+            for n in local:
+                n.pre_existing = here
+        refs = {n.node_id: n.probe.ray_workers.remote() for n in self.nodes.values() if not n.in_driver}
         deadline = time.monotonic() + PROBE_START_TIMEOUT_S
         for node_id, ref in refs.items():
             try:
@@ -189,6 +230,7 @@ class RayClusterSampler:
     def _refresh_nodes(self) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        self._raylet_sockets: set[str] | None = None  # listed once per refresh, if a node is new
         for info in self._ray.nodes():
             node_id = info["NodeID"]
             if node_id in self.nodes:
@@ -199,12 +241,31 @@ class RayClusterSampler:
                 continue
             labels = {k: str(v) for k, v in (info.get("Labels") or {}).items()}
             prices = self.policy.prices_for(self.base_prices, labels) if self.policy else self.base_prices
+            if self._on_this_host(info):
+                self.nodes[node_id] = _Node(node_id, labels, prices, _in_driver_probe(), in_driver=True)
+                continue
             key = (self.job_id, node_id)
             if key not in _PROBES:  # one probe per node, reused by every run of this driver
                 _PROBES[key] = self._probe_cls.options(
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                 ).remote()
             self.nodes[node_id] = _Node(node_id, labels, prices, _PROBES[key])
+
+    def _on_this_host(self, info: dict[str, Any]) -> bool:
+        """A node whose raylet runs on the driver's host, in the process namespace we see."""
+        if not self.read_in_driver:
+            return False
+        try:
+            if self._driver_ip is None:
+                self._driver_ip = self._ray.util.get_node_ip_address()
+            if info.get("NodeManagerAddress") != self._driver_ip:
+                return False
+            if self._raylet_sockets is None:
+                self._raylet_sockets = _local_raylet_sockets()
+            return info.get("RayletSocketName") in self._raylet_sockets
+        except Exception as exc:  # then an actor probe reads it, as for any remote node
+            _log.debug("cannot tell whether node %s is local: %s", info.get("NodeID"), exc)
+            return False
 
     def _state_api_url(self) -> str:
         """The state API of the cluster this driver is connected to.
@@ -269,12 +330,18 @@ class RayClusterSampler:
 
     def _read_probes(self, found: dict[str, set[int]]) -> None:
         pending = {}
+        local = {}
         for node in self.nodes.values():
             if node.lost:
                 continue
             known = {pid for pid, _ in node.workers}
             pids = sorted(known | found.get(node.node_id, set()))
-            pending[node.node_id] = node.probe.read.remote(pids)
+            if node.in_driver:
+                local[node.node_id] = pids
+            else:
+                pending[node.node_id] = node.probe.read.remote(pids)  # all nodes read at once
+        for node_id, pids in local.items():
+            self._apply(self.nodes[node_id], self.nodes[node_id].probe.read(pids), found.get(node_id, set()))
         for node_id, ref in pending.items():
             node = self.nodes[node_id]
             try:

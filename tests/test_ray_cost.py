@@ -46,8 +46,19 @@ def outside_burner() -> int:
     return int(out.stdout.strip())
 
 
+def job_probe_actors(dashboard_url: str) -> list:
+    from ray.util.state import list_actors
+
+    job = ray.get_runtime_context().get_job_id()
+    return list_actors(dashboard_url, filters=[("job_id", "=", job), ("class_name", "=", "NodeProbe"), ("state", "=", "ALIVE")])
+
+
+@pytest.mark.parametrize("read_local", ["true", "false"], ids=["nodes-read-by-the-driver", "probe-actors"])
 def test_every_nodes_share_lands_in_the_run(ray_driver, sqlite_uri: str, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                            monkeypatch: pytest.MonkeyPatch, read_local: str) -> None:
+    # All test nodes share this host: by default the driver reads their workers itself; with
+    # MLFLOW_FINOPS_RAY_READ_LOCAL=false each node gets a probe actor, as on a multi-host cluster.
+    monkeypatch.setenv("MLFLOW_FINOPS_RAY_READ_LOCAL", read_local)
     (tmp_path / "finops.toml").write_text(
         '[[ray.node_prices]]\nlabels = { market = "spot" }\nprices = { market = "spot", spot_discount = 0.7 }\n'
     )
@@ -61,8 +72,10 @@ def test_every_nodes_share_lands_in_the_run(ray_driver, sqlite_uri: str, tmp_pat
         with mlflow.start_run() as run:
             time.sleep(1.5)  # the probes start
             results = ray.get([on_node(n["NodeID"]).remote(1.5) for n in nodes for _ in range(2)])
+            probes = job_probe_actors(ray_driver.dashboard_url)
     finally:
         os.kill(burner, signal.SIGKILL)
+    assert len(probes) == (0 if read_local == "true" else len(nodes))
     in_task = sum(cpu for cpu, _ in results)
     r = MlflowClient().get_run(run.info.run_id)
     m, tags = r.data.metrics, r.data.tags
