@@ -22,22 +22,26 @@ sampling interval's spend (the run's mean cost rate x 1 s). Target: overspend
 (``--ref-rows``, t = 0) on which the champion is trained, then 3 new windows of
 ``--window-rows`` (t = 1/3, 2/3, 1) whose feature means shift and whose
 decision boundary rotates (60 degrees at t = 1). The job holds out the newest
-20% of the new rows (part of the t = 1 window) for both. Incremental = the
-job's ``partial_fit`` path (5 epochs over the new rows, the champion's scaler
-kept); full = ``strategy = "refit"`` (a fresh pipeline fitted on reference +
-new rows, reading the reference inside the run). Each ``--inc-repeats`` times,
-in alternating order, the champion alias reset to the same v1 in between.
+20% of the new rows (part of the t = 1 window) for both. Two kinds of champion
+(``--champions``): ``sgd``, a ``Pipeline(StandardScaler, SGDClassifier)``
+updated by ``partial_fit`` (5 epochs over the new rows, the champion's scaler
+kept), and ``hgb``, a ``HistGradientBoostingClassifier(max_iter=100)`` updated
+by ``warm_start`` (up to 5 x 10 more boosting stages fitted on the new rows).
+Full = ``strategy = "refit"`` (a fresh model fitted on reference + new rows,
+reading the reference inside the run). Each ``--inc-repeats`` times, in
+alternating order, the champion alias reset to the same v1 in between.
 Printed: each one's ``finops/cost_usd``, the ratio incremental / full (target
 <= 0.3), ``eval/challenger_accuracy`` on the held-out newest slice and the
 accuracy difference (target <= 1 point lost).
 
-The incremental part also runs the job's own ``update`` and one
-``mlflow.sklearn.log_model`` in this process on the same data, to show where
-the CPU goes. ``BENCH_JOB_LOGS=1`` prints each Ray job's log tail.
+The incremental part also measures, in this process on the same data, what a
+fresh interpreter pays to import the job, the job's own ``update`` for both
+paths, and one ``mlflow.sklearn.log_model``, to show where the CPU goes.
+``BENCH_JOB_LOGS=1`` prints each Ray job's log tail.
 
     .venv/bin/python bench/bench_retrain.py                  # both parts, ~7 min on 2 cores
     .venv/bin/python bench/bench_retrain.py --part cap
-    .venv/bin/python bench/bench_retrain.py --part incremental
+    .venv/bin/python bench/bench_retrain.py --part incremental [--champions sgd,hgb]
 """
 
 from __future__ import annotations
@@ -257,71 +261,103 @@ def _cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def breakdown(d: Path, champion) -> dict:
+def breakdown(d: Path, champion, path: str) -> dict:
     """CPU of the job's pieces, run here with the job's own functions on the same data."""
+    import subprocess
     import threading
 
     import mlflow
+    import skops.io as sio
 
     from mlflow_finops.drift import read_frame
     from mlflow_finops.policy import RetrainPolicy
-    from ray_jobs.retrain import _serialization, new_data, update
+    from ray_jobs.retrain import new_data, update
 
+    out = {}
+    c = _cpu_s()  # a fresh interpreter importing the job module: what every job pays first
+    subprocess.run([sys.executable, "-c", "import ray, ray_jobs.retrain"], check=True,
+                   cwd=Path(__file__).resolve().parent.parent)
+    out["job_imports"] = _cpu_s() - c
     data, _, _ = new_data(str(d / "incoming" / "*.parquet"), 0.0)
     n_hold = max(1, int(len(data) * RetrainPolicy().holdout_fraction))
     train = data.iloc[:-n_hold]
     X, y = train.drop(columns=["y"]), train["y"]
-    out = {}
     c = _cpu_s()
-    challenger = update(champion, X, y, "partial_fit", RetrainPolicy(), threading.Event(), None, "y")
+    challenger = update(champion, X, y, path, RetrainPolicy(), threading.Event(), None, "y")
     out["inc_update"] = _cpu_s() - c
     c = _cpu_s()
     ref = read_frame(d / "ref.parquet")
     out["ref_read"] = _cpu_s() - c
     update(champion, X, y, "refit", RetrainPolicy(), threading.Event(), ref, "y")
     out["full_update"] = _cpu_s() - c
+    trusted = sio.get_untrusted_types(data=sio.dumps(challenger))
     mlflow.set_experiment("bench-breakdown")
     with mlflow.start_run():
         c = _cpu_s()
-        mlflow.sklearn.log_model(challenger, name="m1", **_serialization(challenger))
+        mlflow.sklearn.log_model(challenger, name="m1", skops_trusted_types=trusted)
         out["log_model"] = _cpu_s() - c
         c = _cpu_s()
         mlflow.sklearn.log_model(challenger, name="m2", pip_requirements=["scikit-learn", "skops"],
-                                 **_serialization(challenger))
+                                 skops_trusted_types=trusted)
         out["log_model_no_infer"] = _cpu_s() - c
     return out
 
 
 # -------------------------------------------------------------------- incremental
-def part_incremental(args: argparse.Namespace, jobs: str, root: Path) -> dict:
-    from mlflow.tracking import MlflowClient
+CHAMPIONS = {
+    # kind: (what it is, the job's incremental path)
+    "sgd": ("Pipeline(StandardScaler, SGDClassifier)", "partial_fit"),
+    "hgb": ("HistGradientBoostingClassifier(max_iter=100)", "warm_start"),
+}
 
+
+def champion_model(kind: str):
+    if kind == "sgd":
+        return sgd_pipeline()
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=0)
+
+
+def part_incremental(args: argparse.Namespace, jobs: str, root: Path) -> dict:
     d = root / "inc"
     (d / "incoming").mkdir(parents=True)
     ref = stream(args.ref_rows, 0.0, 21)
     ref.to_parquet(d / "ref.parquet")
-    t = time.process_time()
-    champion = sgd_pipeline().fit(ref.drop(columns="y"), ref["y"])
-    fit_s = time.process_time() - t
-    register_champion(champion, ["bench-inc", "bench-full"])
+    champions = {}
+    for kind in args.champions:
+        t = time.process_time()
+        champions[kind] = champion_model(kind).fit(ref.drop(columns="y"), ref["y"])
+        print(f"champion {kind}: {CHAMPIONS[kind][0]} fitted here on the reference in "
+              f"{time.process_time() - t:.1f} CPU-s", flush=True)
+        register_champion(champions[kind], [f"bench-inc-{kind}", f"bench-full-{kind}"])
     for k, (tt, seed) in enumerate([(1 / 3, 22), (2 / 3, 23), (1.0, 24)], start=1):
         stream(args.window_rows, tt, seed).to_parquet(d / "incoming" / f"w{k}.parquet")
         time.sleep(0.02)  # files in time order by mtime
     text = RETRAIN_DEFAULTS.format(jobs=jobs)
-    for model, strategy in (("inc", "partial_fit"), ("full", "refit")):
-        text += model_section(model, strategy)
+    for kind in args.champions:
+        text += model_section(f"inc-{kind}", CHAMPIONS[kind][1])
+        text += model_section(f"full-{kind}", "refit")
     (d / "finops.toml").write_text(text)
-    print(f"\n== incremental vs full: SGD pipeline, reference {args.ref_rows:,} rows (champion fit here: "
-          f"{fit_s:.1f} CPU-s), 3 new windows x {args.window_rows:,} rows, drift t = 1/3, 2/3, 1", flush=True)
+    print(f"\n== incremental vs full: reference {args.ref_rows:,} rows, 3 new windows x {args.window_rows:,} "
+          f"rows, drift t = 1/3, 2/3, 1", flush=True)
+    return {kind: _compare(args, d, kind, champions[kind]) for kind in args.champions}
+
+
+def _compare(args: argparse.Namespace, d: Path, kind: str, champion) -> dict:
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient()
     res: dict[str, list[dict]] = {"inc": [], "full": []}
     order = ["inc", "full"]
+    print(f"\n-- {kind}: {CHAMPIONS[kind][0]}, incremental = {CHAMPIONS[kind][1]}", flush=True)
     for i in range(args.inc_repeats):
-        for model in order if i % 2 == 0 else order[::-1]:
+        for how in order if i % 2 == 0 else order[::-1]:
+            model = f"{how}-{kind}"
             r = retrain(d / "finops.toml", model)
             client.set_registered_model_alias(f"bench-{model}", "champion", "1")  # same start next time
-            res[model].append(r)
-            print(f"{i + 1} {model:>4}: {r['state']:>12} path={r['path']} cost ${r['cost']:.8f} "
+            res[how].append(r)
+            print(f"{i + 1} {how:>4}: {r['state']:>12} path={r['path']} cost ${r['cost']:.8f} "
                   f"({r['cpu_s']:.2f} CPU-s, {r['wall_s']:.1f} s tracked, round trip {r['round_trip_s']:.1f} s) "
                   f"challenger acc {r['acc']:.4f} (champion {r['champ_acc']:.4f}), {r['rows']:.0f} new rows",
                   flush=True)
@@ -332,19 +368,20 @@ def part_incremental(args: argparse.Namespace, jobs: str, root: Path) -> dict:
     inc_acc, full_acc = res["inc"][0]["acc"], res["full"][0]["acc"]
     ratio = inc_cost / full_cost
     diff = 100 * (inc_acc - full_acc)
-    where = breakdown(d, champion)
+    where = breakdown(d, champion, CHAMPIONS[kind][1])
     print(f"where the CPU goes (same data and code, in this process, CPU-s incl. children): "
+          f"a fresh interpreter importing the job: {where['job_imports']:.2f}; "
           f"update alone: incremental {where['inc_update']:.2f}, full {where['full_update']:.2f} "
           f"(reference read {where['ref_read']:.2f} + fit); one mlflow.sklearn.log_model of the challenger: "
           f"{where['log_model']:.2f} ({where['log_model_no_infer']:.2f} with pip_requirements given, "
-          f"i.e. without MLflow's requirements inference)")
+          f"as the job does)")
     print(f"cost: incremental ${inc_cost:.8f} / full ${full_cost:.8f} = {ratio:.3f} "
           f"(target <= 0.3: {'met' if ratio <= 0.3 else 'MISSED'}); per repeat: "
           + ", ".join(f"{a['cost'] / b['cost']:.3f}" for a, b in zip(res["inc"], res["full"])))
     print(f"accuracy on the newest held-out slice: incremental {inc_acc:.4f}, full {full_acc:.4f}, "
           f"champion {res['inc'][0]['champ_acc']:.4f}; incremental - full = {diff:+.2f} points "
           f"(target >= -1: {'met' if diff >= -1 else 'MISSED'})")
-    return {"inc": res["inc"], "full": res["full"], "ratio": ratio, "diff": diff}
+    return {"inc": res["inc"], "full": res["full"], "ratio": ratio, "diff": diff, "where": where}
 
 
 def main() -> int:
@@ -357,6 +394,8 @@ def main() -> int:
     ap.add_argument("--ref-rows", type=int, default=1_000_000)
     ap.add_argument("--window-rows", type=int, default=10_000)
     ap.add_argument("--inc-repeats", type=int, default=2)
+    ap.add_argument("--champions", type=lambda v: v.split(","), default=list(CHAMPIONS),
+                    help="Champion kinds for the incremental part, comma-separated: sgd,hgb")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
