@@ -376,7 +376,10 @@ class RetrainSupervisor:
             status = info.status
             if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
                 break
-            cost = self._cost(run_id)
+            cost, job_state = self._cost_and_state(run_id)
+            # a job that tagged itself capped is already stopping: no SIGTERM into its wind-down
+            if job_state == "capped":
+                stopped_for_cap = True
             if cap is not None and cost is not None and cost >= cap * (1 + rp.cap_tolerance) and not stopped_for_cap:
                 _log.warning("retrain %s spent $%.6f past its cap $%.6f: stopping Ray job %s",
                              run_id, cost, cap, submission_id)
@@ -384,7 +387,7 @@ class RetrainSupervisor:
                 stopped_for_cap = True
                 self._tag(run_id, {"finops.stopped_for_cap": "true"})
             ran_min = (time.time() * 1000 - (info.start_time or time.time() * 1000)) / 60_000
-            if ran_min > rp.max_job_minutes and not (timed_out or stopped_for_cap):
+            if ran_min > rp.max_job_minutes and not timed_out:
                 _log.warning("retrain %s: Ray job %s still %s after %.1f min (max_job_minutes %g): stopping it",
                              run_id, submission_id, status, ran_min, rp.max_job_minutes)
                 jobs.stop_job(submission_id)
@@ -440,11 +443,12 @@ class RetrainSupervisor:
         return self._finish(run_id, "dropped", f"cancelled: {reason}", "KILLED")
 
     # -------------------------------------------------------------- helpers
-    def _cost(self, run_id: str) -> float | None:
+    def _cost_and_state(self, run_id: str) -> tuple[float | None, str | None]:
         try:
-            return self.client.get_run(run_id).data.metrics.get("finops/cost_usd")
+            run = self.client.get_run(run_id)
         except Exception:
-            return None
+            return None, None
+        return run.data.metrics.get("finops/cost_usd"), run.data.tags.get("finops.retrain_state")
 
     def _tag(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
