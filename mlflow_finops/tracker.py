@@ -383,7 +383,9 @@ class CostTracker:
         elapsed = (now_ms - self._run_start_ms) / 1000.0
         step = int(math.ceil(elapsed)) + 1 if final else int(elapsed)
         rows = [(k, v, now_ms, step) for k, v in b.to_metrics().items()]
-        if self.node_breakdowns and b is self._last:
+        if self.node_breakdowns and b is self._last and final:
+            # Per-node figures as final values only: live, they would multiply what every
+            # delivery writes by the node count (delivery is most of tracking's own CPU).
             rows += [(k, v, now_ms, step) for k, v in self._node_metrics().items()]
         if self._gpu_acc.peak_memory_bytes:
             rows.append(("finops/gpu_peak_memory_gb", self._gpu_acc.peak_memory_bytes / GB, now_ms, step))
