@@ -107,15 +107,24 @@ def update(model: Any, X: pd.DataFrame, y: pd.Series, path: str, rp: RetrainPoli
 
 
 def _serialization(model: Any, champion_uri: str) -> dict[str, Any]:
-    """How to log the challenger: skops with its own types trusted (we built it), and the
-    champion's pip requirements (inferring them again costs seconds of CPU per retrain)."""
+    """How to log the challenger: in the champion's own format (skops with the types we built
+    trusted, or the champion's pickle flavour), with the champion's pip requirements
+    (inferring them again costs seconds of CPU per retrain)."""
     out: dict[str, Any] = {}
+    fmt = None
     try:
-        import skops.io as sio
+        fmt = mlflow.models.get_model_info(champion_uri).flavors.get("sklearn", {}).get("serialization_format")
+    except Exception as exc:
+        log.info("champion's serialization format unknown (%s); MLflow's default", exc)
+    if fmt and fmt != "skops":
+        out["serialization_format"] = fmt  # and skops, which imports all of scikit-learn, is not needed
+    else:
+        try:
+            import skops.io as sio
 
-        out["skops_trusted_types"] = sio.get_untrusted_types(data=sio.dumps(model))
-    except Exception:  # no skops here: MLflow's default format
-        pass
+            out["skops_trusted_types"] = sio.get_untrusted_types(data=sio.dumps(model))
+        except Exception:  # no skops here: MLflow's default format
+            pass
     try:
         out["pip_requirements"] = mlflow.artifacts.download_artifacts(f"{champion_uri}/requirements.txt")
     except Exception as exc:

@@ -56,7 +56,8 @@ priority = "{priority}"
 
 
 def setup(tmp_path: Path, ray_cluster, model, *, tag: str, amount: float = 5.0, per_job: float = 1.0,
-          priority: str = "standard", attempts: int = 3, extra: str = "", new: pd.DataFrame | None = None):
+          priority: str = "standard", attempts: int = 3, extra: str = "", new: pd.DataFrame | None = None,
+          fmt: str = "skops"):
     """A policy, a reference file, a registered @champion, then newer data in incoming/."""
     ref = make_data(3000, 0.0, 1)
     ref.to_csv(tmp_path / "ref.csv", index=False)
@@ -67,8 +68,10 @@ def setup(tmp_path: Path, ray_cluster, model, *, tag: str, amount: float = 5.0, 
     model.fit(ref.drop(columns="y"), ref["y"])
     name = f"churn-{tag}"
     with mlflow.start_run():
-        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
-                                        skops_trusted_types=["sklearn.tree._tree.Tree"])
+        serialization = (
+            {"skops_trusted_types": ["sklearn.tree._tree.Tree"]} if fmt == "skops" else {"serialization_format": fmt}
+        )
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name, **serialization)
     MlflowClient().set_registered_model_alias(name, "champion", str(info.registered_model_version))
     time.sleep(0.05)
     (tmp_path / "incoming").mkdir()
@@ -76,9 +79,12 @@ def setup(tmp_path: Path, ray_cluster, model, *, tag: str, amount: float = 5.0, 
     return load_policy(tmp_path / "finops.toml"), name
 
 
-def test_drift_to_promoted_challenger_with_lineage_and_cost(tmp_path: Path, ray_cluster, sqlite_uri: str) -> None:
+@pytest.mark.parametrize("fmt", ["skops", "cloudpickle"])
+def test_drift_to_promoted_challenger_with_lineage_and_cost(
+    tmp_path: Path, ray_cluster, sqlite_uri: str, fmt: str
+) -> None:
     policy, name = setup(tmp_path, ray_cluster, make_pipeline(StandardScaler(), SGDClassifier(random_state=0)),
-                         tag="pf")
+                         tag=f"pf-{fmt}", fmt=fmt)
     gate = DriftGate.from_policy(policy, model="churn")
     decision = gate.check(pd.read_csv(tmp_path / "incoming" / "w1.csv"))
     assert decision.retrain, decision.reason
@@ -98,6 +104,9 @@ def test_drift_to_promoted_challenger_with_lineage_and_cost(tmp_path: Path, ray_
     assert champion.tags["finops.drift_run_id"] == decision.run_id
     assert float(champion.tags["finops.cost_usd"]) > 0
     assert c.get_run(decision.run_id).data.tags["finops.retrain_run_id"] == run_id
+    # the challenger keeps the champion's serialization format
+    flavor = mlflow.models.get_model_info(f"models:/{name}@champion").flavors["sklearn"]
+    assert flavor["serialization_format"] == fmt
 
 
 def test_out_of_budget_submits_no_job(tmp_path: Path, ray_cluster, sqlite_uri: str) -> None:
