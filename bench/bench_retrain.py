@@ -41,7 +41,7 @@ paths, and one ``mlflow.sklearn.log_model``, to show where the CPU goes.
 
     .venv/bin/python bench/bench_retrain.py                  # both parts, ~7 min on 2 cores
     .venv/bin/python bench/bench_retrain.py --part cap
-    .venv/bin/python bench/bench_retrain.py --part incremental [--champions sgd,hgb]
+    .venv/bin/python bench/bench_retrain.py --part incremental [--champions sgd,hgb] [--champion-format cloudpickle]
 """
 
 from __future__ import annotations
@@ -102,17 +102,20 @@ def sgd_pipeline():
     return make_pipeline(StandardScaler(), SGDClassifier(random_state=0))
 
 
-def register_champion(model, names: list[str]) -> None:
-    """Log the fitted model once per registered name and point @champion at it."""
+def register_champion(model, names: list[str], fmt: str = "skops") -> None:
+    """Log the fitted model once per registered name (in ``fmt``) and point @champion at it."""
     import mlflow
-    import skops.io as sio
     from mlflow.tracking import MlflowClient
 
-    trusted = sio.get_untrusted_types(data=sio.dumps(model))
+    if fmt == "skops":
+        import skops.io as sio
+
+        serialization = {"skops_trusted_types": sio.get_untrusted_types(data=sio.dumps(model))}
+    else:
+        serialization = {"serialization_format": fmt}
     for name in names:
         with mlflow.start_run(run_name=f"champion-{name}"):
-            info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
-                                            skops_trusted_types=trusted)
+            info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name, **serialization)
         MlflowClient().set_registered_model_alias(name, "champion", str(info.registered_model_version))
     time.sleep(0.05)  # the new data files are strictly newer than the champion versions
 
@@ -330,7 +333,7 @@ def part_incremental(args: argparse.Namespace, jobs: str, root: Path) -> dict:
         champions[kind] = champion_model(kind).fit(ref.drop(columns="y"), ref["y"])
         print(f"champion {kind}: {CHAMPIONS[kind][0]} fitted here on the reference in "
               f"{time.process_time() - t:.1f} CPU-s", flush=True)
-        register_champion(champions[kind], [f"bench-inc-{kind}", f"bench-full-{kind}"])
+        register_champion(champions[kind], [f"bench-inc-{kind}", f"bench-full-{kind}"], args.champion_format)
     for k, (tt, seed) in enumerate([(1 / 3, 22), (2 / 3, 23), (1.0, 24)], start=1):
         stream(args.window_rows, tt, seed).to_parquet(d / "incoming" / f"w{k}.parquet")
         time.sleep(0.02)  # files in time order by mtime
@@ -340,7 +343,7 @@ def part_incremental(args: argparse.Namespace, jobs: str, root: Path) -> dict:
         text += model_section(f"full-{kind}", "refit")
     (d / "finops.toml").write_text(text)
     print(f"\n== incremental vs full: reference {args.ref_rows:,} rows, 3 new windows x {args.window_rows:,} "
-          f"rows, drift t = 1/3, 2/3, 1", flush=True)
+          f"rows, drift t = 1/3, 2/3, 1, champions saved as {args.champion_format}", flush=True)
     return {kind: _compare(args, d, kind, champions[kind]) for kind in args.champions}
 
 
@@ -396,6 +399,8 @@ def main() -> int:
     ap.add_argument("--inc-repeats", type=int, default=2)
     ap.add_argument("--champions", type=lambda v: v.split(","), default=list(CHAMPIONS),
                     help="Champion kinds for the incremental part, comma-separated: sgd,hgb")
+    ap.add_argument("--champion-format", choices=["skops", "cloudpickle"], default="skops",
+                    help="How the champions are saved (MLflow 3's default is skops); the job keeps it")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
