@@ -50,7 +50,8 @@ def job_probe_actors(dashboard_url: str) -> list:
     from ray.util.state import list_actors
 
     job = ray.get_runtime_context().get_job_id()
-    return list_actors(dashboard_url, filters=[("job_id", "=", job), ("class_name", "=", "NodeProbe"), ("state", "=", "ALIVE")])
+    filters = [("job_id", "=", job), ("class_name", "=", "NodeProbe"), ("state", "=", "ALIVE")]
+    return list_actors(dashboard_url, filters=filters)
 
 
 @pytest.mark.parametrize("read_local", ["true", "false"], ids=["nodes-read-by-the-driver", "probe-actors"])
