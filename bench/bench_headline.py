@@ -359,7 +359,6 @@ processes while idle.
 
 # ------------------------------------------------------------------ the local Ray cluster of policy (c)
 JOBS = "http://127.0.0.1:8265"
-_SESSION = re.compile(r"session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+")
 
 
 def _jobs_api_answers() -> bool:
@@ -373,76 +372,31 @@ def _jobs_api_answers() -> bool:
         return False
 
 
-def _ray_sessions() -> dict[int, str]:
-    """pid -> Ray session name, for the processes whose command line names one (a cluster's roots)."""
-    import psutil
-
-    out = {}
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        m = _SESSION.search(" ".join(p.info["cmdline"] or []))
-        if m:
-            out[p.pid] = m.group(0)
-    return out
-
-
 @contextlib.contextmanager
 def local_ray() -> Iterator[str]:
     """The cluster policy (c) submits its retrain jobs to (the example's Jobs API address).
 
     If one answers on 127.0.0.1:8265 it is used as it is (the example does the same). Else
-    ``mlflow-finops ray up`` starts one, as the example would, and only that cluster's processes
-    are stopped afterwards, by pid: ``mlflow-finops ray down`` (``ray stop``) would stop every
-    Ray cluster of this user on the machine, a test suite's or another benchmark's included.
+    ``mlflow-finops ray up`` starts one, as the example would, and ``mlflow-finops ray down``
+    stops it afterwards (that cluster's processes only, not other Ray clusters on the machine).
     """
-    import psutil
-
     if _jobs_api_answers():
         yield "an existing cluster on 127.0.0.1:8265"
         return
-    before = set(_ray_sessions().values())
     # Its own temp dir: a Ray job's driver gets RAY_ADDRESS from <temp dir>/ray/ray_current_cluster,
     # the cluster started last there, which under the shared /tmp/ray can be another one on the machine.
     tmp = tempfile.mkdtemp(prefix="rhl-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    subprocess.run([str(Path(sys.executable).parent / "mlflow-finops"), "ray", "up", "--num-cpus", "2"],
-                   check=True, env={**os.environ, "RAY_TMPDIR": tmp})
-    ours = {pid: s for pid, s in _ray_sessions().items() if s not in before}
-    # `ray start --head` is the one on the default GCS port; a cluster started meanwhile elsewhere is not ours
-    heads = {s for pid, s in ours.items() if _cmdline(pid).find("--gcs_server_port=6379") >= 0}
-    session = next(iter(heads)) if len(heads) == 1 else None
+    exe = str(Path(sys.executable).parent / "mlflow-finops")
+    subprocess.run([exe, "ray", "up", "--num-cpus", "2"], check=True, env={**os.environ, "RAY_TMPDIR": tmp})
     deadline = time.monotonic() + 120
     while not _jobs_api_answers() and time.monotonic() < deadline:  # the dashboard comes up last
         time.sleep(1.0)
     try:
-        yield f"a cluster started for this bench ({session or 'session unknown'})"
+        yield "a cluster started for this bench (GCS 127.0.0.1:6379)"
     finally:
-        if session is None:
-            print("WARNING: could not tell which Ray session this bench started; left running "
-                  "(stop it with `mlflow-finops ray down` when nothing else uses Ray)", flush=True)
-        else:
-            procs = []
-            for pid, s in _ray_sessions().items():
-                if s == session:
-                    with contextlib.suppress(psutil.Error):
-                        p = psutil.Process(pid)
-                        procs += [p, *p.children(recursive=True)]
-            for p in procs:
-                with contextlib.suppress(psutil.Error):
-                    p.terminate()
-            _, alive = psutil.wait_procs(procs, timeout=15)
-            for p in alive:
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
-            print(f"stopped the bench's Ray cluster ({len(procs)} processes of {session})", flush=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _cmdline(pid: int) -> str:
-    import psutil
-
-    try:
-        return " ".join(psutil.Process(pid).cmdline())
-    except psutil.Error:
-        return ""
+        down = subprocess.run([exe, "ray", "down"], capture_output=True, text=True)
+        print(f"the bench's Ray cluster: {down.stdout.strip()}", flush=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ driver

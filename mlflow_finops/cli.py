@@ -526,41 +526,103 @@ def ray_group() -> None:
 
 @ray_group.command("up")
 @click.option("--num-cpus", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--port", type=int, default=6379, show_default=True, help="The head's GCS port (its address).")
 @click.option("--dashboard-port", type=int, default=8265, show_default=True, help="Jobs API port.")
-def ray_up(num_cpus: int, dashboard_port: int) -> None:
+def ray_up(num_cpus: int, port: int, dashboard_port: int) -> None:
     """Start a local Ray head with the Jobs API on http://127.0.0.1:PORT.
 
     Equivalent to `ray start --head --node-ip-address 127.0.0.1 ...`; point
     retraining at it with [retrain].ray_address or RAY_ADDRESS.
     """
     import os
-    import shutil
     import subprocess
+
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [_ray_bin(), "start", "--head", "--num-cpus", str(num_cpus), "--node-ip-address", "127.0.0.1",
+           "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+           "--disable-usage-stats"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        fail(f"ray start failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", EXIT_INTERNAL)
+    down = "mlflow-finops ray down" + (f" --port {port}" if port != 6379 else "")
+    click.echo(f"Ray is up: Jobs API at http://127.0.0.1:{dashboard_port} (stop it with `{down}`)")
+
+
+@ray_group.command("down")
+@click.option("--port", type=int, default=6379, show_default=True, help="The GCS port given to `ray up`.")
+def ray_down(port: int) -> None:
+    """Stop the local Ray cluster that `mlflow-finops ray up` started on 127.0.0.1:PORT.
+
+    Only that cluster's processes (and their workers) are stopped; other Ray
+    clusters on this machine keep running (`ray stop` would stop them all).
+    """
+    import psutil
+
+    procs = _local_ray_cluster(f"127.0.0.1:{port}")
+    if not procs:
+        click.echo(f"no local Ray cluster at 127.0.0.1:{port}")
+        return
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    click.echo(f"Ray at 127.0.0.1:{port} stopped ({len(procs)} processes)")
+
+
+def _ray_bin() -> str:
+    import os
+    import shutil
 
     ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
     if ray_bin is None:
         fail("Ray is not installed: pip install 'mlflow-finops[ray]'")
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--node-ip-address", "127.0.0.1",
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port), "--disable-usage-stats"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        fail(f"ray start failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", EXIT_INTERNAL)
-    click.echo(f"Ray is up: Jobs API at http://127.0.0.1:{dashboard_port} (stop it with `mlflow-finops ray down`)")
+    return ray_bin
 
 
-@ray_group.command("down")
-def ray_down() -> None:
-    """Stop the local Ray cluster started by `mlflow-finops ray up`."""
+def _local_ray_cluster(gcs_address: str) -> list:
+    """Every process of the local cluster whose GCS is at ``gcs_address``, workers included.
+
+    Its GCS server names the session folder; the cluster's own processes name that
+    folder or the GCS address on their command line; workers and agents are their
+    descendants (their titles are rewritten to ``ray::...``).
+    """
     import os
-    import shutil
-    import subprocess
 
-    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
-    if ray_bin is None:
-        fail("Ray is not installed")
-    subprocess.run([ray_bin, "stop"], capture_output=True)
-    click.echo("Ray stopped")
+    import psutil
+
+    port = gcs_address.rsplit(":", 1)[1]
+    cmdlines: dict[int, str] = {}
+    session = None
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        cmdlines[p.pid] = cmd
+        if "gcs_server" in cmd and f"--gcs_server_port={port} " in cmd + " ":
+            for arg in p.info["cmdline"]:
+                if arg.startswith("--log_dir="):
+                    session = os.path.dirname(arg.split("=", 1)[1].rstrip("/"))
+    if session is None:
+        return []
+    roots = [
+        pid for pid, cmd in cmdlines.items()
+        if session + "/" in cmd
+        or (f"={gcs_address}" in cmd and ("/site-packages/ray/" in cmd or "ray.util.client.server" in cmd))
+    ]
+    out: dict[int, psutil.Process] = {}
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+            out[pid] = root
+            out.update({c.pid: c for c in root.children(recursive=True)})
+        except psutil.Error:
+            continue
+    return list(out.values())
 
 
 # ==================================================================== end retraining ====

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from mlflow_finops.cli import cli
@@ -49,3 +50,33 @@ def test_sync_with_nothing_spooled(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["sync"], env={"MLFLOW_FINOPS_SPOOL_DIR": str(tmp_path)})
     assert result.exit_code == 0
     assert "delivered 0" in result.output
+
+
+def test_ray_up_and_down_touch_only_their_own_cluster(ray_cluster) -> None:
+    import psutil
+    import requests
+
+    from conftest import free_port
+
+    port, dashboard = free_port(), free_port()
+    up = subprocess.run([EXE, "ray", "up", "--num-cpus", "1", "--port", str(port), "--dashboard-port", str(dashboard)],
+                        capture_output=True, text=True, timeout=180)
+    assert up.returncode == 0, up.stderr
+    assert f"ray down --port {port}" in up.stdout
+    assert requests.get(f"http://127.0.0.1:{dashboard}/api/version", timeout=5).status_code in (200, 401)
+    session_gcs = [p for p in psutil.process_iter(["cmdline"])
+                   if f"--gcs_server_port={port}" in " ".join(p.info["cmdline"] or [])]
+    assert len(session_gcs) == 1
+    down = subprocess.run([EXE, "ray", "down", "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert "stopped" in down.stdout
+    try:  # dead: gone, or a zombie left to whoever adopted it when `ray start` exited
+        assert session_gcs[0].status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        pass
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://127.0.0.1:{dashboard}/api/version", timeout=2)
+    # the other local cluster (the test session's) still answers
+    assert requests.get(ray_cluster.dashboard_url + "/api/version", timeout=5).status_code in (200, 401)
+    again = subprocess.run([EXE, "ray", "down", "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert "no local Ray cluster" in again.stdout
