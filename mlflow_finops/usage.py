@@ -83,8 +83,6 @@ class ProcessTreeSampler:
         cpu = 0.0
         rss = 0
         seen: dict[tuple[int, float], tuple[float, int | None]] = {}
-        if self.exclude is not None and not _HAS_CHILDREN_FILES:  # the /proc walk skips them itself
-            members = self._without_excluded(members)
         for proc in members:
             try:
                 with proc.oneshot():
@@ -113,45 +111,23 @@ class ProcessTreeSampler:
         return TreeReading(now, cpu + self._orphaned_s, rss, frozenset(pids))
 
     def _descendants(self) -> list[psutil.Process]:
-        """The root's descendants, walking ``/proc/PID/task/TID/children`` from the root.
-
-        Reads a few files per member instead of every process's ``stat`` (psutil's
-        ``children(recursive=True)``): cheaper, and it keeps a sample short when a
-        pure-Python training loop holds the GIL (each file read waits for the GIL).
-        """
-        if not _HAS_CHILDREN_FILES:
-            try:
-                return self.root.children(recursive=True)
-            except psutil.NoSuchProcess:
-                return []
+        """The root's descendants, walked from the root; excluded subtrees are never entered."""
         out: list[psutil.Process] = []
         stack = [self.root.pid]
         seen = {self.root.pid}
         while stack:
-            pid = stack.pop()
-            try:
-                tids = os.listdir(f"/proc/{pid}/task")
-            except OSError:
-                continue
-            for tid in tids:
-                try:
-                    with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
-                        kids = fh.read().split()
-                except OSError:
+            for child in _children(stack.pop()):
+                if child in seen:
                     continue
-                for k in kids:
-                    child = int(k)
-                    if child in seen:
-                        continue
-                    seen.add(child)
-                    try:
-                        proc = psutil.Process(child)
-                        if self._is_excluded(proc):
-                            continue  # and its whole subtree: never walked
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        continue
-                    stack.append(child)
-                    out.append(proc)
+                seen.add(child)
+                try:
+                    proc = psutil.Process(child)
+                    if self._is_excluded(proc):
+                        continue  # and its whole subtree: never walked
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                stack.append(child)
+                out.append(proc)
         return out
 
     def _is_excluded(self, proc: psutil.Process) -> bool:
@@ -162,29 +138,31 @@ class ProcessTreeSampler:
             self._excluded[key] = bool(self.exclude(proc))
         return self._excluded[key]
 
-    def _without_excluded(self, members: list[psutil.Process]) -> list[psutil.Process]:
-        assert self.exclude is not None
-        parent: dict[int, int] = {}
-        bad: set[int] = set()
-        for proc in members[1:]:
-            try:
-                key = (proc.pid, proc.create_time())
-                parent[proc.pid] = proc.ppid()
-                if key not in self._excluded:
-                    self._excluded[key] = bool(self.exclude(proc))
-                if self._excluded[key]:
-                    bad.add(proc.pid)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                bad.add(proc.pid)
 
-        def excluded(pid: int) -> bool:
-            while pid in parent:
-                if pid in bad:
-                    return True
-                pid = parent[pid]
-            return False
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid``: from ``/proc/PID/task/TID/children`` where the kernel has them.
 
-        return [members[0]] + [p for p in members[1:] if not excluded(p.pid)]
+    That reads a few files per member instead of every process's ``stat`` (psutil's
+    ``children()``): cheaper, and it keeps a sample short when a pure-Python training
+    loop holds the GIL (each file read waits for the GIL).
+    """
+    if not _HAS_CHILDREN_FILES:
+        try:
+            return [c.pid for c in psutil.Process(pid).children()]
+        except psutil.Error:
+            return []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    kids: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                kids += [int(k) for k in fh.read().split()]
+        except OSError:
+            continue
+    return kids
 
 
 # --------------------------------------------------------------------- GPU
