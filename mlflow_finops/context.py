@@ -14,6 +14,7 @@ import os
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
+from ._env import env_flag
 from .policy import PolicyError, find_policy_path, load_policy
 from .usage import machine_info
 
@@ -63,7 +64,7 @@ class FinOpsRunContextProvider(RunContextProvider):
     """MLflow plugin: adds ``finops.*`` attribution and machine tags to new runs."""
 
     def in_context(self) -> bool:
-        return os.environ.get("MLFLOW_FINOPS_DISABLE", "").lower() not in ("1", "true", "yes")
+        return not env_flag("MLFLOW_FINOPS_DISABLE", False)
 
     def tags(self) -> dict[str, str]:
         try:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ._env import env_flag
 from .pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
 from .usage import GpuAccumulator, GpuReading, GpuSampler
 
@@ -204,9 +205,7 @@ class RayClusterSampler:
         self.discovery_every_s = float(os.environ.get("MLFLOW_FINOPS_RAY_DISCOVERY_S", DISCOVERY_EVERY_S))
         self._state_url: str | None = None  # the connected cluster's state API, resolved once
         self._probe_cls = ray.remote(num_cpus=0, max_restarts=0)(NodeProbe)
-        self.read_in_driver = os.environ.get("MLFLOW_FINOPS_RAY_READ_LOCAL", "true").lower() not in (
-            "0", "false", "no"
-        )
+        self.read_in_driver = env_flag("MLFLOW_FINOPS_RAY_READ_LOCAL", True)
         self._driver_ip: str | None = None
         self._refresh_nodes()
         # Baseline: every Ray worker already alive, so CPU spent before the run is not charged.

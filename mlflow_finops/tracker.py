@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import mlflow
 
+from ._env import env_flag, env_float
 from .context import run_tags
 from .delivery import Batch, Outbox
 from .policy import Policy, RayPolicy, load_policy
@@ -43,19 +44,6 @@ MAX_CONSECUTIVE_ERRORS = 3
 MAX_HISTORY = 5000
 CHART_MIN_S = 300.0  # runs shorter than this get no timeline chart ($MLFLOW_FINOPS_CHART_MIN_S)
 GB = 1024**3
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a number") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r}: must be greater than 0")
-    return value
 
 
 def resolve_prices(
@@ -91,11 +79,11 @@ class CostTracker:
         log_charts: bool | None = None,
     ):
         self.run_id = run_id
-        self.interval_s = interval_s or _env_float("MLFLOW_FINOPS_INTERVAL_S", DEFAULT_INTERVAL_S)
+        self.interval_s = interval_s or env_float("MLFLOW_FINOPS_INTERVAL_S", DEFAULT_INTERVAL_S)
         self.prices = prices or resolve_prices()
         self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()
         self.log_timeseries = log_timeseries
-        self.flush_timeout_s = flush_timeout_s or _env_float("MLFLOW_FINOPS_FLUSH_TIMEOUT_S", 15.0)
+        self.flush_timeout_s = flush_timeout_s or env_float("MLFLOW_FINOPS_FLUSH_TIMEOUT_S", 15.0)
         self._offset = offset or CostBreakdown(allocation_mode=self.prices.allocation_mode)
         self._run_start_ms = run_start_ms or int(time.time() * 1000)
         self._tree = ProcessTreeSampler(pid)
@@ -118,12 +106,10 @@ class CostTracker:
         self._last: CostBreakdown = self._offset
         # Ray: the job's workers on every node, attached once this process is a Ray driver.
         self._ray_policy = ray_policy
-        if log_charts is None:
-            log_charts = os.environ.get("MLFLOW_FINOPS_LOG_CHARTS", "true").lower() not in ("0", "false", "no")
-        self.log_charts = log_charts
+        self.log_charts = env_flag("MLFLOW_FINOPS_LOG_CHARTS", True) if log_charts is None else log_charts
         # Drawing the chart costs ~2 CPU-s (matplotlib import + render): only worth it on runs
         # long enough for that to be small; shorter runs have MLflow's own metric charts.
-        self.chart_min_s = _env_float("MLFLOW_FINOPS_CHART_MIN_S", CHART_MIN_S)
+        self.chart_min_s = env_float("MLFLOW_FINOPS_CHART_MIN_S", CHART_MIN_S)
         self._ray: RayClusterSampler | None = None
         self._ray_attaching = False
         self._ray_errors = 0
@@ -150,7 +136,7 @@ class CostTracker:
         self._prev_rss = first.rss_bytes
         self._cpu_s = 0.0
         self._ram_gb_s = 0.0
-        if os.environ.get("MLFLOW_FINOPS_CHARGE_PROCESS_START", "").lower() in ("1", "true", "yes"):
+        if env_flag("MLFLOW_FINOPS_CHARGE_PROCESS_START", False):
             # A process that exists only for this run (a retrain job): its start-up (imports,
             # loading data and models) is part of the run's cost too.
             self._cpu0 = 0.0
@@ -451,7 +437,7 @@ def autolog(
         holds a bad value (raised here, before training starts, naming the key).
     """
     global _config
-    if disable or os.environ.get("MLFLOW_FINOPS_DISABLE", "").lower() in ("1", "true", "yes"):
+    if disable or env_flag("MLFLOW_FINOPS_DISABLE", False):
         with _state_lock:
             _config = None
             _stop_root("FINISHED")
@@ -461,7 +447,7 @@ def autolog(
         raise ValueError(f"interval_s={interval_s!r}: must be greater than 0")
     catalog = resolve_prices(prices, policy)
     if interval_s is None:
-        interval_s = _env_float("MLFLOW_FINOPS_INTERVAL_S", DEFAULT_INTERVAL_S)
+        interval_s = env_float("MLFLOW_FINOPS_INTERVAL_S", DEFAULT_INTERVAL_S)
     with _state_lock:
         _config = _AutologConfig(interval_s, catalog, log_timeseries)
         _patch()
