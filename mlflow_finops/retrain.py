@@ -35,6 +35,7 @@ from typing import Any, Callable, Literal
 from mlflow.tracking import MlflowClient
 
 from .budget import envelopes_for, spend
+from .monitoring import get_or_create_experiment
 from .policy import Policy, PolicyError, RetrainPolicy, load_policy
 from .windows import window_state
 
@@ -122,19 +123,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return client.create_experiment(name)
-        except Exception:  # created concurrently
-            exp = client.get_experiment_by_name(name)
-            assert exp is not None
-    if exp.lifecycle_stage != "active":
-        client.restore_experiment(exp.experiment_id)
-    return exp.experiment_id
-
-
 def _model_policy(policy: Policy, model: str) -> Any:
     if model not in policy.models:
         known = ", ".join(sorted(policy.models)) or "none"
@@ -163,7 +151,7 @@ def request_retrain(
     rp = policy.retrain.merged(mp.retrain)
     client = client or MlflowClient()
     now = now or _now()
-    exp_id = _experiment_id(client, retrain_experiment_name(model))
+    exp_id = get_or_create_experiment(client, retrain_experiment_name(model))
     if drift_run_id:
         existing = client.search_runs(
             [exp_id], f"tags.`finops.drift_run_id` = '{drift_run_id}'", max_results=1
@@ -172,7 +160,6 @@ def request_retrain(
             return existing[0].info.run_id
     priority = _priority(policy, model)
     tags = {
-        "finops.model": model,
         "finops.workload": "retrain",
         "finops.retrain_state": "pending",
         "finops.priority": priority,
@@ -182,8 +169,8 @@ def request_retrain(
         "finops.reason": reason,
         "mlflow.runName": f"retrain-{model}-{now:%Y%m%d-%H%M%S}",
         **policy.tags.resolve(),
+        "finops.model": model,  # after the policy's tags: this run is for this model
     }
-    tags["finops.model"] = model
     if drift_run_id:
         tags["finops.drift_run_id"] = drift_run_id
     run = client.create_run(exp_id, start_time=int(now.timestamp() * 1000), tags=tags)
@@ -319,7 +306,6 @@ class RetrainSupervisor:
         return sum(costs) / len(costs) if costs else None
 
     def _submit(self, run_id: str, model: str, rp: RetrainPolicy, cap: float | None, why: str) -> None:
-
         tags = self.client.get_run(run_id).data.tags
         attempt = int(tags.get("finops.attempts", "0")) + 1
         policy_path = os.path.abspath(self.policy.source) if self.policy.source else ""
