@@ -377,7 +377,6 @@ class CostTracker:
             rows.append(("finops/gpu_peak_memory_gb", self._gpu_acc.peak_memory_bytes / GB, now_ms, step))
         return rows
 
-
     def _node_metrics(self) -> dict[str, float]:
         """Per-node cost for the dearest nodes (bounded), the rest summed as 'other'."""
         limit = self._ray_policy.max_node_metrics if self._ray_policy is not None else 16

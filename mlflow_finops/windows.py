@@ -14,16 +14,12 @@ Priorities (from the budget envelope that covers the model):
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-
-_log = logging.getLogger(__name__)
+from .policy import OffPeakRange, WindowPolicy  # noqa: F401  (re-exported: the window settings)
 
 __all__ = ["WindowPolicy", "OffPeakRange", "WindowState", "window_state", "cluster_free_resources"]
-
-from .policy import DAYS, OffPeakRange, WindowPolicy, minutes  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -78,7 +74,3 @@ def window_state(
                 reasons.append(f"cannot read the cluster's free resources: {exc}")
     is_open = not reasons
     return WindowState(is_open, off_peak, free_cpus, free_gpus, "window open" if is_open else "; ".join(reasons))
-
-
-def wait_limit(policy: WindowPolicy) -> timedelta:
-    return timedelta(hours=policy.max_wait_hours)
