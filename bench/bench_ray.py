@@ -26,27 +26,16 @@ through a probe actor, as nodes on other hosts are read.
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-# Before ray is imported: keep every Ray address on loopback (else Ray advertises the
-# host's own IP and the cluster hangs).
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-import argparse  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _local_ray import free_port  # before ray is imported: keeps Ray on loopback
 
 
 def outside_burner() -> int:

@@ -46,31 +46,20 @@ paths, and one ``mlflow.sklearn.log_model``, to show where the CPU goes.
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-# Before ray is imported: keep every Ray address on loopback.
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import socket  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from _local_ray import free_port  # before ray is imported: keeps Ray on loopback
 
 N_FEATURES = 20
 SAMPLE_INTERVAL_S = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stream(n: int, t: float, seed: int, theta: float = np.pi / 3) -> pd.DataFrame:
