@@ -160,7 +160,6 @@ def request_retrain(
             return existing[0].info.run_id
     priority = _priority(policy, model)
     tags = {
-        "finops.workload": "retrain",
         "finops.retrain_state": "pending",
         "finops.priority": priority,
         "finops.attempts": "0",
@@ -169,7 +168,10 @@ def request_retrain(
         "finops.reason": reason,
         "mlflow.runName": f"retrain-{model}-{now:%Y%m%d-%H%M%S}",
         **policy.tags.resolve(),
-        "finops.model": model,  # after the policy's tags: this run is for this model
+        # after the policy's tags (as a drift check's own workload wins over them): this run
+        # is a retrain of this model
+        "finops.workload": "retrain",
+        "finops.model": model,
     }
     if drift_run_id:
         tags["finops.drift_run_id"] = drift_run_id

@@ -197,3 +197,14 @@ def test_a_hung_job_is_stopped_after_max_job_minutes(tmp_path: Path, ray_cluster
     assert run.info.status == "KILLED"
     assert run.data.tags["finops.stopped_for_time"] == "true"
     assert [str(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'")] == ["1"]
+
+
+def test_a_request_is_a_retrain_of_its_model_whatever_the_policy_tags(tmp_path: Path, sqlite_uri: str) -> None:
+    (tmp_path / "finops.toml").write_text(
+        '[tags]\nteam = "growth"\nworkload = "training"\nmodel = "other"\n[models.churn]\nreference = "ref.csv"\n'
+    )
+    run_id = request_retrain(load_policy(tmp_path / "finops.toml"), "churn")
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert tags["finops.workload"] == "retrain"
+    assert tags["finops.model"] == "churn"
+    assert tags["finops.team"] == "growth"  # the policy's attribution tags are kept
