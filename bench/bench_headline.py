@@ -154,7 +154,7 @@ def store_costs(folder: Path) -> dict:
     """Total over counted runs (tracked, not nested) and a split by part of the lifecycle."""
     from mlflow.tracking import MlflowClient
 
-    from mlflow_finops.report import build_report
+    from mlflow_finops.spend.report import build_report
 
     report = build_report(MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}"))
     parts = {"champion": 0.0, "checks": 0.0, "retrains": 0.0}
@@ -364,7 +364,7 @@ JOBS = "http://127.0.0.1:8265"
 def _jobs_api_answers() -> bool:
     import requests
 
-    from mlflow_finops.retrain import ray_auth_headers
+    from mlflow_finops.ray_cluster import ray_auth_headers
 
     try:
         return requests.get(JOBS + "/api/version", headers=ray_auth_headers(), timeout=2).ok

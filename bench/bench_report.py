@@ -107,7 +107,7 @@ def main() -> None:
     print(f"MLflow API write rate: {rate:.0f} runs/s -> {args.runs / rate:.0f} s for {args.runs:,} runs; "
           f"bulk SQL fill: {fill_s:.1f} s")
 
-    from mlflow_finops.report import build_report
+    from mlflow_finops.spend.report import build_report
 
     t0 = time.perf_counter()
     rep = build_report(client)

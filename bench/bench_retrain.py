@@ -261,7 +261,7 @@ def breakdown(d: Path, champion, path: str) -> dict:
     import mlflow
     import skops.io as sio
 
-    from mlflow_finops.drift import read_frame
+    from mlflow_finops.frames import read_frame
     from mlflow_finops.policy import RetrainPolicy
     from ray_jobs.retrain import new_data, update
 

@@ -86,7 +86,7 @@ models = ["{MODEL}"]
 
 def ray_up() -> bool:
     """Start a local Ray cluster unless one answers; True when this script started it."""
-    from mlflow_finops.retrain import ray_auth_headers
+    from mlflow_finops.ray_cluster import ray_auth_headers
 
     try:  # with Ray's token authentication (2.59+) an answer without the token is a 401
         if requests.get(JOBS + "/api/version", headers=ray_auth_headers(), timeout=2).ok:

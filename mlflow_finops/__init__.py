@@ -12,21 +12,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "autolog": "tracker",
-    "track_cost": "tracker",
-    "CostTracker": "tracker",
-    "active_tracker": "tracker",
+    "autolog": "cost.tracker",
+    "track_cost": "cost.tracker",
+    "CostTracker": "cost.tracker",
+    "active_tracker": "cost.tracker",
     "Policy": "policy",
     "PolicyError": "policy",
     "load_policy": "policy",
     "PriceCatalog": "pricing",
     "CostBreakdown": "pricing",
-    "DriftGate": "drift",
-    "DriftDecision": "drift",
-    "run_schedule": "schedule",
-    "request_retrain": "retrain",
-    "RetrainSupervisor": "retrain",
-    "RetrainOutcome": "retrain",
+    "DriftGate": "drift.gate",
+    "DriftDecision": "drift.gate",
+    "run_schedule": "loop",
+    "request_retrain": "retrain.supervisor",
+    "RetrainSupervisor": "retrain.supervisor",
+    "RetrainOutcome": "retrain.supervisor",
 }
 
 __all__ = ["__version__", *_EXPORTS]

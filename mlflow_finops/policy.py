@@ -85,7 +85,7 @@ PerformanceMetric = Literal["accuracy", "f1", "roc_auc", "rmse", "mae", "r2"]
 
 def _check_method(value: str | None) -> str | None:
     if value is not None:
-        from ._stattests import stat_test_kind
+        from .stattests import stat_test_kind
 
         try:
             stat_test_kind(value)

@@ -31,7 +31,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 import mlflow_finops
-from mlflow_finops.drift import read_frame
+from mlflow_finops.frames import read_frame
 from mlflow_finops.policy import PolicyError, RetrainPolicy, load_policy
 
 log = logging.getLogger("ray_jobs.retrain")

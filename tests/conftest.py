@@ -39,7 +39,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_FINOPS_SPOOL_DIR", str(tmp_path / "spool"))
     yield
-    import mlflow_finops.tracker as tracker
+    import mlflow_finops.cost.tracker as tracker
 
     tracker.autolog(disable=True)
     while mlflow.active_run():

@@ -27,9 +27,9 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 import mlflow_finops
-from mlflow_finops.charts import TIMELINE_PNG, log_cost_timeline
+from mlflow_finops.spend.charts import TIMELINE_PNG, log_cost_timeline
 from mlflow_finops.cli import cli
-from mlflow_finops.report import REPORTS_EXPERIMENT
+from mlflow_finops.spend.report import REPORTS_EXPERIMENT
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

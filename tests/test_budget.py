@@ -15,7 +15,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 import mlflow_finops
-from mlflow_finops.budget import budget_status, envelopes_for, period_bounds, spend
+from mlflow_finops.spend.budget import budget_status, envelopes_for, period_bounds, spend
 from mlflow_finops.cli import EXIT_BUDGET_WARN, cli
 from mlflow_finops.policy import BudgetEnvelope, Policy, PolicyError
 

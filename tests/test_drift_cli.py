@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from mlflow_finops.cli import cli
 from mlflow_finops.policy import load_policy
-from mlflow_finops.schedule import run_schedule
+from mlflow_finops.loop import run_schedule
 
 
 def invoke(*args: str):

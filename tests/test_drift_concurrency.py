@@ -16,7 +16,7 @@ CHILD = """
 import os, sys, time
 barrier, n, mode, arg = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 from mlflow import MlflowClient
-from mlflow_finops.monitoring import claim_window
+from mlflow_finops.drift.monitoring import claim_window
 if mode == "schedule":
     from mlflow_finops.cli import cli
     import mlflow_finops.drift, evidently  # noqa: F401

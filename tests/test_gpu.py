@@ -11,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_finops.pricing import PriceCatalog
-from mlflow_finops.tracker import CostTracker
-from mlflow_finops.usage import GpuSampler
+from mlflow_finops.cost.tracker import CostTracker
+from mlflow_finops.cost.process import GpuSampler
 
 
 class FakeNvml:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_finops import PolicyError, PriceCatalog, load_policy
-from mlflow_finops.tracker import resolve_prices
+from mlflow_finops.cost.tracker import resolve_prices
 
 
 def write(tmp_path: Path, text: str) -> Path:

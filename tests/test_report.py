@@ -17,9 +17,9 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 import mlflow_finops
-from mlflow_finops.charts import cost_timeline, pareto_front
+from mlflow_finops.spend.charts import cost_timeline, pareto_front
 from mlflow_finops.cli import cli
-from mlflow_finops.report import REPORTS_EXPERIMENT, ReportError, build_report, parse_when
+from mlflow_finops.spend.report import REPORTS_EXPERIMENT, ReportError, build_report, parse_when
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

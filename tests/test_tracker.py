@@ -16,7 +16,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 import mlflow_finops
 from mlflow_finops import PolicyError
-from mlflow_finops.usage import ProcessTreeSampler
+from mlflow_finops.cost.process import ProcessTreeSampler
 
 METRICS = [
     "finops/cost_usd", "finops/cpu_core_hours", "finops/ram_gb_hours", "finops/gpu_hours",

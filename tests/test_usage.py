@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mlflow_finops.usage import ProcessTreeSampler, allocated_cpus, allocated_ram_gb, machine_info
+from mlflow_finops.cost.process import ProcessTreeSampler, allocated_cpus, allocated_ram_gb, machine_info
 
 
 def burn(seconds: float) -> float:

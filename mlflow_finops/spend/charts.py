@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from .budget import BudgetStatus
-    from .pricing import CostBreakdown
+    from ..pricing import CostBreakdown
 
 _log = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ class ProcessTreeSampler:
         # by this process is in its tree; a Ray driver's job workers are attributed per
         # node by the Ray sampler, the rest is Ray's upkeep). Decisions cached per process.
         if exclude is None:
-            from .ray_usage import is_ray_component
+            from .ray_nodes import is_ray_component
 
             exclude = is_ray_component
         self.exclude = exclude

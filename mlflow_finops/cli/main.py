@@ -13,13 +13,20 @@ import sys
 
 import click
 
-from . import __version__
-from .policy import PolicyError, load_policy
-from .pricing import PriceCatalog, price_env_var
+from .. import __version__
+from ..policy import PolicyError, load_policy
+from ..pricing import PriceCatalog, price_env_var
 
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_BAD_INPUT = 2
+from .exit_codes import (
+    EXIT_BAD_INPUT,
+    EXIT_BLOCKED,
+    EXIT_BUDGET_WARN,
+    EXIT_CAPPED,
+    EXIT_INTERNAL,
+    EXIT_NOT_PROMOTED,
+    EXIT_OK,
+    EXIT_RETRAIN,
+)
 
 policy_option = click.option(
     "--policy",
@@ -107,7 +114,7 @@ def prices(policy_path: str | None, as_json: bool) -> None:
 @cli.command()
 def sync() -> None:
     """Deliver cost samples spooled while the tracking server was unreachable."""
-    from .delivery import sync_spool
+    from ..cost.delivery import sync_spool
 
     delivered, left = sync_spool()
     click.echo(f"delivered {delivered} spooled batch(es); {left} left")
@@ -115,7 +122,6 @@ def sync() -> None:
 
 
 # ==================================================================== drift gate (issue 3) ====
-EXIT_RETRAIN = 10
 
 
 def _print_decision(decision, as_json: bool) -> None:
@@ -178,7 +184,7 @@ def drift_check(policy_path, model, reference, current, as_json, no_log, progres
       mlflow-finops drift check --policy finops.toml --model churn \\
           --reference ref.parquet --current cur.parquet
     """
-    from .drift import DriftGate, DriftInputError, model_policy
+    from ..drift import DriftGate, DriftInputError, model_policy
 
     policy = load_policy_or_exit(policy_path)
     try:
@@ -193,8 +199,8 @@ def drift_check(policy_path, model, reference, current, as_json, no_log, progres
             gate = DriftGate(model=model, policy=policy.drift, **kwargs)
         window_key = None
         if current is None:
-            from .monitoring import window_key as make_key
-            from .schedule import current_window, load_window
+            from ..drift.monitoring import window_key as make_key
+            from ..drift.schedule import current_window, load_window
 
             files = current_window(policy, model)
             window_key = make_key(model, files)
@@ -206,7 +212,7 @@ def drift_check(policy_path, model, reference, current, as_json, no_log, progres
         logging.getLogger(__name__).debug("drift check failed", exc_info=True)
         fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
     _print_decision(decision, as_json)
-    sys.exit(decision.exit_code)
+    sys.exit(EXIT_RETRAIN if decision.retrain else EXIT_OK)
 
 
 @cli.command()
@@ -238,7 +244,7 @@ def schedule(policy_path, once, max_runs, models) -> None:
       current = "data/incoming/*.parquet"
       schedule = "*/15 * * * *"
     """
-    from .schedule import run_schedule
+    from ..loop import run_schedule
 
     policy = load_policy_or_exit(policy_path)
 
@@ -267,7 +273,6 @@ def schedule(policy_path, once, max_runs, models) -> None:
 
 
 # ==================================================================== reports and budgets (issue 5) ====
-EXIT_BUDGET_WARN = 11  # `budget --check`: some envelope is past its warn_at share
 
 
 def _report_console(stderr: bool = False):
@@ -336,7 +341,7 @@ def report(policy_path, experiments, model, team, since, until, by, metric, goal
     nested runs are listed but not summed (their cost is in their parent's).
     When the policy has [budgets.*] envelopes their status and burn-down are included.
     """
-    from .report import ReportError, build_report, log_report, parse_when, rich_tables
+    from ..spend.report import ReportError, build_report, log_report, parse_when, rich_tables
 
     policy = load_policy_or_exit(policy_path)
     try:
@@ -363,7 +368,7 @@ def report(policy_path, experiments, model, team, since, until, by, metric, goal
             fail(str(exc))
         budgets = []
         if policy.budgets:
-            from .budget import budget_status
+            from ..spend.budget import budget_status
 
             budgets = _mlflow_call("cannot read budget spend", budget_status, policy, page_size=page_size)
     if not rep.runs:
@@ -406,9 +411,9 @@ def budget(policy_path, names, as_json, charts_dir, check) -> None:
     scope started in the current period, in every experiment. Projection =
     spent / elapsed fraction of the period (the current rate carried forward).
     """
-    from .budget import budget_status
-    from .charts import _burndown_chart
-    from .report import _budget_header, _budget_row, _money
+    from ..spend.budget import budget_status
+    from ..spend.charts import _burndown_chart
+    from ..spend.report import _budget_header, _budget_row, _money
 
     policy = load_policy_or_exit(policy_path)
     if not policy.budgets:
@@ -452,8 +457,6 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 # ==================================================================== retraining (issue 4) ====
-EXIT_NOT_PROMOTED = 0
-EXIT_BLOCKED = 12  # out of budget, dropped, or still waiting for a window
 
 
 def _print_outcome(out) -> None:
@@ -490,7 +493,7 @@ def retrain(policy_path: str | None, model: str, drift_run_id: str | None, wait:
       1   the job failed (retried with backoff while budget remains)
       2   bad input or configuration
     """
-    from .retrain import RetrainSupervisor, request_retrain
+    from ..retrain import RetrainSupervisor, request_retrain
 
     policy = load_policy_or_exit(policy_path)
     try:
@@ -508,7 +511,7 @@ def retrain(policy_path: str | None, model: str, drift_run_id: str | None, wait:
         logging.getLogger(__name__).debug("retrain failed", exc_info=True)
         fail(f"{type(exc).__name__}: {exc}", EXIT_INTERNAL)
     _print_outcome(out)
-    codes = {"promoted": 0, "not_promoted": EXIT_NOT_PROMOTED, "submitted": 0, "capped": 3,
+    codes = {"promoted": 0, "not_promoted": EXIT_NOT_PROMOTED, "submitted": 0, "capped": EXIT_CAPPED,
              "failed": EXIT_INTERNAL, "no_new_data": 0}
     sys.exit(codes.get(out.state, EXIT_BLOCKED))
 
@@ -534,18 +537,14 @@ def ray_up(num_cpus: int, port: int, dashboard_port: int) -> None:
     Equivalent to `ray start --head --node-ip-address 127.0.0.1 ...`; point
     retraining at it with [retrain].ray_address or RAY_ADDRESS.
     """
-    import os
-    import subprocess
+    from ..ray_cluster import RayClusterError, start_local_cluster
 
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [_ray_bin(), "start", "--head", "--num-cpus", str(num_cpus), "--node-ip-address", "127.0.0.1",
-           "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-           "--disable-usage-stats"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        fail(f"ray start failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", EXIT_INTERNAL)
+    try:
+        cluster = start_local_cluster(num_cpus, port, dashboard_port)
+    except RayClusterError as exc:
+        fail(str(exc), EXIT_INTERNAL)
     down = "mlflow-finops ray down" + (f" --port {port}" if port != 6379 else "")
-    click.echo(f"Ray is up: Jobs API at http://127.0.0.1:{dashboard_port} (stop it with `{down}`)")
+    click.echo(f"Ray is up: Jobs API at {cluster.jobs_url} (stop it with `{down}`)")
 
 
 @ray_group.command("down")
@@ -556,73 +555,13 @@ def ray_down(port: int) -> None:
     Only that cluster's processes (and their workers) are stopped; other Ray
     clusters on this machine keep running (`ray stop` would stop them all).
     """
-    import psutil
+    from ..ray_cluster import stop_local_cluster
 
-    procs = _local_ray_cluster(f"127.0.0.1:{port}")
-    if not procs:
+    stopped = stop_local_cluster(port)
+    if not stopped:
         click.echo(f"no local Ray cluster at 127.0.0.1:{port}")
         return
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    click.echo(f"Ray at 127.0.0.1:{port} stopped ({len(procs)} processes)")
-
-
-def _ray_bin() -> str:
-    import os
-    import shutil
-
-    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
-    if ray_bin is None:
-        fail("Ray is not installed: pip install 'mlflow-finops[ray]'")
-    return ray_bin
-
-
-def _local_ray_cluster(gcs_address: str) -> list:
-    """Every process of the local cluster whose GCS is at ``gcs_address``, workers included.
-
-    Its GCS server names the session folder; the cluster's own processes name that
-    folder or the GCS address on their command line; workers and agents are their
-    descendants (their titles are rewritten to ``ray::...``).
-    """
-    import os
-
-    import psutil
-
-    port = gcs_address.rsplit(":", 1)[1]
-    cmdlines: dict[int, str] = {}
-    session = None
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        cmdlines[p.pid] = cmd
-        if "gcs_server" in cmd and f"--gcs_server_port={port} " in cmd + " ":
-            for arg in p.info["cmdline"]:
-                if arg.startswith("--log_dir="):
-                    session = os.path.dirname(arg.split("=", 1)[1].rstrip("/"))
-    if session is None:
-        return []
-    roots = [
-        pid for pid, cmd in cmdlines.items()
-        if session + "/" in cmd
-        or (f"={gcs_address}" in cmd and ("/site-packages/ray/" in cmd or "ray.util.client.server" in cmd))
-    ]
-    out: dict[int, psutil.Process] = {}
-    for pid in roots:
-        try:
-            root = psutil.Process(pid)
-            out[pid] = root
-            out.update({c.pid: c for c in root.children(recursive=True)})
-        except psutil.Error:
-            continue
-    return list(out.values())
+    click.echo(f"Ray at 127.0.0.1:{port} stopped ({stopped} processes)")
 
 
 # ==================================================================== end retraining ====

@@ -57,8 +57,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._stattests import StatTestKind, stat_test_kind
-from .policy import DriftPolicy, ModelPolicy, Policy, PolicyError, load_policy
+from ..frames import DataInputError, as_frame, read_frame
+from ..policy import DriftPolicy, ModelPolicy, Policy, PolicyError, load_policy
+from ..scoring import HIGHER_IS_BETTER, score
+from ..stattests import StatTestKind, stat_test_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     from evidently import DataDefinition
@@ -70,21 +72,17 @@ __all__ = [
     "PerformanceResult",
     "DriftInputError",
     "read_frame",
-    "EXIT_RETRAIN",
 ]
 
 log = logging.getLogger(__name__)
 
-EXIT_RETRAIN = 10
 Decision = Literal["retrain", "no_drift", "pending", "cooldown", "insufficient_data"]
-_HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "roc_auc": True, "r2": True, "rmse": False, "mae": False}
 _REFINE_FACTOR = 8
 _TWO_SAMPLE_RATIO = 50
 _PROGRESS_MIN_ROWS = 100_000
 
 
-class DriftInputError(ValueError):
-    """Data the gate cannot judge (missing/extra columns, dtype change, empty, unreadable...)."""
+DriftInputError = DataInputError  # the name the gate's users catch: data it cannot judge
 
 
 # ------------------------------------------------------------------ results
@@ -140,11 +138,6 @@ class DriftDecision:
     def retrain(self) -> bool:
         return self.decision == "retrain"
 
-    @property
-    def exit_code(self) -> int:
-        """The CLI's exit code for this decision: 10 retrain, else 0."""
-        return EXIT_RETRAIN if self.retrain else 0
-
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["retrain"] = self.retrain
@@ -152,32 +145,6 @@ class DriftDecision:
 
 
 # ------------------------------------------------------------------ input
-def read_frame(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """A CSV or Parquet file as a DataFrame; :class:`DriftInputError` naming the file otherwise."""
-    p = Path(path)
-    name = p.name.lower()
-    if not p.exists():
-        raise DriftInputError(f"{p}: file not found")
-    if p.is_dir():
-        raise DriftInputError(f"{p}: is a folder, expected a .csv or .parquet file")
-    try:
-        if name.endswith((".parquet", ".pq")):
-            return pd.read_parquet(p)
-        if name.endswith((".csv", ".csv.gz", ".tsv")):
-            return pd.read_csv(p, sep="\t" if name.endswith(".tsv") else ",")
-    except Exception as exc:  # pandas/pyarrow raise many types for broken files
-        raise DriftInputError(f"{p}: cannot read it ({type(exc).__name__}: {exc})") from None
-    raise DriftInputError(f"{p}: unsupported file type (expected .csv, .csv.gz, .tsv, .parquet or .pq)")
-
-
-def _as_frame(data: pd.DataFrame | str | os.PathLike[str], what: str) -> pd.DataFrame:
-    if isinstance(data, pd.DataFrame):
-        return data
-    if isinstance(data, (str, os.PathLike)):
-        return read_frame(data)
-    raise DriftInputError(f"{what} data must be a pandas DataFrame or a file path, got {type(data).__name__}")
-
-
 def _dtype_family(s: pd.Series) -> str:
     dt = s.dtype
     if pd.api.types.is_bool_dtype(dt):
@@ -258,7 +225,7 @@ class DriftGate:
             if performance_model is None:
                 raise PolicyError("drift policy", ["[drift.performance] needs a model: set model_uri "
                                                    "(or pass performance_model=...)"])
-        self.reference = _as_frame(reference, "reference")
+        self.reference = as_frame(reference, "reference")
         self.features, self.types = self._resolve_columns(self.reference, data_definition)
         self._ref_nonnull = {c: int(self.reference[c].count()) for c in self.features}
         self._ref_levels = {
@@ -273,7 +240,7 @@ class DriftGate:
         """MLflow client and the monitoring experiment's id; created on first use when ``create``."""
         from mlflow import MlflowClient
 
-        from .monitoring import get_or_create_experiment
+        from ..store import get_or_create_experiment
 
         client = MlflowClient()
         if self._client is None or client.tracking_uri != self._client.tracking_uri:
@@ -288,9 +255,9 @@ class DriftGate:
 
     @property
     def experiment_name(self) -> str:
-        from .monitoring import default_experiment_name
+        from ..names import monitoring_experiment
 
-        return self.experiment or default_experiment_name(self.model)
+        return self.experiment or monitoring_experiment(self.model)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -557,7 +524,7 @@ class DriftGate:
         cannot be compared.
         """
         t0 = time.perf_counter()
-        cur = _as_frame(current, "current")
+        cur = as_frame(current, "current")
         self.validate(cur)
         now_ms = int((now or datetime.now(timezone.utc)).timestamp() * 1000)
         p = self.policy
@@ -738,12 +705,12 @@ class DriftGate:
         cur_s = self._sample(cur, self.policy.sample_rows, list(cur.columns), 6)
         current = _score(model, cur_s, self.target, perf.metric)
         ref_v = self._perf_reference
-        loss = (ref_v - current) if _HIGHER_IS_BETTER[perf.metric] else (current - ref_v)
+        loss = (ref_v - current) if HIGHER_IS_BETTER[perf.metric] else (current - ref_v)
         return PerformanceResult(perf.metric, ref_v, current, perf.margin, loss > perf.margin)
 
     # ---------------------------------------------------------------- MLflow
     def _tags(self, d: DriftDecision, extra: Mapping[str, str] | None) -> dict[str, str]:
-        from .monitoring import TAG_MODEL, TAG_WINDOW_KEY, TAG_WORKLOAD, WORKLOAD_DRIFT_CHECK
+        from ..names import TAG_MODEL, TAG_WINDOW_KEY, TAG_WORKLOAD, WORKLOAD_DRIFT_CHECK
 
         tags = {TAG_MODEL: self.model, TAG_WORKLOAD: WORKLOAD_DRIFT_CHECK, **(extra or {})}
         if d.window_key:
@@ -761,7 +728,7 @@ class DriftGate:
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        from .monitoring import TAG_DECISION, TAG_DRIFT_DETECTED
+        from ..names import TAG_DECISION, TAG_DRIFT_DETECTED
 
         if d.run_id is None:  # insufficient data: nothing to track, log in one go
             d.run_id = self._start_run(client, exp_id, d, extra)
@@ -886,29 +853,7 @@ def _apply_correction(
 
 
 def _score(model: Any, frame: pd.DataFrame, target: str, metric: str) -> float:
-    from sklearn import metrics as skm
-
-    y = frame[target]
-    keep = y.notna()
-    X, y = frame.loc[keep].drop(columns=[target]), y[keep]
-    if metric == "roc_auc" and hasattr(model, "predict_proba"):
-        proba = np.asarray(model.predict_proba(X))
-        pred = proba[:, 1] if proba.ndim == 2 and proba.shape[1] == 2 else proba
-        return float(skm.roc_auc_score(y, pred, multi_class="ovr") if np.ndim(pred) == 2 else skm.roc_auc_score(y, pred))
-    pred = np.asarray(model.predict(X))
-    if pred.ndim == 2 and pred.shape[1] == 1:
-        pred = pred[:, 0]
-    if metric == "accuracy":
-        return float(skm.accuracy_score(y, pred))
-    if metric == "f1":
-        return float(skm.f1_score(y, pred, average="binary" if y.nunique() <= 2 else "macro"))
-    if metric == "roc_auc":
-        return float(skm.roc_auc_score(y, pred))
-    if metric == "rmse":
-        return float(np.sqrt(skm.mean_squared_error(y, pred)))
-    if metric == "mae":
-        return float(skm.mean_absolute_error(y, pred))
-    return float(skm.r2_score(y, pred))
+    return score(model, frame.drop(columns=[target]), frame[target], metric)
 
 
 @contextmanager
@@ -918,7 +863,7 @@ def _track_cost(run_id: str | None) -> Iterator[None]:
         yield
         return
     try:
-        from .tracker import track_cost
+        from ..cost.tracker import track_cost
     except ImportError:  # pragma: no cover - tracker not installed
         yield
         return

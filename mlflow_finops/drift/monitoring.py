@@ -21,37 +21,21 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
+from ..names import (
+    CLAIMS_PREFIX,
+    TAG_CLAIM_HOST,
+    TAG_CLAIM_PID,
+    TAG_CLAIM_TIME_MS,
+    TAG_DECISION,
+    TAG_DRIFT_DETECTED,
+    TAG_MODEL,
+    TAG_WINDOW_KEY,
+    TAG_WORKLOAD,
+    WORKLOAD_DRIFT_CHECK,
+)
+
 log = logging.getLogger(__name__)
 
-TAG_MODEL = "finops.model"
-TAG_WORKLOAD = "finops.workload"
-TAG_DECISION = "finops.decision"
-TAG_DRIFT_DETECTED = "finops.drift_detected"
-TAG_WINDOW_KEY = "finops.window_key"
-WORKLOAD_DRIFT_CHECK = "drift_check"
-CLAIM_PREFIX = "finops-claims"
-
-
-def default_experiment_name(model: str) -> str:
-    return f"finops-monitoring/{model}"
-
-
-def get_or_create_experiment(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created if absent; safe when two processes race to create it."""
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        exp = client.get_experiment_by_name(name)
-        if exp is None:  # pragma: no cover - deleted between the two calls
-            raise
-        return exp.experiment_id
 
 
 def _q(value: str) -> str:
@@ -141,14 +125,14 @@ def claim_window(client: MlflowClient, key: str) -> bool:
     away (it keeps its name, so the claim stays, but leaves the UI's list);
     its tags say who holds it.
     """
-    name = f"{CLAIM_PREFIX}/{key}"
+    name = f"{CLAIMS_PREFIX}/{key}"
     try:
         exp_id = client.create_experiment(
             name,
             tags={
-                "finops.claim_host": socket.gethostname(),
-                "finops.claim_pid": str(os.getpid()),
-                "finops.claim_time_ms": str(int(time.time() * 1000)),
+                TAG_CLAIM_HOST: socket.gethostname(),
+                TAG_CLAIM_PID: str(os.getpid()),
+                TAG_CLAIM_TIME_MS: str(int(time.time() * 1000)),
             },
         )
     except MlflowException as exc:
@@ -169,10 +153,10 @@ def release_window(client: MlflowClient, key: str) -> None:
     The claim's name is freed by renaming the claim experiment; the renamed
     one stays (deleted) as a record of the failed attempt.
     """
-    exp = client.get_experiment_by_name(f"{CLAIM_PREFIX}/{key}")
+    exp = client.get_experiment_by_name(f"{CLAIMS_PREFIX}/{key}")
     if exp is None:
         return
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
-    client.rename_experiment(exp.experiment_id, f"{CLAIM_PREFIX}/{key}/released-{int(time.time() * 1000)}")
+    client.rename_experiment(exp.experiment_id, f"{CLAIMS_PREFIX}/{key}/released-{int(time.time() * 1000)}")
     client.delete_experiment(exp.experiment_id)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Literal, Sequence
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from ._search import PAGE_SIZE, iter_runs, quote
+from ..store import PAGE_SIZE, iter_runs, quote
 
 if TYPE_CHECKING:  # pragma: no cover
     from .budget import BudgetStatus

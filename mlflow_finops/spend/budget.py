@@ -27,8 +27,8 @@ from zoneinfo import ZoneInfo
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from ._search import PAGE_SIZE, all_experiment_ids, iter_runs, quote
-from .policy import BudgetEnvelope, Policy
+from ..store import PAGE_SIZE, all_experiment_ids, iter_runs, quote
+from ..policy import BudgetEnvelope, Policy
 
 _log = logging.getLogger(__name__)
 

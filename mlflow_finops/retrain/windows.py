@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from .policy import OffPeakRange, WindowPolicy  # noqa: F401  (re-exported: the window settings)
+from ..policy import OffPeakRange, WindowPolicy  # noqa: F401  (re-exported: the window settings)
 
 __all__ = ["WindowPolicy", "OffPeakRange", "WindowState", "window_state", "cluster_free_resources"]
 
@@ -37,7 +37,7 @@ def cluster_free_resources(dashboard_url: str, timeout_s: float = 10.0) -> tuple
     """(free CPUs, free GPUs) of a Ray cluster, from its dashboard's resource view."""
     import requests
 
-    from .retrain import ray_auth_headers
+    from ..ray_cluster import ray_auth_headers
 
     resp = requests.get(
         dashboard_url.rstrip("/") + "/api/cluster_status", headers=ray_auth_headers(), timeout=timeout_s

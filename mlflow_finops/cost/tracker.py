@@ -27,13 +27,13 @@ from typing import Any, Callable, Iterator, Mapping
 
 import mlflow
 
-from ._env import env_flag, env_float
+from .._env import env_flag, env_float
 from .context import run_tags
 from .delivery import Batch, Outbox
-from .policy import Policy, RayPolicy, load_policy
-from .pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
-from .ray_usage import RayClusterSampler, ray_driver_active
-from .usage import GpuAccumulator, GpuSampler, ProcessTreeSampler, allocated_cpus, allocated_ram_gb
+from ..policy import Policy, RayPolicy, load_policy
+from ..pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
+from .ray_nodes import RayClusterSampler, ray_driver_active
+from .process import GpuAccumulator, GpuSampler, ProcessTreeSampler, allocated_cpus, allocated_ram_gb
 
 _log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class CostTracker:
         def render() -> None:
             cpu0 = time.thread_time()
             try:
-                from .charts import log_cost_timeline
+                from ..spend.charts import log_cost_timeline
 
                 log_cost_timeline(history, self.run_id, self.tracking_uri)
             except Exception as exc:

@@ -1,4 +1,4 @@
-"""Paged reads of MLflow runs, shared by reports and budgets.
+"""MLflow as the store of record: experiments created once, runs read in pages.
 
 ``search_runs`` answers at most one page per call; large stores (10,000+ runs)
 are read page by page with the store's own token, never with one huge call, so
@@ -11,15 +11,34 @@ import logging
 from typing import Callable, Iterable, Iterator
 
 from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["PAGE_SIZE", "all_experiment_ids", "iter_runs", "quote"]
+__all__ = ["PAGE_SIZE", "all_experiment_ids", "get_or_create_experiment", "iter_runs", "quote"]
 
 PAGE_SIZE = 10_000
 # Experiments are few; a page of this size is one request on any store.
 _EXPERIMENT_PAGE = 1_000
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created if absent; safe when two processes race to create it."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        exp = client.get_experiment_by_name(name)
+        if exp is None:  # pragma: no cover - deleted between the two calls
+            raise
+        return exp.experiment_id
 
 
 def all_experiment_ids(client: MlflowClient, view_type: int = ViewType.ALL) -> list[str]:

@@ -13,7 +13,6 @@ the window claimed, and it is not judged again until its files change.
 
 from __future__ import annotations
 
-import glob
 import logging
 import time
 from dataclasses import dataclass
@@ -22,15 +21,15 @@ from typing import Any, Callable, Literal
 
 import pandas as pd
 
-from .drift import DriftDecision, DriftGate, DriftInputError, _resolve_path, model_policy, read_frame
+from ..frames import data_files, read_frame
+from .gate import DriftDecision, DriftGate, DriftInputError, _resolve_path, model_policy
 from .monitoring import claim_window, find_checked_window, release_window, window_key
-from .policy import Policy, PolicyError
+from ..policy import Policy, PolicyError
 
 __all__ = ["CheckOutcome", "current_window", "run_scheduled_check", "run_schedule", "scheduled_models"]
 
 log = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq")
 Status = Literal["checked", "already_checked", "claimed_elsewhere", "bad_input", "error"]
 
 
@@ -73,14 +72,9 @@ def current_window(policy: Policy, model: str) -> list[Path]:
     if not mp.current:
         raise PolicyError(policy.source or "policy", [f"[models.{model}].current: not set"])
     where = _resolve_path(policy, mp.current)
-    p = Path(where)
-    if p.is_dir():
-        files = [f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(DATA_SUFFIXES)]
-    else:
-        files = [Path(f) for f in glob.glob(where) if Path(f).is_file()]
+    files = data_files(where)
     if not files:
         raise DriftInputError(f"[models.{model}].current: no data file matches {where}")
-    files.sort(key=lambda f: (f.stat().st_mtime_ns, f.name))
     return files[-mp.current_files :]
 
 
@@ -158,22 +152,6 @@ def retrain_configured(policy: Policy, model: str) -> bool:
     return mp is not None and (mp.registered_model is not None or mp.retrain is not None)
 
 
-def _hand_over_to_retrain(
-    policy: Policy, model: str, out: CheckOutcome, on_retrain: Callable[[Any], None] | None
-) -> None:
-    """A retrain decision becomes a retrain request; open requests are moved forward."""
-    from .retrain import RetrainSupervisor, request_retrain
-
-    try:
-        if out.retrain and out.decision is not None:
-            request_retrain(policy, model, drift_run_id=out.decision.run_id, reason=out.decision.reason)
-        for result in RetrainSupervisor(policy).run_pending(model):
-            if on_retrain:
-                on_retrain(result)
-    except Exception:  # a retrain problem must not stop the drift checks
-        log.exception("retraining %s failed", model)
-
-
 def run_schedule(
     policy: Policy,
     *,
@@ -181,11 +159,15 @@ def run_schedule(
     max_runs: int | None = None,
     models: list[str] | None = None,
     on_outcome: Callable[[CheckOutcome], None] | None = None,
-    on_retrain: Callable[[Any], None] | None = None,
+    after_check: Callable[[CheckOutcome], None] | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[CheckOutcome]:
-    """Run the policy's checks on their cron schedules; ``once`` runs each one now and returns."""
+    """Run the policy's checks on their cron schedules; ``once`` runs each one now and returns.
+
+    ``after_check`` gets every outcome once it is recorded (the loop hands retrain
+    decisions to retraining there; :func:`mlflow_finops.loop.run_schedule`).
+    """
     from croniter import croniter
 
     crons = scheduled_models(policy, models)
@@ -197,8 +179,8 @@ def run_schedule(
         outcomes.append(out)
         if on_outcome:
             on_outcome(out)
-        if retrain_configured(policy, model):
-            _hand_over_to_retrain(policy, model, out, on_retrain)
+        if after_check:
+            after_check(out)
 
     if once:
         for model in crons:

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ._env import env_flag
-from .pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
-from .usage import GpuAccumulator, GpuReading, GpuSampler
+from .._env import env_flag
+from ..pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
+from .process import GpuAccumulator, GpuReading, GpuSampler
 
 _log = logging.getLogger(__name__)
 

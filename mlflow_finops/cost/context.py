@@ -14,9 +14,9 @@ import os
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
-from ._env import env_flag
-from .policy import PolicyError, find_policy_path, load_policy
-from .usage import machine_info
+from .._env import env_flag
+from ..policy import PolicyError, find_policy_path, load_policy
+from .process import machine_info
 
 _log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def _policy_tags() -> dict[str, str]:
     """Tags from the policy file, cached by path and modification time."""
     path = find_policy_path()
     if path is None:
-        from .policy import TagPolicy
+        from ..policy import TagPolicy
 
         return TagPolicy().resolve()
     try:

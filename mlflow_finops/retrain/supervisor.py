@@ -34,9 +34,10 @@ from typing import Any, Callable, Literal
 
 from mlflow.tracking import MlflowClient
 
-from .budget import envelopes_for, spend
-from .monitoring import get_or_create_experiment
-from .policy import Policy, PolicyError, RetrainPolicy, load_policy
+from ..spend.budget import envelopes_for, spend
+from ..store import get_or_create_experiment
+from .. import ray_cluster
+from ..policy import Policy, PolicyError, RetrainPolicy, load_policy
 from .windows import window_state
 
 _log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ __all__ = [
     "request_retrain",
     "retrain_experiment_name",
     "jobs_address",
-    "ray_auth_headers",
 ]
 
 State = Literal[
@@ -56,7 +56,6 @@ State = Literal[
 ]
 TERMINAL = {"promoted", "not_promoted", "capped", "failed", "out_of_budget", "dropped", "no_new_data"}
 PRIORITY_ORDER = {"critical": 0, "standard": 1, "exploratory": 2}
-DEFAULT_JOBS_ADDRESS = "http://127.0.0.1:8265"
 
 
 @dataclass(frozen=True)
@@ -88,35 +87,13 @@ def retrain_experiment_name(model: str) -> str:
 
 
 def jobs_address(rp: RetrainPolicy) -> str:
-    """The Ray Jobs API address: the policy's, else ``$RAY_ADDRESS`` if it is HTTP, else local."""
-    if rp.ray_address:
-        return rp.ray_address
-    env = os.environ.get("RAY_ADDRESS", "")
-    return env if env.startswith(("http://", "https://")) else DEFAULT_JOBS_ADDRESS
-
-
-def ray_auth_headers() -> dict[str, str]:
-    """The bearer token for a Ray cluster with token authentication (Ray 2.59+ turns it on).
-
-    ``$RAY_AUTH_TOKEN``, else the file ``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``
-    (where ``ray start`` writes it); no header when there is none.
-    """
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if not token:
-        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-        try:
-            with open(path) as fh:
-                token = fh.read().strip()
-        except OSError:
-            token = ""
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    """The Ray Jobs API address for a retrain policy (its ``ray_address``, else ``$RAY_ADDRESS``, else local)."""
+    return ray_cluster.jobs_address(rp.ray_address)
 
 
 def jobs_client(rp: RetrainPolicy) -> Any:
     """A Ray ``JobSubmissionClient`` for the policy's cluster, with its token when it needs one."""
-    from ray.job_submission import JobSubmissionClient
-
-    return JobSubmissionClient(jobs_address(rp), headers=ray_auth_headers() or None)
+    return ray_cluster.jobs_client(rp.ray_address)
 
 
 def _now() -> datetime:

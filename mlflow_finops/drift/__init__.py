@@ -1,0 +1,23 @@
+"""Whether new data drifted: the gate (Evidently judges each column, rules decide), its
+history and window claims in MLflow, and the cron schedule of checks.
+
+Imports the shared modules and :mod:`mlflow_finops.cost` (a check's own cost); never retrain/.
+"""
+
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "DriftGate": "gate",
+    "DriftDecision": "gate",
+    "ColumnDrift": "gate",
+    "PerformanceResult": "gate",
+    "DriftInputError": "gate",
+    "model_policy": "gate",
+    "read_frame": "gate",
+    "CheckOutcome": "schedule",
+    "run_scheduled_check": "schedule",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

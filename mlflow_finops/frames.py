@@ -1,0 +1,59 @@
+"""Tabular data files: the one reader and the one lister of data files, for drift checks and retrains.
+
+Both sides read the same files the same way, so a window the gate judged is the
+data a retrain learns. Errors are :class:`DataInputError`, one line naming the file.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["DataInputError", "DATA_SUFFIXES", "read_frame", "as_frame", "data_files"]
+
+DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq")
+
+
+class DataInputError(ValueError):
+    """Data that cannot be used (missing/extra columns, dtype change, empty, unreadable...)."""
+
+
+def read_frame(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A CSV or Parquet file as a DataFrame; :class:`DataInputError` naming the file otherwise."""
+    p = Path(path)
+    name = p.name.lower()
+    if not p.exists():
+        raise DataInputError(f"{p}: file not found")
+    if p.is_dir():
+        raise DataInputError(f"{p}: is a folder, expected a .csv or .parquet file")
+    try:
+        if name.endswith((".parquet", ".pq")):
+            return pd.read_parquet(p)
+        if name.endswith((".csv", ".csv.gz", ".tsv")):
+            return pd.read_csv(p, sep="\t" if name.endswith(".tsv") else ",")
+    except Exception as exc:  # pandas/pyarrow raise many types for broken files
+        raise DataInputError(f"{p}: cannot read it ({type(exc).__name__}: {exc})") from None
+    raise DataInputError(f"{p}: unsupported file type (expected {', '.join(DATA_SUFFIXES)})")
+
+
+def as_frame(data: pd.DataFrame | str | os.PathLike[str], what: str) -> pd.DataFrame:
+    """A frame given as a frame or a file path."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return read_frame(data)
+    raise DataInputError(f"{what} data must be a pandas DataFrame or a file path, got {type(data).__name__}")
+
+
+def data_files(where: str | os.PathLike[str]) -> list[Path]:
+    """The data files of a folder (by suffix) or a glob, oldest first (mtime, then name)."""
+    p = Path(where)
+    if p.is_dir():
+        files = [f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(DATA_SUFFIXES)]
+    else:
+        files = [Path(f) for f in glob.glob(str(where)) if Path(f).is_file()]
+    files.sort(key=lambda f: (f.stat().st_mtime_ns, f.name))
+    return files

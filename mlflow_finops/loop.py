@@ -1,0 +1,65 @@
+"""The control loop's one joint: a drift decision becomes a retrain request.
+
+This is the only module that knows both :mod:`mlflow_finops.drift` and
+:mod:`mlflow_finops.retrain`. A scheduled check that decides ``retrain`` files a
+request; open requests are then moved one step forward without waiting for a
+Ray job to finish (supervision continues on the next pass, and survives a
+scheduler restart because the request's state lives in MLflow).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from .drift.schedule import CheckOutcome, retrain_configured
+from .drift.schedule import run_schedule as run_drift_schedule
+from .policy import Policy
+
+__all__ = ["hand_over", "run_schedule"]
+
+log = logging.getLogger(__name__)
+
+
+def hand_over(
+    policy: Policy, model: str, out: CheckOutcome, on_retrain: Callable[[Any], None] | None = None
+) -> None:
+    """A retrain decision becomes a request; every open request of ``model`` takes one step.
+
+    Never blocks on a Ray job (``wait=False``); a retrain problem is logged and
+    never stops the drift checks.
+    """
+    from .retrain import RetrainSupervisor, request_retrain
+
+    try:
+        if out.retrain and out.decision is not None:
+            request_retrain(policy, model, drift_run_id=out.decision.run_id, reason=out.decision.reason)
+        for result in RetrainSupervisor(policy).run_pending(model, wait=False):
+            if on_retrain:
+                on_retrain(result)
+    except Exception:  # a retrain problem must not stop the drift checks
+        log.exception("retraining %s failed", model)
+
+
+def run_schedule(
+    policy: Policy,
+    *,
+    once: bool = False,
+    max_runs: int | None = None,
+    models: list[str] | None = None,
+    on_outcome: Callable[[CheckOutcome], None] | None = None,
+    on_retrain: Callable[[Any], None] | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[CheckOutcome]:
+    """The policy's drift checks on their cron schedules, each retrain decision handed to retraining."""
+
+    def after_check(out: CheckOutcome) -> None:
+        if retrain_configured(policy, out.model):
+            hand_over(policy, out.model, out, on_retrain)
+
+    return run_drift_schedule(
+        policy, once=once, max_runs=max_runs, models=models, on_outcome=on_outcome,
+        after_check=after_check, clock=clock, sleep=sleep,
+    )

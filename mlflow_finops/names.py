@@ -1,0 +1,142 @@
+"""Every name mlflow-finops writes into MLflow or reads from the environment, declared once.
+
+Tags are ``finops.*`` (strings a person reads and filters on), metrics ``finops/*``
+(numbers MLflow charts and sorts), experiments ``finops-*/<model>``, and settings
+``MLFLOW_FINOPS_*``. Code uses these constants, never the literals, so a rename is
+one edit and a grep for a constant finds every reader and writer.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------ prefixes
+TAG_PREFIX = "finops."
+METRIC_PREFIX = "finops/"
+ENV_PREFIX = "MLFLOW_FINOPS_"
+
+# ------------------------------------------------------------------ attribution tags (policy [tags] / env)
+TAG_TEAM = "finops.team"
+TAG_COST_CENTER = "finops.cost_center"
+TAG_WORKLOAD = "finops.workload"
+TAG_MODEL = "finops.model"
+
+# ------------------------------------------------------------------ cost tracking tags
+TAG_PRICE_PROFILE = "finops.price_profile"
+TAG_ALLOCATION_MODE = "finops.allocation_mode"
+TAG_MARKET = "finops.market"
+TAG_TRACKED = "finops.tracked"
+TAG_TRACKING_STATUS = "finops.tracking_status"
+TAG_TRACKING_ERROR = "finops.tracking_error"
+TAG_INTERVAL_S = "finops.interval_s"
+TAG_ALLOCATED_CPUS = "finops.allocated_cpus"
+TAG_NESTED_IN = "finops.nested_in"
+TAG_RAY_JOB_ID = "finops.ray_job_id"
+TAG_RAY_NODES = "finops.ray_nodes"
+TAG_RAY_LOST_NODES = "finops.ray_lost_nodes"
+TAG_MACHINE_HOSTNAME = "finops.machine.hostname"
+TAG_MACHINE_CPU_MODEL = "finops.machine.cpu_model"
+TAG_MACHINE_CPU_CORES = "finops.machine.cpu_cores"
+TAG_MACHINE_RAM_GB = "finops.machine.ram_gb"
+TAG_MACHINE_GPU_COUNT = "finops.machine.gpu_count"
+TAG_MACHINE_GPU_MODELS = "finops.machine.gpu_models"
+
+# ------------------------------------------------------------------ drift check tags
+TAG_DECISION = "finops.decision"
+TAG_DRIFT_DETECTED = "finops.drift_detected"
+TAG_DRIFT_REASON = "finops.drift_reason"
+TAG_DRIFTED_COLUMNS = "finops.drifted_columns"
+TAG_WINDOW_KEY = "finops.window_key"
+TAG_WINDOW_FILES = "finops.window_files"
+TAG_ERROR = "finops.error"
+TAG_CLAIM_HOST = "finops.claim_host"
+TAG_CLAIM_PID = "finops.claim_pid"
+TAG_CLAIM_TIME_MS = "finops.claim_time_ms"
+
+# ------------------------------------------------------------------ retrain request / job tags
+TAG_RETRAIN_STATE = "finops.retrain_state"
+TAG_REASON = "finops.reason"
+TAG_PRIORITY = "finops.priority"
+TAG_ATTEMPTS = "finops.attempts"
+TAG_REQUESTED_AT = "finops.requested_at"
+TAG_DEADLINE = "finops.deadline"
+TAG_RETRY_AT = "finops.retry_at"
+TAG_RAY_SUBMISSION_ID = "finops.ray_submission_id"
+TAG_CAP_USD = "finops.cap_usd"
+TAG_STOPPED_FOR_CAP = "finops.stopped_for_cap"
+TAG_STOPPED_FOR_TIME = "finops.stopped_for_time"
+TAG_UPDATE_PATH = "finops.update_path"
+TAG_CHAMPION_VERSION = "finops.champion_version"
+TAG_NEW_DATA_FILES = "finops.new_data_files"
+TAG_RUN_ID = "finops.run_id"  # Ray job metadata: the retrain run
+
+# ------------------------------------------------------------------ lineage (runs and model versions)
+TAG_DRIFT_RUN_ID = "finops.drift_run_id"
+TAG_RETRAIN_RUN_ID = "finops.retrain_run_id"
+TAG_MODEL_VERSION = "finops.model_version"
+TAG_PARENT_VERSION = "finops.parent_version"
+TAG_TRAINED_UNTIL = "finops.trained_until"
+TAG_REFERENCE = "finops.reference"
+TAG_VERSION_COST_USD = "finops.cost_usd"
+
+# ------------------------------------------------------------------ reports
+TAG_REPORT = "finops.report"
+
+# ------------------------------------------------------------------ workloads (values of finops.workload)
+WORKLOAD_DRIFT_CHECK = "drift_check"
+WORKLOAD_RETRAIN = "retrain"
+
+# ------------------------------------------------------------------ metrics
+METRIC_COST_USD = "finops/cost_usd"
+METRIC_GPU_PEAK_MEMORY_GB = "finops/gpu_peak_memory_gb"
+METRIC_RAY_CPU_CORE_HOURS = "finops/ray_cpu_core_hours"
+METRIC_NODE_PREFIX = "finops/node/"
+
+
+def node_metric(node: str, figure: str) -> str:
+    """``finops/node/<node>/<figure>``: one Ray node's share of a run."""
+    return f"{METRIC_NODE_PREFIX}{node}/{figure}"
+
+
+def tag(name: str) -> str:
+    """``finops.<name>``, for tags named by data (the policy's extra tags, a metric name)."""
+    return TAG_PREFIX + name
+
+
+# ------------------------------------------------------------------ artifacts
+ARTIFACT_TIMELINE_PNG = "finops/cost_timeline.png"
+ARTIFACT_TIMELINE_HTML = "finops/cost_timeline.html"
+
+# ------------------------------------------------------------------ experiments
+MONITORING_EXPERIMENT = "finops-monitoring/{model}"
+RETRAINS_EXPERIMENT = "finops-retrains/{model}"
+REPORTS_EXPERIMENT = "finops-reports"
+CLAIMS_PREFIX = "finops-claims"
+
+
+def monitoring_experiment(model: str) -> str:
+    """Where a model's drift checks are logged."""
+    return MONITORING_EXPERIMENT.format(model=model)
+
+
+def retrains_experiment(model: str) -> str:
+    """Where a model's retrain requests (and their Ray jobs' runs) live."""
+    return RETRAINS_EXPERIMENT.format(model=model)
+
+
+# ------------------------------------------------------------------ environment variables
+ENV_POLICY = "MLFLOW_FINOPS_POLICY"
+ENV_DISABLE = "MLFLOW_FINOPS_DISABLE"
+ENV_INTERVAL_S = "MLFLOW_FINOPS_INTERVAL_S"
+ENV_LOG_INTERVAL_S = "MLFLOW_FINOPS_LOG_INTERVAL_S"
+ENV_FLUSH_TIMEOUT_S = "MLFLOW_FINOPS_FLUSH_TIMEOUT_S"
+ENV_HTTP_TIMEOUT_S = "MLFLOW_FINOPS_HTTP_TIMEOUT_S"
+ENV_SPOOL_DIR = "MLFLOW_FINOPS_SPOOL_DIR"
+ENV_LOG_CHARTS = "MLFLOW_FINOPS_LOG_CHARTS"
+ENV_CHART_MIN_S = "MLFLOW_FINOPS_CHART_MIN_S"
+ENV_RAY_DISCOVERY_S = "MLFLOW_FINOPS_RAY_DISCOVERY_S"
+ENV_RAY_READ_LOCAL = "MLFLOW_FINOPS_RAY_READ_LOCAL"
+ENV_CHARGE_PROCESS_START = "MLFLOW_FINOPS_CHARGE_PROCESS_START"
+
+
+def env_var(key: str) -> str:
+    """``MLFLOW_FINOPS_<KEY>`` for a setting named by data (a price key, a tag name)."""
+    return ENV_PREFIX + key.upper()

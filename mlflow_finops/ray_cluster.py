@@ -1,0 +1,154 @@
+"""Reaching a Ray cluster: the Jobs API address, its token, and a local cluster's start and stop.
+
+Shared by the cost tracker (Ray's state API), the retrain supervisor (Jobs API,
+free resources) and ``mlflow-finops ray up/down``. Nothing here imports Ray at
+module import: a process that never talks to Ray never pays for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DEFAULT_JOBS_ADDRESS",
+    "RayClusterError",
+    "jobs_address",
+    "ray_auth_headers",
+    "jobs_client",
+    "start_local_cluster",
+    "stop_local_cluster",
+    "local_cluster_processes",
+]
+
+DEFAULT_JOBS_ADDRESS = "http://127.0.0.1:8265"
+DEFAULT_GCS_PORT = 6379
+
+
+class RayClusterError(RuntimeError):
+    """A local Ray cluster could not be started (Ray missing, ``ray start`` failed)."""
+
+
+def jobs_address(configured: str | None = None) -> str:
+    """The Ray Jobs API address: ``configured`` (the policy's), else ``$RAY_ADDRESS`` if HTTP, else local."""
+    if configured:
+        return configured
+    env = os.environ.get("RAY_ADDRESS", "")
+    return env if env.startswith(("http://", "https://")) else DEFAULT_JOBS_ADDRESS
+
+
+def ray_auth_headers() -> dict[str, str]:
+    """The bearer token for a Ray cluster with token authentication (Ray 2.59+ turns it on).
+
+    ``$RAY_AUTH_TOKEN``, else the file ``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``
+    (where ``ray start`` writes it); no header when there is none.
+    """
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+        try:
+            with open(path) as fh:
+                token = fh.read().strip()
+        except OSError:
+            token = ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def jobs_client(address: str | None = None) -> Any:
+    """A Ray ``JobSubmissionClient`` for ``address`` (see :func:`jobs_address`), with its token."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(jobs_address(address), headers=ray_auth_headers() or None)
+
+
+# ------------------------------------------------------------------ a local cluster (ray up / ray down)
+@dataclass(frozen=True)
+class LocalCluster:
+    """What ``ray up`` started: its GCS address and its Jobs API."""
+
+    gcs_address: str
+    jobs_url: str
+
+
+def ray_executable() -> str:
+    """The ``ray`` command beside this Python, else on PATH."""
+    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    if ray_bin is None:
+        raise RayClusterError("Ray is not installed: pip install 'mlflow-finops[ray]'")
+    return ray_bin
+
+
+def start_local_cluster(num_cpus: int = 2, port: int = DEFAULT_GCS_PORT, dashboard_port: int = 8265) -> LocalCluster:
+    """``ray start --head`` on 127.0.0.1 with the Jobs API on ``dashboard_port``."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [ray_executable(), "start", "--head", "--num-cpus", str(num_cpus), "--node-ip-address", "127.0.0.1",
+           "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+           "--disable-usage-stats"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RayClusterError(f"ray start failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+    return LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}")
+
+
+def stop_local_cluster(port: int = DEFAULT_GCS_PORT, timeout_s: float = 10.0) -> int:
+    """Stop the local cluster whose GCS listens on 127.0.0.1:``port``; returns how many processes.
+
+    Only that cluster's processes (and their workers) are stopped; other Ray
+    clusters on this machine keep running (``ray stop`` would stop them all).
+    """
+    import psutil
+
+    procs = local_cluster_processes(f"127.0.0.1:{port}")
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    return len(procs)
+
+
+def local_cluster_processes(gcs_address: str) -> list[Any]:
+    """Every process of the local cluster whose GCS is at ``gcs_address``, workers included.
+
+    Its GCS server names the session folder; the cluster's own processes name that
+    folder or the GCS address on their command line; workers and agents are their
+    descendants (their titles are rewritten to ``ray::...``).
+    """
+    import psutil
+
+    port = gcs_address.rsplit(":", 1)[1]
+    cmdlines: dict[int, str] = {}
+    session = None
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        cmdlines[p.pid] = cmd
+        if "gcs_server" in cmd and f"--gcs_server_port={port} " in cmd + " ":
+            for arg in p.info["cmdline"]:
+                if arg.startswith("--log_dir="):
+                    session = os.path.dirname(arg.split("=", 1)[1].rstrip("/"))
+    if session is None:
+        return []
+    roots = [
+        pid for pid, cmd in cmdlines.items()
+        if session + "/" in cmd
+        or (f"={gcs_address}" in cmd and ("/site-packages/ray/" in cmd or "ray.util.client.server" in cmd))
+    ]
+    out: dict[int, psutil.Process] = {}
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+            out[pid] = root
+            out.update({c.pid: c for c in root.children(recursive=True)})
+        except psutil.Error:
+            continue
+    return list(out.values())

@@ -1,0 +1,23 @@
+"""Retraining within budget: requests kept in MLflow, opportunistic windows, the supervisor
+of Ray jobs, and the job's own update, evaluation and promotion.
+
+Imports the shared modules, :mod:`mlflow_finops.cost` and :mod:`mlflow_finops.spend`
+(budgets); never drift/.
+"""
+
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "request_retrain": "supervisor",
+    "RetrainSupervisor": "supervisor",
+    "RetrainOutcome": "supervisor",
+    "retrain_experiment_name": "supervisor",
+    "jobs_address": "supervisor",
+    "ray_auth_headers": "_ray",
+    "window_state": "windows",
+    "WindowState": "windows",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
