@@ -52,8 +52,15 @@ class PolicyError(ValueError):
                                           "\n  - " + "\n  - ".join(problems)))
 
 
+# Upper bounds of durations and counts: generous for any real policy, small enough that
+# datetime arithmetic and MLflow's query limits never overflow on what the file says.
+MAX_HOURS = 24 * 366  # a year
+MAX_COUNT = 1000  # attempts, checks in a persistence window, ...
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and NaN are never a price, a duration or a count
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TagPolicy(_Section):
@@ -98,7 +105,7 @@ class ColumnDriftPolicy(_Section):
     """Evidently stat test and threshold for one column (``[drift.per_column.NAME]``)."""
 
     method: str | None = Field(None, description="Evidently stat test name, e.g. 'ks', 'wasserstein', 'psi'.")
-    threshold: float | None = Field(None, gt=0, description="Threshold for that test.")
+    threshold: float | None = Field(None, gt=0, le=MAX_COUNT, description="Threshold for that test.")
 
     _method = field_validator("method")(classmethod(lambda cls, v: _check_method(v)))
 
@@ -115,22 +122,22 @@ class DriftPolicy(_Section):
     """How the drift gate decides (``[drift]``; ``[models.NAME.drift]`` overrides any key)."""
 
     drift_share: float = Field(0.5, gt=0, le=1, description="Dataset drifts when drifted/checked >= this.")
-    min_rows: int = Field(1000, ge=1, description="Fewer current rows -> decision 'insufficient_data'.")
+    min_rows: int = Field(1000, ge=1, le=10**9, description="Fewer current rows -> decision 'insufficient_data'.")
     sample_rows: int = Field(
-        50_000, ge=1000, description="Rows per side for distance tests on large data (see drift.py)."
+        50_000, ge=1000, le=10**8, description="Rows per side for distance tests on large data (see drift.py)."
     )
     method: str | None = Field(None, description="Stat test for every column (default: Evidently's choice).")
     num_method: str | None = None
     cat_method: str | None = None
-    threshold: float | None = Field(None, gt=0)
-    num_threshold: float | None = Field(None, gt=0)
-    cat_threshold: float | None = Field(None, gt=0)
+    threshold: float | None = Field(None, gt=0, le=MAX_COUNT)
+    num_threshold: float | None = Field(None, gt=0, le=MAX_COUNT)
+    cat_threshold: float | None = Field(None, gt=0, le=MAX_COUNT)
     per_column: dict[str, ColumnDriftPolicy] = Field(default_factory=dict)
     columns: list[str] = Field(default_factory=list, description="Columns to watch; empty = all.")
     ignore: list[str] = Field(default_factory=list, description="Columns never checked.")
-    cooldown_hours: float = Field(0.0, ge=0, description="No second retrain trigger this soon after one.")
-    persistence_k: int = Field(1, ge=1, description="Retrain only when k of the last n checks drifted.")
-    persistence_n: int = Field(1, ge=1)
+    cooldown_hours: float = Field(0.0, ge=0, le=MAX_HOURS, description="No second retrain trigger this soon after one.")
+    persistence_k: int = Field(1, ge=1, le=MAX_COUNT, description="Retrain only when k of the last n checks drifted.")
+    persistence_n: int = Field(1, ge=1, le=MAX_COUNT)
     correction: CorrectionName = Field("none", description="Multiple-testing correction of p-value tests.")
     performance: PerformancePolicy | None = None
 
@@ -158,7 +165,7 @@ class ModelPolicy(_Section):
     current: str | None = Field(
         None, description="Folder or file glob with new data; the newest file(s) form the window."
     )
-    current_files: int = Field(1, ge=1, description="How many newest files make up one window.")
+    current_files: int = Field(1, ge=1, le=MAX_COUNT, description="How many newest files make up one window.")
     schedule: str | None = Field(None, description="Cron expression for `mlflow-finops schedule`.")
     experiment: str | None = Field(None, description="Monitoring experiment (default finops-monitoring/NAME).")
     target: str | None = Field(None, description="Label column: left out of drift, used by performance.")
@@ -247,7 +254,7 @@ class RayPolicy(_Section):
 
     address: str | None = Field(None, description="Ray cluster address (default: $RAY_ADDRESS or local).")
     node_prices: list[NodePriceRule] = Field(default_factory=list)
-    max_node_metrics: int = Field(16, ge=0, description="Per-node metrics for at most this many nodes.")
+    max_node_metrics: int = Field(16, ge=0, le=10_000, description="Per-node metrics for at most this many nodes.")
 
     def prices_for(self, base: PriceCatalog, labels: dict[str, str]) -> PriceCatalog:
         """The catalog of a node: ``base`` with the first matching rule's prices applied."""
@@ -302,9 +309,9 @@ class WindowPolicy(_Section):
 
     timezone: str = Field("UTC", description="IANA time zone of the off-peak ranges.")
     off_peak: list[OffPeakRange] = Field(default_factory=list, description="Empty: any time of day.")
-    min_free_cpus: float = Field(0.0, ge=0, description="Free CPUs the Ray cluster must have.")
-    min_free_gpus: float = Field(0.0, ge=0, description="Free GPUs the Ray cluster must have.")
-    max_wait_hours: float = Field(12.0, gt=0, description="How long 'standard' retrains wait for a window.")
+    min_free_cpus: float = Field(0.0, ge=0, le=10**6, description="Free CPUs the Ray cluster must have.")
+    min_free_gpus: float = Field(0.0, ge=0, le=10**6, description="Free GPUs the Ray cluster must have.")
+    max_wait_hours: float = Field(12.0, gt=0, le=MAX_HOURS, description="How long 'standard' retrains wait for a window.")
 
     @field_validator("timezone")
     @classmethod
@@ -361,23 +368,23 @@ class RetrainPolicy(_Section):
     metric: RetrainMetric = Field("accuracy", description="What champion and challenger are compared on.")
     margin: float = Field(0.0, ge=0, description="The challenger must beat the champion by more than this.")
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Newest share of the new data held out.")
-    deadline_hours: float = Field(24.0, gt=0, description="A pending retrain not started by then is dropped.")
-    max_attempts: int = Field(3, ge=1, description="Tries of a failing job while budget remains.")
-    backoff_s: float = Field(60.0, ge=0, description="Wait before the 2nd try; doubles each time.")
+    deadline_hours: float = Field(24.0, gt=0, le=MAX_HOURS, description="A pending retrain not started by then is dropped.")
+    max_attempts: int = Field(3, ge=1, le=MAX_COUNT, description="Tries of a failing job while budget remains.")
+    backoff_s: float = Field(60.0, ge=0, le=MAX_HOURS * 3600, description="Wait before the 2nd try; doubles each time.")
     expected_cost_usd: float | None = Field(
         None, gt=0, description="Cost a job is expected to need (default: mean of the last 3 retrains)."
     )
     cap_tolerance: float = Field(0.05, ge=0, le=1, description="Hard stop at cap x (1 + this).")
     max_job_minutes: float = Field(
-        60.0, gt=0, description="A job running longer is stopped and counts as failed (a hung job spends nothing)."
+        60.0, gt=0, le=MAX_HOURS * 60, description="A job running longer is stopped and counts as failed (a hung job spends nothing)."
     )
-    sample_interval_s: float = Field(2.0, gt=0, description="Cost sampling interval inside the job.")
-    poll_s: float = Field(2.0, gt=0, description="How often the supervisor polls the job.")
-    entrypoint_num_cpus: float = Field(1.0, ge=0, description="CPUs the job's driver reserves.")
-    warm_start_step: int = Field(10, ge=1, description="Trees (or stages) added per step when warm-starting.")
-    warm_start_steps: int = Field(5, ge=1, description="How many such steps at most.")
-    partial_fit_epochs: int = Field(5, ge=1, description="Passes over the new data with partial_fit.")
-    batch_rows: int = Field(2048, ge=1, description="Rows per partial_fit call.")
+    sample_interval_s: float = Field(2.0, gt=0, le=3600, description="Cost sampling interval inside the job.")
+    poll_s: float = Field(2.0, gt=0, le=3600, description="How often the supervisor polls the job.")
+    entrypoint_num_cpus: float = Field(1.0, ge=0, le=10**4, description="CPUs the job's driver reserves.")
+    warm_start_step: int = Field(10, ge=1, le=10**6, description="Trees (or stages) added per step when warm-starting.")
+    warm_start_steps: int = Field(5, ge=1, le=MAX_COUNT, description="How many such steps at most.")
+    partial_fit_epochs: int = Field(5, ge=1, le=MAX_COUNT, description="Passes over the new data with partial_fit.")
+    batch_rows: int = Field(2048, ge=1, le=10**9, description="Rows per partial_fit call.")
 
     def merged(self, override: "RetrainPolicy | None") -> "RetrainPolicy":
         if override is None:

@@ -99,3 +99,39 @@ def test_bad_argument_names_the_argument(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"autolog\(prices=...\): unknown price key 'cpu'"):
         resolve_prices({"cpu": 1})
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # inf is accepted by a plain `ge=0`; no price, duration or count may be infinite
+        ("[prices]\ncpu_core_hour_usd = inf\n", "[prices].cpu_core_hour_usd: Input should be a finite number"),
+        ("[prices]\ncpu_core_hour_usd = nan\n", "[prices].cpu_core_hour_usd: Input should be a finite number"),
+        ("[budgets.b]\namount_usd = inf\nteam = \"t\"\n", "[budgets].b.amount_usd: Input should be a finite number"),
+        ("[drift]\npersistence_n = 1000000000000\n", "[drift].persistence_n: Input should be less than or equal to 1000"),
+        ("[drift]\ncooldown_hours = 1e300\n", "[drift].cooldown_hours: Input should be less than or equal to 8784"),
+        ("[retrain]\ndeadline_hours = 1e300\n", "[retrain].deadline_hours: Input should be less than or equal to 8784"),
+        ("[retrain]\nbackoff_s = 1e300\n", "[retrain].backoff_s: Input should be less than or equal to 31622400"),
+        ("[retrain]\nmax_job_minutes = inf\n", "[retrain].max_job_minutes: Input should be a finite number"),
+        ("[retrain]\nmax_attempts = 5000\n", "[retrain].max_attempts: Input should be less than or equal to 1000"),
+        ("[windows]\nmax_wait_hours = 1e12\n", "[windows].max_wait_hours: Input should be less than or equal to 8784"),
+        # a Ray node's prices are a [prices] table: validated the same way, named by its place
+        ("[[ray.node_prices]]\nlabels = {market = \"spot\"}\nprices = {cpu_core_hour_usd = -0.01}\n",
+         "[ray].node_prices.0.prices: Value error, cpu_core_hour_usd: Input should be greater than or equal to 0"),
+        ("[[ray.node_prices]]\nlabels = {market = \"spot\"}\nprices = {gpu_hour_usd = inf}\n",
+         "[ray].node_prices.0.prices: Value error, gpu_hour_usd: Input should be a finite number"),
+    ],
+)
+def test_unbounded_or_infinite_numbers_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(PolicyError) as err:
+        load_policy(p)
+    assert expected in str(err.value)
+
+
+def test_bounds_admit_real_policies(tmp_path: Path) -> None:
+    """A year-long deadline, 1000 attempts and a week-long job are still accepted."""
+    p = write(tmp_path, "[retrain]\ndeadline_hours = 8784\nmax_attempts = 1000\nmax_job_minutes = 10080\n"
+                        "[drift]\npersistence_n = 1000\npersistence_k = 1000\n")
+    policy = load_policy(p)
+    assert (policy.retrain.deadline_hours, policy.retrain.max_attempts, policy.drift.persistence_n) == (8784, 1000, 1000)
