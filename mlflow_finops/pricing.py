@@ -23,7 +23,7 @@ METRIC_PREFIX = "finops/"
 class PriceCatalog(BaseModel):
     """What compute, energy and carbon cost; validated at the boundary, immutable after."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf is no price
 
     profile: str = Field("opencost-default", description="Name logged as the finops.price_profile tag.")
     # OpenCost's default list prices (GCP us-central1).
