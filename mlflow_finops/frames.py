@@ -31,12 +31,30 @@ def read_frame(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise DataInputError(f"{p}: is a folder, expected a .csv or .parquet file")
     try:
         if name.endswith((".parquet", ".pq")):
-            return pd.read_parquet(p)
+            return _read_parquet(p)
         if name.endswith((".csv", ".csv.gz", ".tsv")):
             return pd.read_csv(p, sep="\t" if name.endswith(".tsv") else ",")
-    except Exception as exc:  # pandas/pyarrow raise many types for broken files
-        raise DataInputError(f"{p}: cannot read it ({type(exc).__name__}: {exc})") from None
+    except DataInputError:
+        raise
+    except Exception as exc:  # pandas/pyarrow raise many types for broken files, some with pages of detail
+        raise DataInputError(f"{p}: cannot read it ({type(exc).__name__}: {_first_line(exc)})") from None
     raise DataInputError(f"{p}: unsupported file type (expected {', '.join(DATA_SUFFIXES)})")
+
+
+def _read_parquet(p: Path) -> pd.DataFrame:
+    """Parquet, with duplicate column names named (pyarrow's own error is a schema dump)."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(p).names
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataInputError(f"{p}: duplicate column name(s) {', '.join(map(repr, dup))}")
+    return pd.read_parquet(p)
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def as_frame(data: pd.DataFrame | str | os.PathLike[str], what: str) -> pd.DataFrame:

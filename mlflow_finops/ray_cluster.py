@@ -20,7 +20,9 @@ __all__ = [
     "jobs_address",
     "ray_auth_headers",
     "jobs_client",
+    "free_ports",
     "start_local_cluster",
+    "wait_until_jobs_run",
     "stop_local_cluster",
     "local_cluster_processes",
 ]
@@ -82,16 +84,94 @@ def ray_executable() -> str:
     return ray_bin
 
 
-def start_local_cluster(num_cpus: int = 2, port: int = DEFAULT_GCS_PORT, dashboard_port: int = 8265) -> LocalCluster:
-    """``ray start --head`` on 127.0.0.1 with the Jobs API on ``dashboard_port``."""
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports nobody listens on now (the kernel's picks, all held while picking)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` on ``host`` is taken (bound by another process)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def start_local_cluster(
+    num_cpus: int = 2, port: int = DEFAULT_GCS_PORT, dashboard_port: int = 8265, ready_timeout_s: float = 120.0
+) -> LocalCluster:
+    """``ray start --head`` on 127.0.0.1 with the Jobs API on ``dashboard_port``, ready for jobs.
+
+    Ray's other ports (client server, dashboard agent, runtime-env agent, metrics,
+    node and object managers) would take fixed defaults that another local cluster
+    may hold; each gets a free port instead. The cluster counts as up only once its
+    Jobs API has run a no-op job; otherwise it is stopped again and the reason raised.
+    """
+    for what, p in (("--port", port), ("--dashboard-port", dashboard_port)):
+        if port_in_use(p):
+            raise RayClusterError(f"port {p} ({what}) is in use on 127.0.0.1: another Ray cluster? choose another {what}")
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [ray_executable(), "start", "--head", "--num-cpus", str(num_cpus), "--node-ip-address", "127.0.0.1",
            "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
            "--disable-usage-stats"]
+    options = ("--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+               "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port")
+    for option, free in zip(options, free_ports(len(options))):
+        cmd += [option, str(free)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
+        stop_local_cluster(port)
         raise RayClusterError(f"ray start failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-    return LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}")
+    cluster = LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}")
+    try:
+        wait_until_jobs_run(cluster.jobs_url, ready_timeout_s)
+    except RayClusterError:
+        stop_local_cluster(port)
+        raise
+    return cluster
+
+
+def wait_until_jobs_run(address: str, timeout_s: float = 120.0) -> None:
+    """Submit a no-op job and wait for it to succeed: the proof that jobs can be submitted here."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    client = None
+    submission_id = None
+    while time.monotonic() < deadline:
+        try:
+            if client is None:
+                client = jobs_client(address)
+            if submission_id is None:
+                submission_id = client.submit_job(entrypoint="python -c pass", entrypoint_num_cpus=0)
+            status = str(client.get_job_status(submission_id))
+            if status.endswith("SUCCEEDED"):
+                return
+            if status.endswith(("FAILED", "STOPPED")):
+                info = client.get_job_info(submission_id)
+                raise RayClusterError(f"a test job on {address} ended {status}: {(info.message or '').strip()[:300]}")
+            last = f"test job {status}"
+        except RayClusterError:
+            raise
+        except Exception as exc:  # not answering yet, or no job agent yet
+            last = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1:] or ''}"
+        time.sleep(1.0)
+    raise RayClusterError(f"the Jobs API at {address} ran no job within {timeout_s:.0f} s ({last})")
 
 
 def stop_local_cluster(port: int = DEFAULT_GCS_PORT, timeout_s: float = 10.0) -> int:

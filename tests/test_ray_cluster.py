@@ -1,0 +1,60 @@
+"""`mlflow-finops ray up` beside other local clusters: every port free or chosen, "up" only when jobs run."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlflow_finops.ray_cluster import free_ports, port_in_use
+
+EXE = str(Path(sys.executable).with_name("mlflow-finops"))
+
+
+def test_a_busy_gcs_port_is_a_clear_error_and_starts_nothing() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        (dashboard,) = free_ports(1)
+        up = subprocess.run([EXE, "ray", "up", "--port", str(busy), "--dashboard-port", str(dashboard)],
+                            capture_output=True, text=True, timeout=120)
+    assert up.returncode == 1
+    assert f"port {busy} (--port) is in use" in up.stderr
+    assert "Ray is up" not in up.stdout
+    assert not port_in_use(dashboard)  # no dashboard was started
+
+
+@pytest.mark.slow
+def test_ray_up_beside_a_cluster_holding_the_default_ports(ray_cluster) -> None:
+    """Another cluster (the session's) is running, and Ray's fixed default ports of the job agent and
+    client server are held: `ray up` still gives a cluster whose Jobs API runs jobs."""
+    import requests
+
+    held = []
+    for default in (10001, 52365, 8076, 8077):  # client server, dashboard agent, object/node manager
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", default))
+            sock.listen()
+            held.append(sock)
+        except OSError:
+            sock.close()  # already held by someone: just as good for this test
+    port, dashboard = free_ports(2)
+    try:
+        up = subprocess.run([EXE, "ray", "up", "--num-cpus", "1", "--port", str(port), "--dashboard-port",
+                             str(dashboard)], capture_output=True, text=True, timeout=240)
+        assert up.returncode == 0, up.stderr
+        assert "Ray is up" in up.stdout
+        from mlflow_finops.ray_cluster import jobs_client
+
+        jobs = jobs_client(f"http://127.0.0.1:{dashboard}")
+        assert any(str(j.status).endswith("SUCCEEDED") for j in jobs.list_jobs())  # the readiness probe ran
+        assert requests.get(ray_cluster.dashboard_url + "/api/version", timeout=5).status_code in (200, 401)
+    finally:
+        for sock in held:
+            sock.close()
+        subprocess.run([EXE, "ray", "down", "--port", str(port)], capture_output=True, text=True, timeout=60)
