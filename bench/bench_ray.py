@@ -151,8 +151,9 @@ def main() -> None:
             sampling_s = tracker.overhead_cpu_s
             split = {"sampling": tracker.sampling_cpu_s, "delivery": tracker._outbox.cpu_s,
                      "start/stop": tracker._caller_cpu_s}
-            probe_s = tracker._ray.probe_cpu_s if tracker._ray is not None else float("nan")
-            in_driver = sum(node.in_driver for node in tracker._ray.nodes.values())
+            cluster = tracker.ray_cluster
+            probe_s = cluster.probe_cpu_s if cluster is not None else float("nan")
+            in_driver = sum(node.in_driver for node in cluster.nodes.values())
             m = MlflowClient().get_run(run.info.run_id).data.metrics
             in_task = sum(c for c, _, _ in results)
             per_node_task: dict[str, float] = {}
@@ -173,7 +174,7 @@ def main() -> None:
                 "pids": sorted({(nid[:8], pid) for _, nid, pid in results}),
             }
             rows.append(row)
-            baselines = {n[:8]: len(node.pre_existing) for n, node in tracker._ray.nodes.items()}
+            baselines = {n[:8]: len(node.pre_existing) for n, node in cluster.nodes.items()}
             print(f"\nrun {i + 1}: wall {wall:.1f} s (start_run {attach_s:.1f} s), {len(results)} tasks, "
                   f"worker pids {row['pids']}, baseline workers per node {baselines}")
             print(f"  attributed Ray CPU {ray_cpu:.2f} core-s / in-task CPU {in_task:.2f} s = {row['ratio']:.4f}")

@@ -15,9 +15,9 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["PriceCatalog", "CostBreakdown", "Allocation", "price_env_var", "METRIC_PREFIX"]
+from .names import METRIC_PREFIX, env_var
 
-METRIC_PREFIX = "finops/"
+__all__ = ["PriceCatalog", "CostBreakdown", "Allocation", "price_env_var", "METRIC_PREFIX"]
 
 
 class PriceCatalog(BaseModel):
@@ -129,9 +129,7 @@ class PriceCatalog(BaseModel):
 
 def price_env_var(field_name: str) -> str:
     """Environment variable that overrides one ``PriceCatalog`` field."""
-    if field_name == "profile":
-        return "MLFLOW_FINOPS_PRICE_PROFILE"
-    return "MLFLOW_FINOPS_" + field_name.upper()
+    return env_var("price_profile" if field_name == "profile" else field_name)
 
 
 @dataclass(frozen=True)

@@ -10,53 +10,47 @@ provider when it creates a run, before the run has an id.
 from __future__ import annotations
 
 import logging
-import os
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
 from .._env import env_flag
-from ..policy import PolicyError, find_policy_path, load_policy
+from ..names import ENV_DISABLE
+from ..policy import PolicyError, TagPolicy, find_policy_path, load_policy
 from .process import machine_info
 
 _log = logging.getLogger(__name__)
 
 __all__ = ["FinOpsRunContextProvider", "run_tags"]
 
-_cache: dict[tuple[str, float], dict[str, str]] = {}
+_cache: dict[tuple[str, float], TagPolicy] = {}
 _warned: set[str] = set()
 
 
-def _policy_tags() -> dict[str, str]:
-    """Tags from the policy file, cached by path and modification time."""
+def _tag_policy() -> TagPolicy:
+    """The policy file's ``[tags]``, cached by path and modification time; none if it is bad."""
     path = find_policy_path()
     if path is None:
-        from ..policy import TagPolicy
-
-        return TagPolicy().resolve()
+        return TagPolicy()
     try:
         key = (str(path), path.stat().st_mtime)
     except OSError:
         key = (str(path), -1.0)
     if key not in _cache:
         try:
-            _cache[key] = load_policy(path).tags.resolve({})
+            _cache[key] = load_policy(path).tags
         except PolicyError as exc:
             if str(exc) not in _warned:
                 _warned.add(str(exc))
                 _log.warning("mlflow-finops: policy not used for run tags: %s", exc)
-            _cache[key] = {}
-    tags = dict(_cache[key])
-    for name in ("team", "cost_center", "workload", "model"):
-        value = os.environ.get(f"MLFLOW_FINOPS_{name.upper()}")
-        if value:
-            tags[f"finops.{name}"] = value
-    return tags
+            _cache[key] = TagPolicy()
+    return _cache[key]
 
 
 def run_tags() -> dict[str, str]:
-    """Everything the provider adds: attribution tags and the machine's description."""
+    """Everything the provider adds: the machine's description and the attribution tags
+    (policy ``[tags]``, overridden by ``MLFLOW_FINOPS_*`` read now)."""
     tags = dict(machine_info().tags())
-    tags.update(_policy_tags())
+    tags.update(_tag_policy().resolve())
     return tags
 
 
@@ -64,7 +58,7 @@ class FinOpsRunContextProvider(RunContextProvider):
     """MLflow plugin: adds ``finops.*`` attribution and machine tags to new runs."""
 
     def in_context(self) -> bool:
-        return not env_flag("MLFLOW_FINOPS_DISABLE", False)
+        return not env_flag(ENV_DISABLE, False)
 
     def tags(self) -> dict[str, str]:
         try:

@@ -21,13 +21,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._env import env_float
+from ..names import ENV_HTTP_TIMEOUT_S, ENV_LOG_INTERVAL_S, ENV_SPOOL_DIR
+
 _log = logging.getLogger(__name__)
 
 __all__ = ["Batch", "Outbox", "spool_dir", "sync_spool", "deliver"]
 
 MAX_METRICS_PER_REQUEST = 1000  # MLflow's log_batch limits
 MAX_TAGS_PER_REQUEST = 100
-HTTP_TIMEOUT_S = float(os.environ.get("MLFLOW_FINOPS_HTTP_TIMEOUT_S", "5"))
+HTTP_TIMEOUT_S = 5.0  # default of $MLFLOW_FINOPS_HTTP_TIMEOUT_S
+LOG_INTERVAL_S = 5.0  # default of $MLFLOW_FINOPS_LOG_INTERVAL_S
 
 
 @dataclass
@@ -60,7 +64,7 @@ class Batch:
 
 def spool_dir() -> Path:
     """``$MLFLOW_FINOPS_SPOOL_DIR``, else ``~/.cache/mlflow-finops/spool``."""
-    env = os.environ.get("MLFLOW_FINOPS_SPOOL_DIR")
+    env = os.environ.get(ENV_SPOOL_DIR)
     return Path(env) if env else Path.home() / ".cache" / "mlflow-finops" / "spool"
 
 
@@ -94,7 +98,7 @@ def _deliver_http(batch: Batch) -> None:
         "POST",
         max_retries=0,
         backoff_factor=0,
-        timeout=HTTP_TIMEOUT_S,
+        timeout=env_float(ENV_HTTP_TIMEOUT_S, HTTP_TIMEOUT_S),
         json=body,
     )
     verify_rest_response(response, endpoint)
@@ -124,15 +128,13 @@ class Outbox:
         self._max_backoff_s = max_backoff_s
         # Live time series are sent in one request per run every few seconds, not per sample.
         self._min_interval_s = (
-            min_interval_s if min_interval_s is not None
-            else float(os.environ.get("MLFLOW_FINOPS_LOG_INTERVAL_S", "5"))
+            min_interval_s if min_interval_s is not None else env_float(ENV_LOG_INTERVAL_S, LOG_INTERVAL_S)
         )
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._outage_since: float | None = None
-        self.delivered = 0
-        self.failures = 0
         self.cpu_s = 0.0  # CPU this thread spent delivering (part of tracking's own overhead)
         self._flush_now = False
+        self._sync_uri: str | None = None
 
     def start(self, sync_spool_for: str | None = None) -> "Outbox":
         self._sync_uri = sync_spool_for
@@ -143,11 +145,6 @@ class Outbox:
         with self._cond:
             self._pending.append(batch)
             self._cond.notify()
-
-    @property
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._pending)
 
     def close(self, timeout_s: float = 15.0) -> int:
         """Deliver what is queued within ``timeout_s``; spool the rest. Returns batches spooled."""
@@ -173,7 +170,7 @@ class Outbox:
 
     # -------------------------------------------------------------- thread
     def _loop(self) -> None:
-        if getattr(self, "_sync_uri", None):
+        if self._sync_uri:
             try:
                 sync_spool(self._sync_uri)
             except Exception as exc:  # never fatal
@@ -206,7 +203,6 @@ class Outbox:
                         ]
             except Exception as exc:
                 self.cpu_s += time.thread_time() - cpu0
-                self.failures += 1
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
                     _log.warning(
@@ -232,7 +228,6 @@ class Outbox:
                 )
                 self._outage_since = None
             with self._cond:
-                self.delivered += len(taken)
                 self._cond.notify_all()
 
 

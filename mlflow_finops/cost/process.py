@@ -1,4 +1,4 @@
-"""Samplers for what one run uses: its own process tree's CPU and memory, and its GPUs.
+"""The run's own processes: CPU and memory of one process tree, and the GPUs it holds.
 
 Attribution is by process tree, never machine-wide: a busy neighbour on the
 same host is not charged to the run. CPU time is read from the kernel's
@@ -11,8 +11,8 @@ cumulative counters, so nothing is lost between samples:
   counters covers loky / multiprocessing workers that come and go between
   samples.
 
-Memory is the sum of the tree's resident set sizes. GPUs are read through
-NVML when a driver is present; without one, GPU figures are zero.
+Memory is the sum of the tree's resident set sizes. Ray's own processes (and a
+Ray driver's workers, which the Ray sampler attributes per node) are left out.
 """
 
 from __future__ import annotations
@@ -23,54 +23,90 @@ import os
 import platform
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import psutil
+
+from ..names import (
+    TAG_MACHINE_CPU_CORES,
+    TAG_MACHINE_CPU_MODEL,
+    TAG_MACHINE_GPU_COUNT,
+    TAG_MACHINE_GPU_MODELS,
+    TAG_MACHINE_HOSTNAME,
+    TAG_MACHINE_RAM_GB,
+)
+from .gpu import GpuReading, GpuSampler
+from .samplers import GB, RunUsage, Summary
 
 _log = logging.getLogger(__name__)
 
 __all__ = [
     "ProcessTreeSampler",
     "TreeReading",
-    "GpuSampler",
-    "GpuReading",
+    "is_ray_component",
     "MachineInfo",
     "machine_info",
     "allocated_cpus",
     "allocated_ram_gb",
 ]
 
-GB = 1024**3
 # Linux exposes each thread's children (CONFIG_PROC_CHILDREN); psutil's scan of /proc otherwise.
 _HAS_CHILDREN_FILES = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+_RAY_NAMES = {"gcs_server", "raylet", "plasma_store", "plasma_store_server"}
+
+
+def is_ray_component(proc: Any) -> bool:
+    """A Ray system process or worker (GCS, raylet, dashboard, agents, ``ray::`` workers)."""
+    try:
+        if proc.name() in _RAY_NAMES:
+            return True
+        cmd = proc.cmdline()
+    except Exception:
+        return False
+    if cmd and cmd[0].startswith("ray::"):
+        return True
+    return any(
+        marker in c
+        for c in cmd[:4]
+        for marker in ("/ray/dashboard/", "/ray/_private/", "/ray/core/src/", "/ray/autoscaler/")
+    )
 
 
 # --------------------------------------------------------------- CPU / RAM
 @dataclass(frozen=True)
 class TreeReading:
-    """One look at the process tree: cumulative CPU seconds, current RSS, members."""
+    """One look at the process tree: cumulative CPU seconds, current RSS, members, their GPUs."""
 
     timestamp: float
     cpu_s: float
     rss_bytes: int
     pids: frozenset[int]
+    gpus: tuple[GpuReading, ...] = ()
 
 
 class ProcessTreeSampler:
-    """Reads the CPU time and memory of one process and all its descendants."""
+    """Reads the CPU time and memory of one process and all its descendants.
 
-    def __init__(self, pid: int | None = None, exclude: Callable[[psutil.Process], bool] | None = None):
+    As the tracker's :class:`~mlflow_finops.cost.samplers.Sampler` it also reads the
+    GPUs the tree holds (``gpu``) and folds into the run's own usage.
+    """
+
+    def __init__(
+        self,
+        pid: int | None = None,
+        exclude: Callable[[psutil.Process], bool] | None = is_ray_component,
+        gpu: GpuSampler | None = None,
+    ):
         self.root = psutil.Process(pid or os.getpid())
         # Subtrees to leave out. By default: Ray's own processes (a local cluster started
         # by this process is in its tree; a Ray driver's job workers are attributed per
         # node by the Ray sampler, the rest is Ray's upkeep). Decisions cached per process.
-        if exclude is None:
-            from .ray_nodes import is_ray_component
-
-            exclude = is_ray_component
         self.exclude = exclude
+        self.gpu = gpu
+        # CPU seconds that are not the run's: the first folded reading's, unless set before.
+        self.cpu_baseline_s: float | None = None
         self._excluded: dict[tuple[int, float], bool] = {}
         # CPU seconds of members that vanished without being reaped by a member
         # (orphans re-parented to init): kept at their last reading.
@@ -109,6 +145,29 @@ class ProcessTreeSampler:
                 self._orphaned_s += used
         self._last_seen = seen
         return TreeReading(now, cpu + self._orphaned_s, rss, frozenset(pids))
+
+    # ------------------------------------------------------------ Sampler
+    def collect(self, final: bool = False) -> TreeReading:
+        reading = self.read()
+        if self.gpu is None:
+            return reading
+        return replace(reading, gpus=tuple(self.gpu.read(reading.pids)))
+
+    def charge_from(self, start: float, usage: RunUsage) -> None:
+        """Charge the run from ``start`` (its process's start), not from the first reading:
+        all the tree's CPU, and memory growing from nothing at ``start``."""
+        self.cpu_baseline_s = 0.0
+        usage.local.last_time, usage.local.last_rss = start, 0
+
+    def fold(self, reading: TreeReading, usage: RunUsage) -> None:
+        if self.cpu_baseline_s is None:
+            self.cpu_baseline_s = reading.cpu_s
+        local = usage.local
+        local.cpu_s = max(local.cpu_s, reading.cpu_s - self.cpu_baseline_s)
+        local.advance(reading.timestamp, reading.rss_bytes, reading.gpus)
+
+    def close(self, usage: RunUsage) -> Summary:
+        return Summary()
 
     def _descendants(self) -> list[psutil.Process]:
         """The root's descendants, walked from the root; excluded subtrees are never entered."""
@@ -165,121 +224,6 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-# --------------------------------------------------------------------- GPU
-@dataclass(frozen=True)
-class GpuReading:
-    """One GPU the run held a context on, at one sample."""
-
-    index: int
-    name: str
-    energy_j: float | None  # cumulative device energy counter, if supported
-    power_w: float | None
-    memory_bytes: int  # memory used by the run's processes on this device
-    utilization_pct: float | None
-
-
-class GpuSampler:
-    """NVML reader. ``nvml`` is the ``pynvml`` module (injectable for tests)."""
-
-    def __init__(self, nvml: Any | None = None):
-        self.nvml = nvml
-        self.available = False
-        self.devices: list[tuple[int, Any, str]] = []
-        try:
-            if self.nvml is None:
-                import pynvml  # nvidia-ml-py
-
-                self.nvml = pynvml
-            self.nvml.nvmlInit()
-            for i in range(self.nvml.nvmlDeviceGetCount()):
-                handle = self.nvml.nvmlDeviceGetHandleByIndex(i)
-                name = self.nvml.nvmlDeviceGetName(handle)
-                if isinstance(name, bytes):
-                    name = name.decode()
-                self.devices.append((i, handle, str(name)))
-            self.available = True
-        except Exception as exc:  # no library, no driver, no GPU: all mean "no GPU"
-            _log.debug("NVML unavailable, GPU figures will be 0: %s", exc)
-            self.devices = []
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        return tuple(name for _, _, name in self.devices)
-
-    def read(self, pids: Iterable[int]) -> list[GpuReading]:
-        """Devices on which any of ``pids`` holds a context."""
-        if not self.available:
-            return []
-        pids = set(pids)
-        out = []
-        for index, handle, name in self.devices:
-            procs = []
-            for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-                fn = getattr(self.nvml, getter, None)
-                if fn is None:
-                    continue
-                try:
-                    procs += list(fn(handle))
-                except Exception:
-                    continue
-            ours = [p for p in procs if p.pid in pids]
-            if not ours:
-                continue
-            mem = sum(int(getattr(p, "usedGpuMemory", 0) or 0) for p in ours)
-            out.append(
-                GpuReading(
-                    index=index,
-                    name=name,
-                    energy_j=self._call("nvmlDeviceGetTotalEnergyConsumption", handle, scale=1e-3),
-                    power_w=self._call("nvmlDeviceGetPowerUsage", handle, scale=1e-3),
-                    memory_bytes=mem,
-                    utilization_pct=self._utilization(handle),
-                )
-            )
-        return out
-
-    def _call(self, fn_name: str, handle: Any, scale: float) -> float | None:
-        try:
-            return float(getattr(self.nvml, fn_name)(handle)) * scale
-        except Exception:  # not supported on this device / driver
-            return None
-
-    def _utilization(self, handle: Any) -> float | None:
-        try:
-            return float(self.nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-        except Exception:
-            return None
-
-
-@dataclass
-class GpuAccumulator:
-    """Integrates GPU readings over time: GPU-seconds per model, energy, peak memory.
-
-    Energy comes from the device's cumulative energy counter where the device
-    has one, and from power x time otherwise.
-    """
-
-    seconds_by_model: dict[str, float] = field(default_factory=dict)
-    energy_j: float = 0.0
-    peak_memory_bytes: int = 0
-    _prev: dict[int, GpuReading] = field(default_factory=dict)
-
-    def add(self, readings: list[GpuReading], dt: float) -> None:
-        current = {r.index: r for r in readings}
-        for idx, r in current.items():
-            prev = self._prev.get(idx)
-            self.peak_memory_bytes = max(self.peak_memory_bytes, r.memory_bytes)
-            if prev is None:  # first sight: no interval to charge yet
-                continue
-            self.seconds_by_model[r.name] = self.seconds_by_model.get(r.name, 0.0) + dt
-            if r.energy_j is not None and prev.energy_j is not None and r.energy_j >= prev.energy_j:
-                self.energy_j += r.energy_j - prev.energy_j
-            elif r.power_w is not None:
-                p0 = prev.power_w if prev.power_w is not None else r.power_w
-                self.energy_j += 0.5 * (p0 + r.power_w) * dt
-        self._prev = current
-
-
 # ----------------------------------------------------------------- machine
 @dataclass(frozen=True)
 class MachineInfo:
@@ -293,12 +237,12 @@ class MachineInfo:
 
     def tags(self) -> dict[str, str]:
         return {
-            "finops.machine.hostname": self.hostname,
-            "finops.machine.cpu_model": self.cpu_model,
-            "finops.machine.cpu_cores": str(self.cpu_cores),
-            "finops.machine.ram_gb": f"{self.ram_gb:.1f}",
-            "finops.machine.gpu_count": str(len(self.gpu_models)),
-            "finops.machine.gpu_models": ",".join(self.gpu_models) or "none",
+            TAG_MACHINE_HOSTNAME: self.hostname,
+            TAG_MACHINE_CPU_MODEL: self.cpu_model,
+            TAG_MACHINE_CPU_CORES: str(self.cpu_cores),
+            TAG_MACHINE_RAM_GB: f"{self.ram_gb:.1f}",
+            TAG_MACHINE_GPU_COUNT: str(len(self.gpu_models)),
+            TAG_MACHINE_GPU_MODELS: ",".join(self.gpu_models) or "none",
         }
 
 

@@ -15,25 +15,39 @@ A worker already alive when tracking started is charged only from its
 reading at that moment; one started later is charged from zero (its start-up
 is part of the run's cost). A node that stops answering keeps its share up
 to its last reading and is reported as lost.
+
+The tracker samples all this through :class:`RaySampler`, which attaches once
+the process is a Ray driver and keeps the last figures when Ray fails.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Mapping
 
-from .._env import env_flag
-from ..pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
-from .process import GpuAccumulator, GpuReading, GpuSampler
+from .._env import env_flag, env_float
+from ..names import (
+    ENV_RAY_DISCOVERY_S,
+    ENV_RAY_READ_LOCAL,
+    METRIC_RAY_CPU_CORE_HOURS,
+    TAG_RAY_JOB_ID,
+    TAG_RAY_LOST_NODES,
+    TAG_RAY_NODES,
+    node_metric,
+)
+from ..policy import RayPolicy, load_policy
+from ..pricing import Allocation, CostBreakdown, PriceCatalog
+from .gpu import GpuReading, GpuSampler
+from .samplers import RunUsage, Summary, Usage
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["RayClusterSampler", "ray_driver_active", "NodeProbe"]
+__all__ = ["RaySampler", "RayClusterSampler", "ClusterReading", "ray_driver_active", "NodeProbe", "node_metrics"]
 
-GB = 1024**3
 PROBE_TIMEOUT_S = 10.0
 # The baseline waits for new probes to start (a driver's first run only: probes are reused).
 # One deadline for all nodes together: a worker process can take >10 s to start on a busy
@@ -56,26 +70,6 @@ def ray_driver_active() -> bool:
         return global_worker.mode == SCRIPT_MODE
     except Exception:  # pragma: no cover - Ray internals moved
         return False
-
-
-_RAY_NAMES = {"gcs_server", "raylet", "plasma_store", "plasma_store_server"}
-
-
-def is_ray_component(proc: Any) -> bool:
-    """A Ray system process or worker (GCS, raylet, dashboard, agents, ``ray::`` workers)."""
-    try:
-        if proc.name() in _RAY_NAMES:
-            return True
-        cmd = proc.cmdline()
-    except Exception:
-        return False
-    if cmd and cmd[0].startswith("ray::"):
-        return True
-    return any(
-        marker in c
-        for c in cmd[:4]
-        for marker in ("/ray/dashboard/", "/ray/_private/", "/ray/core/src/", "/ray/autoscaler/")
-    )
 
 
 class NodeProbe:
@@ -161,17 +155,13 @@ class _Worker:
 @dataclass
 class _Node:
     node_id: str
-    labels: dict[str, str]
-    prices: PriceCatalog
+    prices: PriceCatalog  # the node's own: the policy's [ray] rule matching its labels
     probe: Any = None
     in_driver: bool = False  # the node's processes are read from this process, not by an actor
     workers: dict[tuple[int, float], _Worker] = field(default_factory=dict)
     pre_existing: dict[int, tuple[float, float]] = field(default_factory=dict)
-    ram_gb_s: float = 0.0
+    usage: Usage = field(default_factory=Usage)  # the job's workers on this node (not the probe)
     worker_s: float = 0.0  # live workers x seconds: the CPU slots held, for allocation mode
-    last_rss: int = 0
-    last_time: float | None = None
-    gpu: GpuAccumulator = field(default_factory=GpuAccumulator)
     lost: bool = False
     failures: int = 0
 
@@ -184,14 +174,24 @@ class _Node:
         return sum(w.last_s - w.baseline_s for w in self.workers.values() if w.is_probe)
 
 
+@dataclass(frozen=True)
+class ClusterReading:
+    """One look at every node: when it started, the job's workers found, each node's probe result."""
+
+    time: float
+    found: dict[str, set[int]]
+    results: dict[str, dict[str, Any]]
+
+
 class RayClusterSampler:
     """Attributes a Ray job's worker usage, per node, to the tracked run.
 
-    Called from the tracker's sampler thread: ``sample()`` reads every node
-    once, ``breakdowns(wall_s)`` prices each node with its own catalog.
+    Called from the tracker's sampler thread: ``collect()`` reads every node
+    once, ``fold()`` integrates the readings and prices each node with its own
+    catalog (:meth:`breakdowns`).
     """
 
-    def __init__(self, prices: PriceCatalog, policy: Any = None, t0: float | None = None):
+    def __init__(self, prices: PriceCatalog, policy: RayPolicy | None = None, t0: float | None = None):
         import ray
 
         self._ray = ray
@@ -202,10 +202,10 @@ class RayClusterSampler:
         self.nodes: dict[str, _Node] = {}
         self._state_api_errors = 0
         self._last_discovery = float("-inf")
-        self.discovery_every_s = float(os.environ.get("MLFLOW_FINOPS_RAY_DISCOVERY_S", DISCOVERY_EVERY_S))
+        self.discovery_every_s = env_float(ENV_RAY_DISCOVERY_S, DISCOVERY_EVERY_S)
         self._state_url: str | None = None  # the connected cluster's state API, resolved once
         self._probe_cls = ray.remote(num_cpus=0, max_restarts=0)(NodeProbe)
-        self.read_in_driver = env_flag("MLFLOW_FINOPS_RAY_READ_LOCAL", True)
+        self.read_in_driver = env_flag(ENV_RAY_READ_LOCAL, True)
         self._driver_ip: str | None = None
         self._refresh_nodes()
         # Baseline: every Ray worker already alive, so CPU spent before the run is not charged.
@@ -241,14 +241,14 @@ class RayClusterSampler:
             labels = {k: str(v) for k, v in (info.get("Labels") or {}).items()}
             prices = self.policy.prices_for(self.base_prices, labels) if self.policy else self.base_prices
             if self._on_this_host(info):
-                self.nodes[node_id] = _Node(node_id, labels, prices, _in_driver_probe(), in_driver=True)
+                self.nodes[node_id] = _Node(node_id, prices, _in_driver_probe(), in_driver=True)
                 continue
             key = (self.job_id, node_id)
             if key not in _PROBES:  # one probe per node, reused by every run of this driver
                 _PROBES[key] = self._probe_cls.options(
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                 ).remote()
-            self.nodes[node_id] = _Node(node_id, labels, prices, _PROBES[key])
+            self.nodes[node_id] = _Node(node_id, prices, _PROBES[key])
 
     def _on_this_host(self, info: dict[str, Any]) -> bool:
         """A node whose raylet runs on the driver's host, in the process namespace we see."""
@@ -304,7 +304,8 @@ class RayClusterSampler:
         return out
 
     # -------------------------------------------------------------- sample
-    def sample(self, final: bool = False) -> None:
+    def collect(self, final: bool = False) -> ClusterReading:
+        started = time.time()
         # Discovery (GCS + state API, both on the head) at most every DISCOVERY_EVERY_S:
         # a worker found late loses nothing (its baseline is from the run's start), and
         # known workers are read by the probes at every sample.
@@ -315,7 +316,24 @@ class RayClusterSampler:
             self._last_discovery = now
             self._refresh_nodes()
             found = self._discover(final)
-        self._read_probes(found)
+        return ClusterReading(started, found, self._read_probes(found))
+
+    def fold(self, reading: ClusterReading, usage: RunUsage) -> None:
+        for node_id, result in reading.results.items():
+            self._apply(self.nodes[node_id], result, reading.found.get(node_id, set()))
+        usage.nodes = self.breakdowns(reading.time - self.t0)
+
+    def close(self, usage: RunUsage) -> Summary:
+        """The job's tags and the per-node figures; probes of lost nodes are forgotten, the
+        others stay for the driver's next run."""
+        tags = {TAG_RAY_JOB_ID: self.job_id, TAG_RAY_NODES: str(len(usage.nodes))}
+        if self.lost_nodes:
+            tags[TAG_RAY_LOST_NODES] = ",".join(self.lost_nodes)
+        for node in self.nodes.values():
+            if node.lost:
+                _PROBES.pop((self.job_id, node.node_id), None)
+        limit = (self.policy or RayPolicy()).max_node_metrics
+        return Summary(tags, node_metrics(usage.nodes, limit))
 
     def _discover(self, final: bool) -> dict[str, set[int]]:
         try:
@@ -327,9 +345,11 @@ class RayClusterSampler:
             log("mlflow-finops: Ray state API unavailable (known workers still read): %s", exc)
             return {}
 
-    def _read_probes(self, found: dict[str, set[int]]) -> None:
+    def _read_probes(self, found: dict[str, set[int]]) -> dict[str, dict[str, Any]]:
+        """Node id -> probe result, for every node that answered."""
         pending = {}
         local = {}
+        results = {}
         for node in self.nodes.values():
             if node.lost:
                 continue
@@ -340,18 +360,18 @@ class RayClusterSampler:
             else:
                 pending[node.node_id] = node.probe.read.remote(pids)  # all nodes read at once
         for node_id, pids in local.items():
-            self._apply(self.nodes[node_id], self.nodes[node_id].probe.read(pids), found.get(node_id, set()))
+            results[node_id] = self.nodes[node_id].probe.read(pids)
         for node_id, ref in pending.items():
             node = self.nodes[node_id]
             try:
-                result = self._ray.get(ref, timeout=PROBE_TIMEOUT_S)
+                results[node_id] = self._ray.get(ref, timeout=PROBE_TIMEOUT_S)
             except Exception as exc:
                 node.failures += 1
                 if node.failures >= 2 or "ActorDied" in type(exc).__name__ or "ActorUnavailable" in type(exc).__name__:
                     self._mark_lost(node, f"{type(exc).__name__}: {exc}".splitlines()[0])
                 continue
             node.failures = 0
-            self._apply(node, result, found.get(node_id, set()))
+        return results
 
     def _apply(self, node: _Node, result: dict[str, Any], found: set[int]) -> None:
         now = float(result["time"])
@@ -381,12 +401,9 @@ class RayClusterSampler:
             if not worker.is_probe:
                 rss += proc_rss
                 live += 1
-        if node.last_time is not None:
-            dt = max(now - node.last_time, 0.0)
-            node.ram_gb_s += 0.5 * (node.last_rss + rss) / GB * dt
-            node.worker_s += live * dt
-            node.gpu.add([GpuReading(**g) for g in result["gpu"]], dt)
-        node.last_time, node.last_rss = now, rss
+        node.usage.cpu_s = node.cpu_s
+        dt = node.usage.advance(now, rss, [GpuReading(**g) for g in result["gpu"]])
+        node.worker_s += live * dt
 
     def _mark_lost(self, node: _Node, why: str) -> None:
         node.lost = True
@@ -398,27 +415,27 @@ class RayClusterSampler:
     def breakdowns(self, wall_s: float) -> dict[str, CostBreakdown]:
         """Each node's cost so far (``wall_hours`` 0: the run's wall time is the driver's)."""
         out = {}
+        wall_s = max(wall_s, 1e-9)
         for node in self.nodes.values():
             if not node.workers and not node.lost:
                 continue
-            cpu_s = node.cpu_s
-            if cpu_s <= 0 and node.ram_gb_s <= 0 and not node.gpu.seconds_by_model:
+            usage = node.usage
+            if usage.cpu_s <= 0 and usage.ram_gb_s <= 0 and not usage.gpu.seconds_by_model:
                 continue
-            b = price_usage(
+            b = usage.price(
                 node.prices,
-                wall_s=max(wall_s, 1e-9),
-                cpu_s=cpu_s,
-                ram_gb_s=node.ram_gb_s,
-                gpu_s_by_model=node.gpu.seconds_by_model,
-                gpu_energy_j=node.gpu.energy_j,
+                wall_s=wall_s,
                 allocation=Allocation(
-                    cpus=node.worker_s / max(wall_s, 1e-9),
-                    ram_gb=node.ram_gb_s / max(wall_s, 1e-9),
-                    gpus=len(node.gpu.seconds_by_model),
-                    gpu_models=tuple(node.gpu.seconds_by_model),
+                    cpus=node.worker_s / wall_s,
+                    ram_gb=usage.ram_gb_s / wall_s,
+                    gpus=len(usage.gpu.seconds_by_model),
+                    gpu_models=tuple(usage.gpu.seconds_by_model),
                 ),
             )
-            out[node.node_id] = replace(b, wall_hours=0.0, allocation_mode=self.base_prices.allocation_mode)
+            # The run's peak RSS is its driver's process tree's, not a node's.
+            out[node.node_id] = replace(
+                b, wall_hours=0.0, allocation_mode=self.base_prices.allocation_mode, peak_rss_gb=0.0
+            )
         return out
 
     @property
@@ -429,8 +446,95 @@ class RayClusterSampler:
     def probe_cpu_s(self) -> float:
         return sum(n.probe_cpu_s for n in self.nodes.values())
 
-    def close(self) -> None:
-        """Forget probes of lost nodes; the others stay for the driver's next run."""
-        for node in self.nodes.values():
-            if node.lost:
-                _PROBES.pop((self.job_id, node.node_id), None)
+
+def node_metrics(shares: Mapping[str, CostBreakdown], limit: int) -> dict[str, float]:
+    """The job's CPU, and per-node cost for the ``limit`` dearest nodes, the rest summed as 'other'.
+
+    Final values only: live, they would multiply what every delivery writes by the
+    node count (delivery is most of tracking's own CPU). Nothing without a node.
+    """
+    if not shares:
+        return {}
+    ranked = sorted(shares.items(), key=lambda kv: kv[1].cost_usd, reverse=True)
+    out = {METRIC_RAY_CPU_CORE_HOURS: sum(b.cpu_core_hours for b in shares.values())}
+    for i, (node_id, b) in enumerate(ranked):
+        name = node_id if i < limit else "other"
+        for figure, value in (("cost_usd", b.cost_usd), ("cpu_core_hours", b.cpu_core_hours)):
+            metric = node_metric(name, figure)
+            out[metric] = out.get(metric, 0.0) + value
+    return out
+
+
+class RaySampler:
+    """The tracker's sampler of a Ray job: attaches once this process is a Ray driver.
+
+    ``ray.init()`` may come after the run started, so every sample without a
+    cluster checks again (and attaches in the background: probes take a moment
+    to start). A Ray sample that fails keeps the last figures: Ray never stops
+    the run's own tracking.
+    """
+
+    def __init__(self, prices: PriceCatalog, policy: RayPolicy | None = None, name: str = "finops-ray"):
+        self.prices = prices
+        self.policy = policy
+        self.name = name
+        self.t0 = time.time()
+        self.cluster: RayClusterSampler | None = None
+        self._attaching = False
+        self._errors = 0
+
+    def start(self, t0: float) -> None:
+        """Attach now if this process is a Ray driver already.
+
+        Synchronously, so Ray workers alive now get their baseline before the run's
+        tasks start (probes are reused, so only a driver's first run waits for them).
+        """
+        self.t0 = t0
+        if ray_driver_active():
+            self._attach()
+
+    def _attach_async(self) -> None:
+        if self._attaching or not ray_driver_active():
+            return
+        self._attaching = True
+        threading.Thread(target=self._attach, name=self.name, daemon=True).start()
+
+    def _attach(self) -> None:
+        self._attaching = True
+        try:
+            if self.policy is None:
+                try:
+                    self.policy = load_policy().ray
+                except Exception:
+                    self.policy = None
+            self.cluster = RayClusterSampler(self.prices, self.policy, t0=self.t0)
+            _log.debug("Ray attribution on for job %s", self.cluster.job_id)
+        except Exception as exc:
+            _log.warning("mlflow-finops: Ray workers not tracked (training continues): %s", exc)
+
+    def collect(self, final: bool = False) -> ClusterReading | None:
+        if self.cluster is None:
+            self._attach_async()
+            return None
+        try:
+            return self.cluster.collect(final)
+        except Exception as exc:
+            self._failed(exc)
+            return None
+
+    def fold(self, reading: ClusterReading | None, usage: RunUsage) -> None:
+        if reading is None or self.cluster is None:
+            return  # not attached, or the reading failed: the last figures stay
+        try:
+            self.cluster.fold(reading, usage)
+            self._errors = 0
+        except Exception as exc:
+            self._failed(exc)
+
+    def close(self, usage: RunUsage) -> Summary:
+        return Summary() if self.cluster is None else self.cluster.close(usage)
+
+    def _failed(self, exc: Exception) -> None:
+        self._errors += 1
+        if self._errors == 1:
+            _log.warning("mlflow-finops: Ray sample failed (kept last figures): %s", exc)

@@ -7,9 +7,12 @@ their own stretch (tagged ``finops.nested_in``) from the same sampler, never a
 second one. Resuming a run (``start_run(run_id=...)``) adds to the cost it
 already carries.
 
+What is sampled sits behind one interface (:mod:`mlflow_finops.cost.samplers`):
+the process tree with its GPUs, and the Ray job's workers on every node.
+
 Nothing here may break training: every hook is wrapped, a failing sampler is
 reported once and degrades to "no more samples", and delivery to MLflow runs
-on its own thread (see :mod:`mlflow_finops.delivery`).
+on its own thread (see :mod:`mlflow_finops.cost.delivery`).
 """
 
 from __future__ import annotations
@@ -28,12 +31,33 @@ from typing import Any, Callable, Iterator, Mapping
 import mlflow
 
 from .._env import env_flag, env_float
+from ..names import (
+    ENV_CHARGE_PROCESS_START,
+    ENV_CHART_MIN_S,
+    ENV_DISABLE,
+    ENV_FLUSH_TIMEOUT_S,
+    ENV_INTERVAL_S,
+    ENV_LOG_CHARTS,
+    METRIC_GPU_PEAK_MEMORY_GB,
+    METRIC_PREFIX,
+    TAG_ALLOCATED_CPUS,
+    TAG_ALLOCATION_MODE,
+    TAG_INTERVAL_S,
+    TAG_MARKET,
+    TAG_NESTED_IN,
+    TAG_PRICE_PROFILE,
+    TAG_TRACKED,
+    TAG_TRACKING_ERROR,
+    TAG_TRACKING_STATUS,
+)
+from ..policy import Policy, RayPolicy, load_policy
+from ..pricing import Allocation, CostBreakdown, PriceCatalog
 from .context import run_tags
 from .delivery import Batch, Outbox
-from ..policy import Policy, RayPolicy, load_policy
-from ..pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
-from .ray_nodes import RayClusterSampler, ray_driver_active
-from .process import GpuAccumulator, GpuSampler, ProcessTreeSampler, allocated_cpus, allocated_ram_gb
+from .gpu import GpuSampler
+from .process import ProcessTreeSampler, allocated_cpus, allocated_ram_gb
+from .ray_nodes import RayClusterSampler, RaySampler
+from .samplers import GB, RunUsage, Sampler
 
 _log = logging.getLogger(__name__)
 
@@ -43,7 +67,6 @@ DEFAULT_INTERVAL_S = 10.0
 MAX_CONSECUTIVE_ERRORS = 3
 MAX_HISTORY = 5000
 CHART_MIN_S = 300.0  # runs shorter than this get no timeline chart ($MLFLOW_FINOPS_CHART_MIN_S)
-GB = 1024**3
 
 
 def resolve_prices(
@@ -55,7 +78,8 @@ def resolve_prices(
 
 
 class CostTracker:
-    """Samples one process tree every ``interval_s`` and logs its cost to one MLflow run.
+    """Samples one process tree (and a Ray driver's workers) every ``interval_s`` and logs
+    its cost to one MLflow run.
 
     Use :func:`track_cost` or :func:`autolog` rather than this class directly.
     ``breakdown()`` is the cost so far; ``on_sample(fn)`` registers a callback
@@ -79,22 +103,27 @@ class CostTracker:
         log_charts: bool | None = None,
     ):
         self.run_id = run_id
-        self.interval_s = interval_s or env_float("MLFLOW_FINOPS_INTERVAL_S", DEFAULT_INTERVAL_S)
+        self.interval_s = interval_s or env_float(ENV_INTERVAL_S, DEFAULT_INTERVAL_S)
         self.prices = prices or resolve_prices()
         self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()
         self.log_timeseries = log_timeseries
-        self.flush_timeout_s = flush_timeout_s or env_float("MLFLOW_FINOPS_FLUSH_TIMEOUT_S", 15.0)
+        self.flush_timeout_s = flush_timeout_s or env_float(ENV_FLUSH_TIMEOUT_S, 15.0)
         self._offset = offset or CostBreakdown(allocation_mode=self.prices.allocation_mode)
         self._run_start_ms = run_start_ms or int(time.time() * 1000)
-        self._tree = ProcessTreeSampler(pid)
-        self._gpu = gpu if gpu is not None else GpuSampler()
-        self._gpu_acc = GpuAccumulator()
+        gpu = gpu if gpu is not None else GpuSampler()
+        self._tree = ProcessTreeSampler(pid, gpu=gpu)
+        # Ray: the job's workers on every node, attached once this process is a Ray driver.
+        self._ray = RaySampler(self.prices, ray_policy, name=f"finops-ray-{run_id[:8]}")
+        self._samplers: list[Sampler[Any]] = [self._ray, self._tree]
+        self._usage = RunUsage()
         self.allocation = Allocation(
             cpus=self.prices.allocated_cpus or allocated_cpus(),
             ram_gb=self.prices.allocated_ram_gb or allocated_ram_gb(),
-            gpus=self.prices.allocated_gpus if self.prices.allocated_gpus is not None else len(self._gpu.devices),
-            gpu_models=self._gpu.models,
+            gpus=self.prices.allocated_gpus if self.prices.allocated_gpus is not None else len(gpu.devices),
+            gpu_models=gpu.models,
         )
+        # Held for a whole sample: samplers keep state between readings, and the training
+        # thread samples too (sample_now, nested runs).
         self._lock = threading.RLock()
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,16 +133,10 @@ class CostTracker:
         self._errors = 0
         self.degraded_reason: str | None = None
         self._last: CostBreakdown = self._offset
-        # Ray: the job's workers on every node, attached once this process is a Ray driver.
-        self._ray_policy = ray_policy
-        self.log_charts = env_flag("MLFLOW_FINOPS_LOG_CHARTS", True) if log_charts is None else log_charts
+        self.log_charts = env_flag(ENV_LOG_CHARTS, True) if log_charts is None else log_charts
         # Drawing the chart costs ~2 CPU-s (matplotlib import + render): only worth it on runs
         # long enough for that to be small; shorter runs have MLflow's own metric charts.
-        self.chart_min_s = env_float("MLFLOW_FINOPS_CHART_MIN_S", CHART_MIN_S)
-        self._ray: RayClusterSampler | None = None
-        self._ray_attaching = False
-        self._ray_errors = 0
-        self.node_breakdowns: dict[str, CostBreakdown] = {}
+        self.chart_min_s = env_float(ENV_CHART_MIN_S, CHART_MIN_S)
         self.sampling_cpu_s = 0.0  # CPU the sampler thread used
         self._caller_cpu_s = 0.0  # CPU start() and stop() used on the training's own thread
         self.chart_cpu_s = 0.0  # CPU the timeline chart took, drawn after the run ended
@@ -126,32 +149,21 @@ class CostTracker:
     def start(self) -> "CostTracker":
         cpu0 = time.thread_time()
         self._t0 = time.time()
-        if ray_driver_active():
-            # Synchronously, so Ray workers alive now get their baseline before the run's
-            # tasks start (probes are reused, so only a driver's first run waits for them).
-            self._attach_ray()
-        first = self._tree.read()
-        self._cpu0 = first.cpu_s
-        self._prev_ts = first.timestamp
-        self._prev_rss = first.rss_bytes
-        self._cpu_s = 0.0
-        self._ram_gb_s = 0.0
-        if env_flag("MLFLOW_FINOPS_CHARGE_PROCESS_START", False):
+        if env_flag(ENV_CHARGE_PROCESS_START, False):
             # A process that exists only for this run (a retrain job): its start-up (imports,
             # loading data and models) is part of the run's cost too.
-            self._cpu0 = 0.0
             self._t0 = min(self._t0, self._tree.root.create_time())
-            self._ram_gb_s = 0.5 * first.rss_bytes / GB * (first.timestamp - self._t0)
-        self._peak_rss = first.rss_bytes
-        self._gpu_acc.add(self._gpu.read(first.pids), 0.0)
+            self._tree.charge_from(self._t0, self._usage)
+        self._ray.start(self._t0)
+        self._tree.fold(self._tree.collect(), self._usage)  # the tree's baseline
         self._outbox.start(sync_spool_for=self.tracking_uri)
         tags = {
-            "finops.tracked": "true",
-            "finops.price_profile": self.prices.profile,
-            "finops.allocation_mode": self.prices.allocation_mode,
-            "finops.market": self.prices.market,
-            "finops.interval_s": f"{self.interval_s:g}",
-            "finops.allocated_cpus": f"{self.allocation.cpus:g}",
+            TAG_TRACKED: "true",
+            TAG_PRICE_PROFILE: self.prices.profile,
+            TAG_ALLOCATION_MODE: self.prices.allocation_mode,
+            TAG_MARKET: self.prices.market,
+            TAG_INTERVAL_S: f"{self.interval_s:g}",
+            TAG_ALLOCATED_CPUS: f"{self.allocation.cpus:g}",
             **run_tags(),
         }
         self._outbox.put(Batch(self.tracking_uri, self.run_id, tags=tags))
@@ -177,17 +189,16 @@ class CostTracker:
         final = self._last
         for run_id in list(self._segments):
             self.close_segment(run_id)
-        tags = {"finops.tracking_status": "degraded" if self.degraded_reason else "complete"}
-        if self._ray is not None:
-            tags["finops.ray_job_id"] = self._ray.job_id
-            tags["finops.ray_nodes"] = str(len(self.node_breakdowns))
-            if self._ray.lost_nodes:
-                tags["finops.ray_lost_nodes"] = ",".join(self._ray.lost_nodes)
-            self._ray.close()
+        tags = {TAG_TRACKING_STATUS: "degraded" if self.degraded_reason else "complete"}
+        final_only: dict[str, float] = {}
+        for sampler in self._samplers:
+            summary = sampler.close(self._usage)
+            tags.update(summary.tags)
+            final_only.update(summary.metrics)
         if self.degraded_reason:
-            tags["finops.tracking_error"] = self.degraded_reason[:500]
+            tags[TAG_TRACKING_ERROR] = self.degraded_reason[:500]
         self._outbox.put(
-            Batch(self.tracking_uri, self.run_id, self._metric_rows(final, final=True), tags)
+            Batch(self.tracking_uri, self.run_id, self._metric_rows(final, final=True, extra=final_only), tags)
         )
         spooled = self._outbox.close(self.flush_timeout_s)
         ran_s = self.history[-1][0] - self._t0 if self.history else 0.0
@@ -217,7 +228,7 @@ class CostTracker:
         def render() -> None:
             cpu0 = time.thread_time()
             try:
-                from ..spend.charts import log_cost_timeline
+                from .timeline import log_cost_timeline
 
                 log_cost_timeline(history, self.run_id, self.tracking_uri)
             except Exception as exc:
@@ -235,6 +246,11 @@ class CostTracker:
     @property
     def cost_usd(self) -> float:
         return self._last.cost_usd
+
+    @property
+    def ray_cluster(self) -> RayClusterSampler | None:
+        """The Ray job's sampler once attached (benchmarks read its probes' CPU)."""
+        return self._ray.cluster
 
     def on_sample(self, fn: Callable[[CostBreakdown], None]) -> None:
         """Call ``fn(breakdown)`` after every sample, on the sampler thread."""
@@ -257,11 +273,11 @@ class CostTracker:
         self._safe_sample()
         seg = self._last - start
         tags = {
-            "finops.tracked": "true",
-            "finops.nested_in": self.run_id,
-            "finops.price_profile": self.prices.profile,
-            "finops.allocation_mode": self.prices.allocation_mode,
-            "finops.tracking_status": "complete",
+            TAG_TRACKED: "true",
+            TAG_NESTED_IN: self.run_id,
+            TAG_PRICE_PROFILE: self.prices.profile,
+            TAG_ALLOCATION_MODE: self.prices.allocation_mode,
+            TAG_TRACKING_STATUS: "complete",
         }
         self._outbox.put(Batch(self.tracking_uri, run_id, self._metric_rows(seg, final=True), tags))
         return seg
@@ -274,41 +290,6 @@ class CostTracker:
             t = time.thread_time()
             self._safe_sample()
             self.sampling_cpu_s += time.thread_time() - t
-
-    # ------------------------------------------------------------------ Ray
-    def _attach_ray_async(self) -> None:
-        """Start Ray attribution in the background (its probes take a moment to start)."""
-        if self._ray is not None or self._ray_attaching or not ray_driver_active():
-            return
-        self._ray_attaching = True
-        threading.Thread(target=self._attach_ray, name=f"finops-ray-{self.run_id[:8]}", daemon=True).start()
-
-    def _attach_ray(self) -> None:
-        self._ray_attaching = True
-        try:
-            if self._ray_policy is None:
-                try:
-                    self._ray_policy = load_policy().ray
-                except Exception:
-                    self._ray_policy = None
-            self._ray = RayClusterSampler(self.prices, self._ray_policy, t0=self._t0)
-            _log.debug("Ray attribution on for job %s", self._ray.job_id)
-        except Exception as exc:
-            _log.warning("mlflow-finops: Ray workers not tracked (training continues): %s", exc)
-
-    def _sample_ray(self, wall_s: float, final: bool) -> dict[str, CostBreakdown]:
-        if self._ray is None:
-            self._attach_ray_async()  # ray.init() may come after the run started
-            return self.node_breakdowns
-        try:
-            self._ray.sample(final=final)
-            self.node_breakdowns = self._ray.breakdowns(wall_s)
-            self._ray_errors = 0
-        except Exception as exc:
-            self._ray_errors += 1
-            if self._ray_errors == 1:
-                _log.warning("mlflow-finops: Ray sample failed (kept last figures): %s", exc)
-        return self.node_breakdowns
 
     def _safe_sample(self, final: bool = False) -> None:
         try:
@@ -329,30 +310,17 @@ class CostTracker:
                 _log.exception("mlflow-finops: cost listener failed")
 
     def _sample(self, final: bool) -> None:
-        nodes = self._sample_ray(time.time() - self._t0, final)  # outside the lock: it waits on Ray
         with self._lock:
-            reading = self._tree.read()
-            dt = max(reading.timestamp - self._prev_ts, 0.0)
-            self._cpu_s = max(self._cpu_s, reading.cpu_s - self._cpu0)
-            self._ram_gb_s += 0.5 * (self._prev_rss + reading.rss_bytes) / GB * dt
-            self._peak_rss = max(self._peak_rss, reading.rss_bytes)
-            self._gpu_acc.add(self._gpu.read(reading.pids), dt)
-            self._prev_ts, self._prev_rss = reading.timestamp, reading.rss_bytes
-            seg = price_usage(
-                self.prices,
-                wall_s=reading.timestamp - self._t0,
-                cpu_s=self._cpu_s,
-                ram_gb_s=self._ram_gb_s,
-                gpu_s_by_model=self._gpu_acc.seconds_by_model,
-                gpu_energy_j=self._gpu_acc.energy_j,
-                allocation=self.allocation,
-                peak_rss_gb=self._peak_rss / GB,
-            )
-            for node in nodes.values():
+            for sampler in self._samplers:
+                sampler.fold(sampler.collect(final), self._usage)
+            local = self._usage.local
+            at = local.last_time if local.last_time is not None else time.time()
+            seg = local.price(self.prices, wall_s=at - self._t0, allocation=self.allocation)
+            for node in self._usage.nodes.values():
                 seg = seg + node
             self._last = self._offset + seg
             self.samples += 1
-            self.history.append((reading.timestamp, self._last))
+            self.history.append((at, self._last))
             if len(self.history) > MAX_HISTORY:  # long runs: keep every other point
                 self.history = self.history[::2]
         if self.log_timeseries and not final:
@@ -361,35 +329,23 @@ class CostTracker:
             )
 
     def _metric_rows(
-        self, b: CostBreakdown, final: bool = False, at: float | None = None
+        self,
+        b: CostBreakdown,
+        final: bool = False,
+        at: float | None = None,
+        extra: Mapping[str, float] | None = None,
     ) -> list[tuple[str, float, int, int]]:
+        """``b`` as metric rows, with ``extra`` (the samplers' final-only figures)."""
         now_ms = int((at if at is not None else time.time()) * 1000)
         # Step = seconds since the run started: monotonic across resumes, and the
         # final scalars get the highest step so they are the run's "latest" values.
         elapsed = (now_ms - self._run_start_ms) / 1000.0
         step = int(math.ceil(elapsed)) + 1 if final else int(elapsed)
-        rows = [(k, v, now_ms, step) for k, v in b.to_metrics().items()]
-        if self.node_breakdowns and b is self._last and final:
-            # Per-node figures as final values only: live, they would multiply what every
-            # delivery writes by the node count (delivery is most of tracking's own CPU).
-            rows += [(k, v, now_ms, step) for k, v in self._node_metrics().items()]
-        if self._gpu_acc.peak_memory_bytes:
-            rows.append(("finops/gpu_peak_memory_gb", self._gpu_acc.peak_memory_bytes / GB, now_ms, step))
-        return rows
-
-    def _node_metrics(self) -> dict[str, float]:
-        """Per-node cost for the dearest nodes (bounded), the rest summed as 'other'."""
-        limit = self._ray_policy.max_node_metrics if self._ray_policy is not None else 16
-        ranked = sorted(self.node_breakdowns.items(), key=lambda kv: kv[1].cost_usd, reverse=True)
-        out: dict[str, float] = {
-            "finops/ray_cpu_core_hours": sum(b.cpu_core_hours for b in self.node_breakdowns.values())
-        }
-        for i, (node_id, b) in enumerate(ranked):
-            name = node_id if i < limit else "other"
-            for key, value in (("cost_usd", b.cost_usd), ("cpu_core_hours", b.cpu_core_hours)):
-                metric = f"finops/node/{name}/{key}"
-                out[metric] = out.get(metric, 0.0) + value
-        return out
+        metrics = {**b.to_metrics(), **(extra or {})}
+        peak_gpu = self._usage.local.gpu.peak_memory_bytes
+        if peak_gpu:
+            metrics[METRIC_GPU_PEAK_MEMORY_GB] = peak_gpu / GB
+        return [(k, v, now_ms, step) for k, v in metrics.items()]
 
 
 # ====================================================================== autolog
@@ -436,7 +392,7 @@ def autolog(
         holds a bad value (raised here, before training starts, naming the key).
     """
     global _config
-    if disable or env_flag("MLFLOW_FINOPS_DISABLE", False):
+    if disable or env_flag(ENV_DISABLE, False):
         with _state_lock:
             _config = None
             _stop_root("FINISHED")
@@ -446,7 +402,7 @@ def autolog(
         raise ValueError(f"interval_s={interval_s!r}: must be greater than 0")
     catalog = resolve_prices(prices, policy)
     if interval_s is None:
-        interval_s = env_float("MLFLOW_FINOPS_INTERVAL_S", DEFAULT_INTERVAL_S)
+        interval_s = env_float(ENV_INTERVAL_S, DEFAULT_INTERVAL_S)
     with _state_lock:
         _config = _AutologConfig(interval_s, catalog, log_timeseries)
         _patch()
@@ -510,7 +466,7 @@ def _on_run_started(active: Any) -> None:
             if live.run_id != run_id and run_id not in live._segments:
                 live.open_segment(run_id)
             return
-        prior = {k: v for k, v in active.data.metrics.items() if k.startswith("finops/")}
+        prior = {k: v for k, v in active.data.metrics.items() if k.startswith(METRIC_PREFIX)}
         offset = CostBreakdown.from_metrics(prior, _config.prices.allocation_mode) if prior else None
         if offset is not None:
             _log.info("mlflow-finops: resuming run %s, adding to its $%.6f", run_id, offset.cost_usd)
@@ -590,7 +546,7 @@ def track_cost(
         except Exception as exc:  # unreachable server: track anyway, deliver later
             _log.warning("mlflow-finops: cannot read run %s (%s); tracking it anyway", run_id, exc)
             run_start_ms, prior = None, {}
-    prior = {k: v for k, v in prior.items() if k.startswith("finops/")}
+    prior = {k: v for k, v in prior.items() if k.startswith(METRIC_PREFIX)}
     tracker = CostTracker(
         run_id,
         interval_s=interval_s,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import resource
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -17,6 +22,8 @@ from sklearn.ensemble import RandomForestClassifier
 import mlflow_finops
 from mlflow_finops import PolicyError
 from mlflow_finops.cost.process import ProcessTreeSampler
+
+from .nvml_support import gpu_models_tag
 
 METRICS = [
     "finops/cost_usd", "finops/cpu_core_hours", "finops/ram_gb_hours", "finops/gpu_hours",
@@ -69,7 +76,7 @@ def test_autolog_logs_cost_of_a_joblib_training(sqlite_uri: str) -> None:
     assert tags["finops.allocation_mode"] == "usage"
     assert tags["finops.tracking_status"] == "complete"
     assert int(tags["finops.machine.cpu_cores"]) >= 1
-    assert tags["finops.machine.gpu_models"] == "none"
+    assert tags["finops.machine.gpu_models"] == gpu_models_tag()
     history = MlflowClient().get_metric_history(run.info.run_id, "finops/cpu_core_hours")
     assert len(history) >= 3  # a live time series, then the final scalar
     assert max(history, key=lambda h: (h.step, h.timestamp)).value == m["finops/cpu_core_hours"]
@@ -150,22 +157,6 @@ def test_failing_sampler_degrades_without_hurting_training(
     assert MlflowClient().get_run(run.info.run_id).info.status == "FINISHED"
 
 
-def test_attribution_tags_on_every_run_without_autolog(
-    sqlite_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "finops.toml").write_text('[tags]\nteam = "fraud"\ncost_center = "cc-7"\n')
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_FINOPS_WORKLOAD", "training")
-    with mlflow.start_run() as run:
-        pass
-    tags = MlflowClient().get_run(run.info.run_id).data.tags
-    assert tags["finops.team"] == "fraud"
-    assert tags["finops.cost_center"] == "cc-7"
-    assert tags["finops.workload"] == "training"
-    assert "finops.machine.cpu_model" in tags
-    assert "finops/cost_usd" not in MlflowClient().get_run(run.info.run_id).data.metrics
-
-
 def test_autolog_rejects_a_bad_policy_before_training(tmp_path: Path) -> None:
     bad = tmp_path / "finops.toml"
     bad.write_text("[prices]\ngpu_hour_usd = -3\n")
@@ -214,3 +205,39 @@ def test_a_long_enough_tracked_run_gets_a_cost_timeline_chart(
     assert names == {"finops/cost_timeline.png", "finops/cost_timeline.html"}
     png = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="finops/cost_timeline.png"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+CHARGED_FROM_START = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    import psutil
+
+    def os_cpu():
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+
+    end = time.process_time() + 0.6
+    while time.process_time() < end:  # start-up work, before any tracking
+        pass
+    import mlflow, mlflow_finops
+    mlflow.set_tracking_uri(sys.argv[1])
+    before, since_start = os_cpu(), time.time() - psutil.Process().create_time()
+    with mlflow_finops.track_cost(interval_s=0.2) as tracker:
+        pass
+    b = tracker.breakdown()  # its final sample, taken inside stop()
+    print(json.dumps({"cpu_s": b.cpu_core_hours * 3600, "wall_s": b.wall_hours * 3600,
+                      "os_before": before, "os_after": os_cpu(), "since_start": since_start}))
+    """
+)
+
+
+def test_a_process_started_for_the_run_is_charged_from_its_start(sqlite_uri: str) -> None:
+    """MLFLOW_FINOPS_CHARGE_PROCESS_START (a retrain job): all the process's CPU and wall time,
+    its start-up (imports, the burn) included. Without it, tracking starts at zero (tests above)."""
+    env = {**os.environ, "MLFLOW_FINOPS_CHARGE_PROCESS_START": "true"}
+    out = subprocess.run([sys.executable, "-c", CHARGED_FROM_START, sqlite_uri], env=env,
+                         capture_output=True, text=True, check=True, timeout=300)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["os_before"] >= 0.6
+    assert r["os_before"] <= r["cpu_s"] <= r["os_after"]
+    assert r["wall_s"] >= r["since_start"]

@@ -12,7 +12,17 @@ import time
 
 import pytest
 
-from mlflow_finops.cost.process import ProcessTreeSampler, allocated_cpus, allocated_ram_gb, machine_info
+from mlflow_finops.cost.process import (
+    ProcessTreeSampler,
+    TreeReading,
+    allocated_cpus,
+    allocated_ram_gb,
+    machine_info,
+)
+from mlflow_finops.cost.samplers import GB, RunUsage
+from mlflow_finops.names import TAG_MACHINE_GPU_COUNT, TAG_MACHINE_GPU_MODELS
+
+from .nvml_support import gpu_models_tag, nvml_gpu_models
 
 
 def burn(seconds: float) -> float:
@@ -100,7 +110,31 @@ def test_rss_and_machine_description() -> None:
     info = machine_info()
     assert info.cpu_cores == os.cpu_count()
     assert info.ram_gb > 0.5
-    assert info.gpu_models == ()
-    assert info.tags()["finops.machine.gpu_models"] == "none"
+    assert info.gpu_models == nvml_gpu_models()  # () on a machine without a GPU
+    assert info.tags()[TAG_MACHINE_GPU_MODELS] == gpu_models_tag()
+    assert info.tags()[TAG_MACHINE_GPU_COUNT] == str(len(nvml_gpu_models()))
     assert 0 < allocated_cpus() <= os.cpu_count()  # type: ignore[operator]
     assert 0 < allocated_ram_gb() <= info.ram_gb + 1e-6
+
+
+def reading(t: float, cpu_s: float, rss_gb: float) -> TreeReading:
+    return TreeReading(timestamp=t, cpu_s=cpu_s, rss_bytes=int(rss_gb * GB), pids=frozenset({os.getpid()}))
+
+
+def test_folding_charges_cpu_from_the_first_reading_and_never_less_than_before() -> None:
+    sampler, usage = ProcessTreeSampler(), RunUsage()
+    sampler.fold(reading(100.0, 40.0, 1.0), usage)  # 40 s spent before the run: not its cost
+    assert usage.local.cpu_s == 0.0
+    sampler.fold(reading(110.0, 46.0, 1.0), usage)
+    sampler.fold(reading(111.0, 45.5, 1.0), usage)  # a member vanished between reads
+    assert usage.local.cpu_s == pytest.approx(6.0)
+    assert usage.local.ram_gb_s == pytest.approx(11.0)
+    assert usage.nodes == {}
+
+
+def test_folding_from_the_process_start_charges_its_start_up() -> None:
+    sampler, usage = ProcessTreeSampler(), RunUsage()
+    sampler.charge_from(90.0, usage)  # the process started 10 s before the first reading
+    sampler.fold(reading(100.0, 4.0, 2.0), usage)
+    assert usage.local.cpu_s == pytest.approx(4.0)
+    assert usage.local.ram_gb_s == pytest.approx(0.5 * 2.0 * 10)  # from nothing up to 2 GB

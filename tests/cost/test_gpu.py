@@ -1,4 +1,4 @@
-"""The NVML code path, with a fake at the NVML boundary only (this machine has no GPU)."""
+"""The NVML code path, with a fake at the NVML boundary only (the test machines may have no GPU)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import os
 import time
 from types import SimpleNamespace
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_finops.pricing import PriceCatalog
 from mlflow_finops.cost.tracker import CostTracker
-from mlflow_finops.cost.process import GpuSampler
+from mlflow_finops.cost.gpu import GpuSampler
 
 
 class FakeNvml:
@@ -68,7 +67,7 @@ def test_no_nvml_means_zero_gpus_and_no_failure() -> None:
     sampler = GpuSampler(Broken())
     assert not sampler.available
     assert sampler.read([os.getpid()]) == []
-    assert GpuSampler().read([os.getpid()]) == []  # the real library on this GPU-less machine
+    assert GpuSampler().read([os.getpid()]) == []  # the real library: this process holds no GPU
 
 
 def test_only_devices_the_process_tree_holds_are_read() -> None:
