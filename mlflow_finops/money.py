@@ -27,9 +27,11 @@ def format_usd(value: float | None, *, none: str = "-") -> str:
         return "$0.00"
     if a >= 1:
         return f"{sign}${a:,.2f}"
-    # two significant digits, at least two decimals: 0.1 -> 0.10, 0.00052 -> 0.00052
-    decimals = max(2, 1 - math.floor(math.log10(a)))
-    text = f"{a:.{decimals}f}"
-    if float(text) >= 1:  # 0.996 rounds up to 1.00
-        return f"{sign}${a:,.2f}"
-    return f"{sign}${text}"
+    # two significant digits, at least two decimals: 0.1 -> 0.10, 0.00052 -> 0.00052.
+    # Round first, so a value that rounds up to the next power of ten keeps two digits
+    # (0.00999 -> 0.010, not 0.0100) and one that reaches a dollar is shown as one (0.996 -> 1.00).
+    rounded = float(f"{a:.1e}")
+    if rounded >= 1:
+        return f"{sign}${rounded:,.2f}"
+    decimals = max(2, 1 - math.floor(math.log10(rounded)))
+    return f"{sign}${rounded:.{decimals}f}"

@@ -27,8 +27,9 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 import mlflow_finops
-from mlflow_finops.spend.charts import TIMELINE_PNG, log_cost_timeline
 from mlflow_finops.cli import cli
+from mlflow_finops.cost.timeline import log_cost_timeline
+from mlflow_finops.names import ARTIFACT_TIMELINE_PNG as TIMELINE_PNG
 from mlflow_finops.spend.report import REPORTS_EXPERIMENT
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]

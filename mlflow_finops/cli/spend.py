@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
 import click
 
+from ..names import REPORTS_EXPERIMENT, TAG_MODEL, TAG_TEAM
 from ._common import fail, load_policy_or_exit, policy_option
 from .exit_codes import EXIT_BUDGET_WARN, EXIT_INTERNAL
 
@@ -22,7 +24,7 @@ def _report_console(stderr: bool = False):
 
 
 def _mlflow_call(what: str, fn, *args, **kwargs):
-    """Run an MLflow read; a store that cannot be reached is a one-line error (exit 1)."""
+    """Run an MLflow read or write; a store that cannot be reached is a one-line error (exit 1)."""
     from mlflow.exceptions import MlflowException
     from requests.exceptions import RequestException
 
@@ -33,26 +35,12 @@ def _mlflow_call(what: str, fn, *args, **kwargs):
         fail(f"{what}: {first}", EXIT_INTERNAL)
 
 
-def _write_charts(folder: str, charts: dict) -> list[str]:
-    import os
-
-    os.makedirs(folder, exist_ok=True)
-    written = []
-    for name, (png, page) in charts.items():
-        for ext, data in (("png", png), ("html", page.encode("utf-8"))):
-            path = os.path.join(folder, f"{name}.{ext}")
-            with open(path, "wb") as f:
-                f.write(data)
-            written.append(path)
-    return written
-
-
 @click.command()
 @policy_option
 @click.option("-e", "--experiment", "experiments", multiple=True, metavar="NAME",
               help="Experiment to report on (repeatable). Default: every experiment.")
-@click.option("--model", default=None, help="Only runs tagged finops.model=MODEL.")
-@click.option("--team", default=None, help="Only runs tagged finops.team=TEAM.")
+@click.option("--model", default=None, help=f"Only runs tagged {TAG_MODEL}=MODEL.")
+@click.option("--team", default=None, help=f"Only runs tagged {TAG_TEAM}=TEAM.")
 @click.option("--since", default=None, help="Runs started at or after: 2026-11-01, 2026-11-01T08:00, 7d, 12h.")
 @click.option("--until", default=None, help="Runs started before (a bare date includes that day).")
 @click.option("--by", type=click.Choice(["experiment", "model", "team", "run"]), default=None,
@@ -64,7 +52,7 @@ def _write_charts(folder: str, charts: dict) -> list[str]:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write there instead of stdout.")
 @click.option("--charts", "charts_dir", type=click.Path(file_okay=False), default=None,
               help="Also write every chart as PNG and HTML into this folder.")
-@click.option("--log-to-mlflow", is_flag=True, help="Attach report and charts to a run in 'finops-reports'.")
+@click.option("--log-to-mlflow", is_flag=True, help=f"Attach report and charts to a run in '{REPORTS_EXPERIMENT}'.")
 @click.option("--top", default=15, show_default=True, help="Runs listed in the table.")
 @click.option("--include-deleted", is_flag=True, help="Also count deleted runs and experiments.")
 @click.option("--page-size", default=10_000, show_default=True, type=click.IntRange(1, 50_000),
@@ -77,6 +65,7 @@ def report(policy_path, experiments, model, team, since, until, by, metric, goal
     nested runs are listed but not summed (their cost is in their parent's).
     When the policy has [budgets.*] envelopes their status and burn-down are included.
     """
+    from ..spend.budget import budget_status
     from ..spend.report import ReportError, build_report, log_report, parse_when, rich_tables
 
     policy = load_policy_or_exit(policy_path)
@@ -104,33 +93,29 @@ def report(policy_path, experiments, model, team, since, until, by, metric, goal
             fail(str(exc))
         budgets = []
         if policy.budgets:
-            from ..spend.budget import budget_status
-
             budgets = _mlflow_call("cannot read budget spend", budget_status, policy, page_size=page_size)
     if not rep.runs:
         err.print("[yellow]No runs match this selection.[/yellow]")
     if fmt == "table":
-        console = _report_console()
-        if output:
-            from rich.console import Console
+        from rich.console import Console
 
-            console = Console(file=open(output, "w", encoding="utf-8"), width=160)
-        for part in rich_tables(rep, by=by, top=top, budgets=budgets):
-            console.print(part)
+        with open(output, "w", encoding="utf-8") if output else contextlib.nullcontext() as f:
+            console = Console(file=f, width=160) if f else _report_console()
+            for part in rich_tables(rep, by=by, top=top, budgets=budgets):
+                console.print(part)
     else:
-        text = {"csv": lambda: rep.to_csv(by or "run"), "json": lambda: rep.to_json(budgets),
-                "html": lambda: rep.to_html(budgets)}[fmt]()
+        text = rep.render(fmt, by=by, budgets=budgets)
         if output:
             with open(output, "w", encoding="utf-8") as f:
                 f.write(text)
         else:
             click.echo(text, nl=not text.endswith("\n"))
     if charts_dir:
-        written = _write_charts(charts_dir, rep.charts(budgets))
+        written = rep.write_charts(charts_dir, budgets)
         err.print(f"wrote {len(written)} chart file(s) to {charts_dir}")
     if log_to_mlflow:
         rid = _mlflow_call("cannot log the report", log_report, rep, budgets=budgets)
-        err.print(f"logged report to run {rid} in experiment 'finops-reports'")
+        err.print(f"logged report to run {rid} in experiment {REPORTS_EXPERIMENT!r}")
 
 
 @click.command()
@@ -147,9 +132,10 @@ def budget(policy_path, names, as_json, charts_dir, check) -> None:
     scope started in the current period, in every experiment. Projection =
     spent / elapsed fraction of the period (the current rate carried forward).
     """
+    from ..charting import write_charts
     from ..spend.budget import budget_status
-    from ..spend.charts import _burndown_chart
-    from ..spend.report import _budget_header, _budget_row, _money
+    from ..spend.charts import budget_burndown
+    from ..spend.report import budget_rich_table, budget_warning
 
     policy = load_policy_or_exit(policy_path)
     if not policy.budgets:
@@ -162,24 +148,12 @@ def budget(policy_path, names, as_json, charts_dir, check) -> None:
     if as_json:
         click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
     else:
-        from rich.table import Table
-
-        table = Table(title="Budget envelopes")
-        for col in _budget_header():
-            table.add_column(col, justify="left" if col in ("envelope", "scope", "period", "status") else "right")
-        for s in statuses:
-            table.add_row(*_budget_row(s), style="red" if s.exceeded else ("yellow" if s.warn else None))
-        _report_console().print(table)
+        _report_console().print(budget_rich_table(statuses, "Budget envelopes"))
     for s in statuses:
         if s.warn:
-            click.secho(
-                f"Warning: budget {s.name!r} has spent {_money(s.spent_usd)} of {_money(s.amount_usd)} "
-                f"({s.spent_usd / s.amount_usd:.0%} >= warn_at {s.envelope.warn_at:.0%}); "
-                f"projected {_money(s.projected_usd)} by {s.period_end.date()}",
-                fg="yellow", err=True,
-            )
+            click.secho(f"Warning: {budget_warning(s)}", fg="yellow", err=True)
     if charts_dir:
-        written = _write_charts(charts_dir, {"budget_burndown": _burndown_chart(statuses, "Budget burn-down").pair()})
+        written = write_charts(charts_dir, {"budget_burndown": budget_burndown(statuses).pair()})
         click.echo(f"wrote {len(written)} chart file(s) to {charts_dir}", err=True)
     if check and any(s.warn for s in statuses):
         sys.exit(EXIT_BUDGET_WARN)

@@ -27,14 +27,14 @@ from zoneinfo import ZoneInfo
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from ..store import PAGE_SIZE, all_experiment_ids, iter_runs, quote
+from ..money import format_usd
+from ..names import METRIC_COST_USD, TAG_MODEL, TAG_NESTED_IN, TAG_TEAM, TAG_TRACKED
 from ..policy import BudgetEnvelope, Policy
+from ..store import PAGE_SIZE, all_experiment_ids, iter_runs, quote
 
 _log = logging.getLogger(__name__)
 
 __all__ = ["BudgetStatus", "spend", "budget_status", "period_bounds", "envelopes_for"]
-
-COST_METRIC = "finops/cost_usd"
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,15 @@ class BudgetStatus:
     @property
     def projected_over(self) -> bool:
         return self.projected_usd > self.envelope.amount_usd
+
+    @property
+    def state(self) -> str:
+        """One word for tables and charts: OVER (spent it all), WARN (past warn_at), projected over, ok."""
+        if self.exceeded:
+            return "OVER"
+        if self.warn:
+            return "WARN"
+        return "projected over" if self.projected_over else "ok"
 
     def allows(self, cost_usd: float) -> bool:
         """Whether a job expected to cost ``cost_usd`` fits the remaining money and the per-job cap."""
@@ -141,14 +150,14 @@ def spend(
     start, end = period_bounds(envelope.period, envelope.timezone, now)
     ids = list(experiment_ids) if experiment_ids is not None else all_experiment_ids(client)
     base = [
-        "tags.\"finops.tracked\" = 'true'",
-        "tags.\"finops.nested_in\" IS NULL",
+        f"tags.\"{TAG_TRACKED}\" = 'true'",
+        f"tags.\"{TAG_NESTED_IN}\" IS NULL",
         f"attributes.start_time >= {_ms(start)}",
         f"attributes.start_time < {_ms(end)}",
     ]
-    scopes: list[tuple[str, str]] = [("finops.model", m) for m in envelope.models]
+    scopes: list[tuple[str, str]] = [(TAG_MODEL, m) for m in envelope.models]
     if envelope.team:
-        scopes.append(("finops.team", envelope.team))
+        scopes.append((TAG_TEAM, envelope.team))
     seen: dict[str, tuple[float, float]] = {}
     for key, value in scopes:
         literal = quote(value)
@@ -160,7 +169,7 @@ def spend(
         ):
             if run.info.run_id in seen or run.data.tags.get(key) != value:
                 continue
-            cost = run.data.metrics.get(COST_METRIC)
+            cost = run.data.metrics.get(METRIC_COST_USD)
             if cost is None or not math.isfinite(cost):
                 continue  # untracked (or still without a first sample): nothing known to count
             seen[run.info.run_id] = (run.info.start_time / 1000.0, float(cost))
@@ -181,7 +190,8 @@ def spend(
         runs=len(points),
         points=points,
     )
-    _log.debug("budget %s: $%.6f of $%.2f over %d run(s)", name, spent, envelope.amount_usd, len(points))
+    _log.debug("budget %s: %s of %s over %d run(s)", name, format_usd(spent), format_usd(envelope.amount_usd),
+               len(points))
     return status
 
 

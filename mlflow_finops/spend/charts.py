@@ -1,264 +1,53 @@
-"""Charts people can look at: PNG for MLflow's artifact viewer and e-mail, self-contained HTML for browsers.
+"""The report's charts: cost over time, cost against a model metric (Pareto front), budget burn-down.
 
-Every chart function returns ``(png_bytes, html_str)``. Both are drawn by
-matplotlib on an Agg canvas without ``pyplot`` (no global state, safe on the
-tracker's thread at run end); the HTML embeds the same figure as inline SVG
-with hover tooltips and the numbers as a table, so it opens offline and weighs
-tens of kilobytes instead of the ~3.5 MB of an offline plotly page.
+Each returns a :class:`~mlflow_finops.charting.Chart` (PNG, inline SVG and the
+numbers); the report embeds several in one page, ``Chart.pair()`` gives one on
+its own page. matplotlib is imported only when a chart is drawn.
 """
 
 from __future__ import annotations
 
-import html
-import io
-import logging
 import math
-import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-# Figure + FigureCanvasAgg directly: no pyplot, so a notebook's interactive backend is left alone.
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from ..charting import MAX_TOOLTIPS, PALETTE, Chart, empty, label, new_figure, render
+from ..money import format_usd
 
 if TYPE_CHECKING:  # pragma: no cover
     from .budget import BudgetStatus
-    from ..pricing import CostBreakdown
 
-_log = logging.getLogger(__name__)
+__all__ = ["cost_over_time", "cost_vs_metric", "budget_burndown", "pareto_front"]
 
-__all__ = [
-    "cost_timeline",
-    "cost_over_time",
-    "cost_vs_metric",
-    "budget_burndown",
-    "pareto_front",
-    "html_page",
-    "TIMELINE_PNG",
-    "TIMELINE_HTML",
-    "log_cost_timeline",
-]
-
-TIMELINE_PNG = "finops/cost_timeline.png"
-TIMELINE_HTML = "finops/cost_timeline.html"
-_DPI = 100
-_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-            "#bcbd22", "#17becf"]
-_MAX_TOOLTIPS = 2000
-
-
-@dataclass
-class _Chart:
-    title: str
-    png: bytes
-    svg: str
-    header: list[str]
-    rows: list[list[str]]
-
-    def pair(self) -> tuple[bytes, str]:
-        return self.png, html_page(self.title, [self])
-
-
-# =================================================================== rendering
-def _figure(width: float = 9.0, height: float = 4.8) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _render(fig: Figure, title: str, header: list[str], rows: list[list[str]],
-            tooltips: dict[str, list[str]] | None = None) -> _Chart:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
-    svg_buf = io.StringIO()
-    fig.savefig(svg_buf, format="svg")
-    svg = svg_buf.getvalue()
-    svg = svg[svg.find("<svg"):]  # drop the XML prolog and doctype: it is inlined in HTML
-    for gid, tips in (tooltips or {}).items():
-        svg = _add_tooltips(svg, gid, tips)
-    return _Chart(title, buf.getvalue(), svg, header, rows)
-
-
-def _add_tooltips(svg: str, gid: str, tips: list[str]) -> str:
-    """Give the i-th marker of the collection with ``gid`` a ``<title>`` (browser hover text)."""
-    m = re.search(rf'<g id="{re.escape(gid)}">(.*?)</g>\s*</g>', svg, re.S) or re.search(
-        rf'<g id="{re.escape(gid)}">(.*?)</g>', svg, re.S
-    )
-    if not m:
-        return svg
-    body = m.group(1)
-    uses = list(re.finditer(r"<use [^>]*?/>", body))
-    if len(uses) != len(tips):
-        return svg  # markers and points do not line up one to one: keep the plain picture
-    out, last = [], 0
-    for use, tip in zip(uses, tips):
-        out.append(body[last:use.start()])
-        out.append(use.group(0)[:-2] + "><title>" + html.escape(tip) + "</title></use>")
-        last = use.end()
-    out.append(body[last:])
-    return svg[: m.start(1)] + "".join(out) + svg[m.end(1):]
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#222;max-width:1100px}
-h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
-th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}
-td:first-child,th:first-child{text-align:left}
-.untracked{color:#999;font-style:italic}.warn{color:#b45309;font-weight:bold}.over{color:#b91c1c;font-weight:bold}
-svg{max-width:100%;height:auto}.meta{color:#666;font-size:.85em}
-"""
-
-
-def html_page(title: str, charts: Sequence[_Chart] = (), intro_html: str = "", tables_html: str = "") -> str:
-    """A standalone HTML document: no script, no external file, opens offline."""
-    parts = [
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        intro_html,
-    ]
-    for chart in charts:
-        if len(charts) > 1 or intro_html:
-            parts.append(f"<h2>{html.escape(chart.title)}</h2>")
-        parts.append(f"<figure>{chart.svg}</figure>")
-        if chart.rows:
-            parts.append("<details><summary>Data</summary>" + _table(chart.header, chart.rows) + "</details>")
-    parts.append(tables_html)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts.append(f"<p class=\"meta\">Generated by mlflow-finops, {stamp}.</p></body></html>")
-    return "\n".join(parts)
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], row_classes: Sequence[str] | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _usd(v: float) -> str:
-    if v == 0:
-        return "$0"
-    if abs(v) >= 100:
-        return f"${v:,.0f}"
-    if abs(v) >= 1:
-        return f"${v:,.2f}"
-    return f"${v:.4g}"
-
-
-def _t(text: str) -> str:
-    """Text for matplotlib: a literal '$' (not mathtext)."""
-    return text.replace("$", r"\$")
+_TOP_SERIES = 8  # series drawn one by one; the rest are summed as "other"
 
 
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, timezone.utc)
 
 
-def _empty(ax, message: str) -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#666")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-# =================================================================== per-run timeline
-def _timeline_chart(history: Sequence[tuple[float, "CostBreakdown"]], title: str) -> _Chart:
-    fig = _figure(9, 5.6)
-    ax, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.3])
-    header = ["elapsed_min", "cost_usd", "usage_cost_usd", "allocation_cost_usd", "cpu_cores_used"]
-    rows: list[list[str]] = []
-    if not history:
-        _empty(ax, "no cost samples yet")
-        _empty(ax2, "")
-        return _render(fig, title, header, rows)
-    t0 = history[0][0]
-    minutes = [(t - t0) / 60.0 for t, _ in history]
-    usage = [b.usage_cost_usd for _, b in history]
-    alloc = [b.allocation_cost_usd for _, b in history]
-    cost = [b.cost_usd for _, b in history]
-    cores = [0.0]
-    for (ta, a), (tb, b) in zip(history, history[1:]):
-        dt_h = (tb - ta) / 3600.0
-        cores.append((b.cpu_core_hours - a.cpu_core_hours) / dt_h if dt_h > 0 else 0.0)
-    ax.plot(minutes, alloc, color="#7f7f7f", lw=1.6, label="allocation cost (reserved x wall time)")
-    ax.plot(minutes, usage, color="#1f77b4", lw=2.2, label="usage cost (what the process tree used)")
-    ax.fill_between(minutes, usage, alloc, where=[a >= u for u, a in zip(usage, alloc)],
-                    color="#d62728", alpha=0.12, label="idle cost")
-    final = history[-1][1]
-    ax.set_ylabel("cumulative cost (USD)")
-    mode = final.allocation_mode
-    ax.set_title(_t(
-        f"{title} — {_usd(final.cost_usd)} ({mode}), idle {_usd(final.idle_cost_usd)}, "
-        f"CPU efficiency {final.cpu_efficiency:.0%}, {final.energy_kwh * 1000:.3g} Wh"),
-        fontsize=10,
-    )
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax2.step(minutes, cores, where="post", color="#2ca02c", lw=1.5)
-    ax2.set_ylabel("CPU cores used")
-    ax2.set_xlabel("minutes since tracking started")
-    ax2.grid(alpha=0.3)
-    ax2.set_ylim(bottom=0)
-    for m, c, u, a, k in zip(minutes, cost, usage, alloc, cores):
-        rows.append([f"{m:.2f}", f"{c:.6g}", f"{u:.6g}", f"{a:.6g}", f"{k:.3g}"])
-    return _render(fig, title, header, rows)
-
-
-def cost_timeline(history: Sequence[tuple[float, "CostBreakdown"]], title: str = "Run cost timeline") -> tuple[bytes, str]:
-    """The run's cumulative usage vs allocation cost (idle cost shaded) and CPU cores used over time.
-
-    ``history`` is :attr:`CostTracker.history`: ``(unix time, cumulative CostBreakdown)`` per sample.
-    """
-    return _timeline_chart(list(history), title).pair()
-
-
-def log_cost_timeline(
-    history: Sequence[tuple[float, "CostBreakdown"]],
-    run_id: str,
-    tracking_uri: str | None = None,
-    title: str | None = None,
-) -> None:
-    """Log :func:`cost_timeline` to the run as ``finops/cost_timeline.png`` and ``.html``."""
-    from mlflow.tracking import MlflowClient
-
-    png, page = cost_timeline(history, title or f"Cost timeline of run {run_id[:8]}")
-    import os
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in (("cost_timeline.png", png), ("cost_timeline.html", page.encode("utf-8"))):
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(data)
-        MlflowClient(tracking_uri).log_artifacts(run_id, tmp, "finops")
-
-
-# =================================================================== report charts
 def _series_colors(names: Sequence[str]) -> dict[str, str]:
-    return {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
+    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
 
 
-def _top_series(totals: dict[str, float], keep: int = 8) -> list[str]:
-    ordered = sorted(totals, key=lambda k: -totals[k])
-    return ordered[:keep]
+def cost_over_time(points: Iterable[tuple[str, float, float | None]], title: str = "Cost over time") -> Chart:
+    """Cumulative cost per series (experiment) over run start time.
 
-
-def _cost_over_time_chart(points: Iterable[tuple[str, float, float]], title: str) -> _Chart:
+    ``points``: ``(series name, run start unix seconds, run cost USD)``; the 8
+    most expensive series are drawn, the rest summed as "other".
+    """
     pts = sorted((t, s, c) for s, t, c in points if c is not None and math.isfinite(c))
-    fig = _figure()
+    fig = new_figure()
     ax = fig.subplots()
     header = ["series", "time_utc", "cumulative_cost_usd"]
     rows: list[list[str]] = []
     if not pts:
-        _empty(ax, "no tracked runs in this selection")
-        return _render(fig, title, header, rows)
+        empty(ax, "no tracked runs in this selection")
+        return render(fig, title, header, rows)
     totals: dict[str, float] = {}
     for _, s, c in pts:
         totals[s] = totals.get(s, 0.0) + c
-    keep = _top_series(totals)
+    keep = sorted(totals, key=lambda k: -totals[k])[:_TOP_SERIES]
     other = "other" if len(totals) > len(keep) else None
     colors = _series_colors(keep + ([other] if other else []))
     cum: dict[str, float] = {}
@@ -273,24 +62,15 @@ def _cost_over_time_chart(points: Iterable[tuple[str, float, float]], title: str
         if key not in xs:
             continue
         ax.step(xs[key], ys[key], where="post", color=colors[key], lw=2,
-                label=_t(f"{key} ({_usd(cum[key])})"), marker="o" if len(xs[key]) < 60 else None, ms=3)
+                label=label(f"{key} ({format_usd(cum[key])})"), marker="o" if len(xs[key]) < 60 else None, ms=3)
         rows.extend([key, x.strftime("%Y-%m-%d %H:%M:%S"), f"{y:.6g}"] for x, y in zip(xs[key], ys[key]))
     ax.set_ylabel("cumulative cost (USD)")
     ax.set_xlabel("run start (UTC)")
-    ax.set_title(_t(f"{title} — total {_usd(sum(totals.values()))}"), fontsize=11)
+    ax.set_title(label(f"{title} — total {format_usd(sum(totals.values()))}"), fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()
-    return _render(fig, title, header, rows)
-
-
-def cost_over_time(points: Iterable[tuple[str, float, float]], title: str = "Cost over time") -> tuple[bytes, str]:
-    """Cumulative cost per series (experiment) over run start time.
-
-    ``points``: ``(series name, run start unix seconds, run cost USD)``; the 8
-    most expensive series are drawn, the rest summed as "other".
-    """
-    return _cost_over_time_chart(points, title).pair()
+    return render(fig, title, header, rows)
 
 
 def pareto_front(points: Sequence[tuple[float, float]], goal: str = "max") -> list[int]:
@@ -310,67 +90,64 @@ def pareto_front(points: Sequence[tuple[float, float]], goal: str = "max") -> li
     return front
 
 
-def _cost_vs_metric_chart(points: Sequence[tuple[str, float, float, str]], metric: str, goal: str,
-                          title: str) -> _Chart:
-    pts = [p for p in points if p[1] is not None and p[2] is not None and math.isfinite(p[1]) and math.isfinite(p[2])]
-    fig = _figure()
-    ax = fig.subplots()
-    header = ["run", "series", "cost_usd", metric, "pareto"]
-    rows: list[list[str]] = []
-    if not pts:
-        _empty(ax, f"no tracked run has the metric {metric!r}")
-        return _render(fig, title, header, rows)
-    front = set(pareto_front([(c, m) for _, c, m, _ in pts], goal))
-    colors = _series_colors(sorted({s for *_, s in pts}))
-    tooltips: dict[str, list[str]] = {}
-    for k, s in enumerate(sorted({s for *_, s in pts})):
-        idx = [i for i, p in enumerate(pts) if p[3] == s]
-        coll = ax.scatter([pts[i][1] for i in idx], [pts[i][2] for i in idx], s=28, color=colors[s],
-                          alpha=0.75, label=_t(s), edgecolors="none")
-        if len(pts) <= _MAX_TOOLTIPS:
-            gid = f"finops-points-{k}"
-            coll.set_gid(gid)
-            tooltips[gid] = [f"{pts[i][0]} ({s}): {_usd(pts[i][1])}, {metric} {pts[i][2]:.4g}" for i in idx]
-    fr = sorted(front, key=lambda i: pts[i][1])
-    ax.plot([pts[i][1] for i in fr], [pts[i][2] for i in fr], color="#111", lw=1.2, ls="--", zorder=3,
-            marker="D", mfc="none", ms=9, label="Pareto front (best metric for the money)")
-    for i in fr[:12]:
-        ax.annotate(_t(pts[i][0]), (pts[i][1], pts[i][2]), textcoords="offset points", xytext=(6, 4), fontsize=7)
-    if len({p[1] for p in pts}) > 1 and min(p[1] for p in pts) > 0 and max(p[1] for p in pts) / min(p[1] for p in pts) > 50:
-        ax.set_xscale("log")
-    ax.set_xlabel("run cost (USD)")
-    ax.set_ylabel(f"{metric} ({'higher' if goal == 'max' else 'lower'} is better)")
-    ax.set_title(_t(f"{title}: {len(fr)} of {len(pts)} runs on the Pareto front"), fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    for i, (label, c, m, s) in enumerate(pts):
-        rows.append([label, s, f"{c:.6g}", f"{m:.6g}", "yes" if i in front else ""])
-    rows.sort(key=lambda r: float(r[2]))
-    return _render(fig, title, header, rows, tooltips)
-
-
-def cost_vs_metric(points: Sequence[tuple[str, float, float, str]], metric: str, goal: str = "max",
-                   title: str = "Cost vs model metric") -> tuple[bytes, str]:
-    """Scatter of run cost against a model metric, Pareto front marked and labelled.
+def cost_vs_metric(points: Sequence[tuple[str, float | None, float | None, str]], metric: str, goal: str = "max",
+                   title: str = "Cost vs model metric") -> Chart:
+    """Scatter of run cost against a model metric, Pareto front marked and labelled, a tooltip per run.
 
     ``points``: ``(run label, cost USD, metric value, series)``; ``goal`` is "max" or "min".
     """
     if goal not in ("max", "min"):
         raise ValueError(f"goal={goal!r}: expected 'max' or 'min'")
-    return _cost_vs_metric_chart(points, metric, goal, title).pair()
+    pts = [p for p in points if p[1] is not None and p[2] is not None and math.isfinite(p[1]) and math.isfinite(p[2])]
+    fig = new_figure()
+    ax = fig.subplots()
+    header = ["run", "series", "cost_usd", metric, "pareto"]
+    rows: list[list[str]] = []
+    if not pts:
+        empty(ax, f"no tracked run has the metric {metric!r}")
+        return render(fig, title, header, rows)
+    front = set(pareto_front([(c, m) for _, c, m, _ in pts], goal))
+    series = sorted({s for *_, s in pts})
+    colors = _series_colors(series)
+    tooltips: dict[str, list[str]] = {}
+    for k, s in enumerate(series):
+        idx = [i for i, p in enumerate(pts) if p[3] == s]
+        coll = ax.scatter([pts[i][1] for i in idx], [pts[i][2] for i in idx], s=28, color=colors[s],
+                          alpha=0.75, label=label(s), edgecolors="none")
+        if len(pts) <= MAX_TOOLTIPS:
+            gid = f"finops-points-{k}"
+            coll.set_gid(gid)
+            tooltips[gid] = [f"{pts[i][0]} ({s}): {format_usd(pts[i][1])}, {metric} {pts[i][2]:.4g}" for i in idx]
+    fr = sorted(front, key=lambda i: pts[i][1])
+    ax.plot([pts[i][1] for i in fr], [pts[i][2] for i in fr], color="#111", lw=1.2, ls="--", zorder=3,
+            marker="D", mfc="none", ms=9, label="Pareto front (best metric for the money)")
+    for i in fr[:12]:
+        ax.annotate(label(pts[i][0]), (pts[i][1], pts[i][2]), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    costs = [p[1] for p in pts]
+    if len(set(costs)) > 1 and min(costs) > 0 and max(costs) / min(costs) > 50:
+        ax.set_xscale("log")
+    ax.set_xlabel("run cost (USD)")
+    ax.set_ylabel(f"{metric} ({'higher' if goal == 'max' else 'lower'} is better)")
+    ax.set_title(label(f"{title}: {len(fr)} of {len(pts)} runs on the Pareto front"), fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    order = sorted(range(len(pts)), key=lambda i: pts[i][1])
+    rows = [[pts[i][0], pts[i][3], f"{pts[i][1]:.6g}", f"{pts[i][2]:.6g}", "yes" if i in front else ""] for i in order]
+    return render(fig, title, header, rows, tooltips)
 
 
-def _burndown_chart(statuses: Sequence["BudgetStatus"], title: str) -> _Chart:
+def budget_burndown(statuses: Sequence["BudgetStatus"], title: str = "Budget burn-down") -> Chart:
+    """One panel per envelope: money remaining over the period, the projection to its end, the warn line."""
     n = max(len(statuses), 1)
     cols = min(n, 2)
     rows_n = math.ceil(n / cols)
-    fig = _figure(6.0 * cols, 3.8 * rows_n)
+    fig = new_figure(6.0 * cols, 3.8 * rows_n)
     axes = fig.subplots(rows_n, cols, squeeze=False).ravel()
     header = ["envelope", "period", "amount_usd", "spent_usd", "projected_usd", "remaining_usd", "runs", "status"]
     rows: list[list[str]] = []
     if not statuses:
-        _empty(axes[0], "no [budgets.*] envelopes in the policy")
-        return _render(fig, title, header, rows)
+        empty(axes[0], "no [budgets.*] envelopes in the policy")
+        return render(fig, title, header, rows)
     for ax, st in zip(axes, statuses):
         start, end, now = st.period_start, st.period_end, st.now
         t0, t1, tn = start.timestamp(), end.timestamp(), min(now.timestamp(), end.timestamp())
@@ -387,28 +164,24 @@ def _burndown_chart(statuses: Sequence["BudgetStatus"], title: str) -> _Chart:
         ax.step(xs, remaining, where="post", color="#1f77b4", lw=2, label="remaining")
         proj_end = st.amount_usd - st.projected_usd
         ax.plot([_utc(tn), _utc(t1)], [st.amount_usd - cum, proj_end], color="#ff7f0e", ls="--", lw=1.6,
-                label=_t(f"projection: {_usd(st.projected_usd)} spent by period end"))
+                label=label(f"projection: {format_usd(st.projected_usd)} spent by period end"))
         ax.plot([_utc(t0), _utc(t1)], [st.amount_usd, 0], color="#aaa", lw=1, ls=":", label="even pace")
         ax.axhline(st.amount_usd * (1 - st.envelope.warn_at), color="#b45309", lw=1, ls="-.",
                    label=f"warn at {st.envelope.warn_at:.0%} spent")
         ax.axhline(0, color="#b91c1c", lw=1)
         ax.set_xlim(_utc(t0), _utc(t1))
-        state = "OVER" if st.exceeded else ("WARN" if st.warn else "ok")
-        ax.set_title(_t(f"{st.name}: {_usd(st.spent_usd)} of {_usd(st.amount_usd)} per {st.envelope.period} [{state}]"),
+        state = st.state
+        ax.set_title(label(f"{st.name}: {format_usd(st.spent_usd)} of {format_usd(st.amount_usd)} "
+                           f"per {st.envelope.period} [{state}]"),
                      fontsize=10, color="#b91c1c" if st.exceeded else ("#b45309" if st.warn else "#222"))
         ax.set_ylabel("remaining (USD)")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=7)
-        for label in ax.get_xticklabels():
-            label.set_rotation(25)
-            label.set_fontsize(7)
+        for tick in ax.get_xticklabels():
+            tick.set_rotation(25)
+            tick.set_fontsize(7)
         rows.append([st.name, f"{start.date()} .. {end.date()}", f"{st.amount_usd:.2f}", f"{st.spent_usd:.6g}",
                      f"{st.projected_usd:.6g}", f"{st.remaining_usd:.6g}", str(st.runs), state])
     for ax in axes[len(statuses):]:
         ax.set_visible(False)
-    return _render(fig, title, header, rows)
-
-
-def budget_burndown(statuses: Sequence["BudgetStatus"], title: str = "Budget burn-down") -> tuple[bytes, str]:
-    """One panel per envelope: money remaining over the period, the projection to its end, the warn line."""
-    return _burndown_chart(statuses, title).pair()
+    return render(fig, title, header, rows)

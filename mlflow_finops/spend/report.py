@@ -2,7 +2,7 @@
 
 The ledger is MLflow: every tracked run carries final ``finops/*`` metrics and
 ``finops.*`` tags. A report reads the runs in scope page by page
-(:func:`mlflow_finops._search.iter_runs`, 10,000 per request), keeps only the
+(:func:`mlflow_finops.store.iter_runs`, 10,000 per request), keeps only the
 figures it needs, and rolls them up. Rules that keep the sums honest:
 
 - runs tagged ``finops.nested_in`` are listed but never summed: their cost is
@@ -25,14 +25,26 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Callable, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
+from ..charting import html_page, html_table, write_charts
+from ..money import format_usd
+from ..names import (
+    METRIC_COST_USD,
+    METRIC_PREFIX,
+    REPORTS_EXPERIMENT,
+    TAG_MODEL,
+    TAG_NESTED_IN,
+    TAG_REPORT,
+    TAG_TEAM,
+)
 from ..store import PAGE_SIZE, iter_runs, quote
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..charting import Chart
     from .budget import BudgetStatus
 
 _log = logging.getLogger(__name__)
@@ -45,15 +57,18 @@ __all__ = [
     "build_report",
     "parse_when",
     "log_report",
+    "rich_tables",
+    "budget_table",
+    "budget_warning",
+    "budget_rich_table",
     "REPORTS_EXPERIMENT",
 ]
 
-REPORTS_EXPERIMENT = "finops-reports"
 GroupBy = Literal["experiment", "model", "team", "run"]
 GROUP_LEVELS: tuple[str, ...] = ("experiment", "model", "team")
 NONE_KEY = "(none)"
 # Metrics that are not about model quality: never picked as "the model metric".
-_NOT_QUALITY = ("finops/", "system/")
+_NOT_QUALITY = (METRIC_PREFIX, "system/")
 _PREFERRED = ("accuracy", "f1", "f1_score", "roc_auc", "auc", "r2", "r2_score", "rmse", "mae", "mse", "loss")
 _LOWER_IS_BETTER = re.compile(r"(loss|error|rmse|mse|mae|mape|logloss|perplexity|latency|wer|cer)", re.I)
 
@@ -269,55 +284,68 @@ class CostReport:
                 w.writerow([_cell(d[c]) for c in cols])
         return buf.getvalue()
 
+    def render(self, fmt: Literal["csv", "json", "html"], by: str | None = None,
+               budgets: Sequence["BudgetStatus"] = ()) -> str:
+        """The report as text: CSV (per run, or per ``by`` group), JSON or a self-contained HTML page."""
+        if fmt == "csv":
+            return self.to_csv(by or "run")
+        if fmt == "json":
+            return self.to_json(budgets)
+        if fmt == "html":
+            return self.to_html(budgets)
+        raise ReportError(f"unknown report format {fmt!r} (expected csv, json or html)")
+
     def charts(self, budgets: Sequence["BudgetStatus"] = ()) -> dict[str, tuple[bytes, str]]:
         """name -> (png, html) for every chart this report can draw."""
-        out = {name: chart.pair() for name, chart in self._charts(budgets).items()}
-        return out
+        return {name: chart.pair() for name, chart in self._charts(budgets).items()}
 
-    def _charts(self, budgets: Sequence["BudgetStatus"] = ()):
+    def write_charts(self, folder: str, budgets: Sequence["BudgetStatus"] = ()) -> list[str]:
+        """Every chart as ``folder/<name>.png`` and ``.html``; the paths written."""
+        return write_charts(folder, self.charts(budgets))
+
+    def _charts(self, budgets: Sequence["BudgetStatus"] = ()) -> dict[str, "Chart"]:
         from . import charts as ch
 
         out = {
-            "cost_over_time": ch._cost_over_time_chart(
+            "cost_over_time": ch.cost_over_time(
                 [(r.experiment, r.start_time, r.cost_usd) for r in self.counted], "Cost over time per experiment"
             )
         }
         if self.metric:
-            out["cost_vs_metric"] = ch._cost_vs_metric_chart(
+            out["cost_vs_metric"] = ch.cost_vs_metric(
                 [(r.label, r.cost_usd, r.metric, r.experiment) for r in self.counted if r.metric is not None],
                 self.metric, self.goal, f"Cost vs {self.metric}",
             )
         if budgets:
-            out["budget_burndown"] = ch._burndown_chart(list(budgets), "Budget burn-down")
+            out["budget_burndown"] = ch.budget_burndown(list(budgets))
         return out
 
     def to_html(self, budgets: Sequence["BudgetStatus"] = (), max_runs: int = 500) -> str:
         """A self-contained page: summary, charts (inline SVG), roll-ups and runs."""
-        from . import charts as ch
-
         s = self.summary()
         scope = ", ".join(f"{k}={v}" for k, v in self.filters.items() if v) or "all experiments"
         period = f"{s['since'] or 'beginning'} .. {s['until'] or 'now'}"
         intro = (
             f"<p>Scope: {html.escape(scope)}; period: {html.escape(period)}.<br>"
-            f"<b>{_money(s['cost_usd'])}</b> over {s['tracked_runs']} tracked run(s) "
+            f"<b>{format_usd(s['cost_usd'])}</b> over {s['tracked_runs']} tracked run(s) "
             f"({s['nested_runs']} nested run(s) inside them, {s['untracked_runs']} untracked run(s) not costed); "
-            f"idle {_money(s['idle_cost_usd'])}, {_num(s['energy_kwh'])} kWh, {_num(s['co2e_kg'])} kg CO2e.</p>"
+            f"idle {format_usd(s['idle_cost_usd'])}, {_num(s['energy_kwh'])} kWh, {_num(s['co2e_kg'])} kg CO2e.</p>"
         )
         tables = []
         if budgets:
-            tables.append("<h2>Budgets</h2>" + _budget_table_html(budgets))
+            classes = ["over" if b.exceeded else ("warn" if b.warn else "") for b in budgets]
+            tables.append("<h2>Budgets</h2>" + html_table(*budget_table(budgets), classes))
         for level in GROUP_LEVELS:
             rows = [_group_row(g, self.metric) for g in self.groups(level)]
-            tables.append(f"<h2>By {level}</h2>" + ch._table(_group_header(level, self.metric), rows))
+            tables.append(f"<h2>By {level}</h2>" + html_table(_group_header(level, self.metric), rows))
         runs = self.sorted_runs()
         rows, classes = [], []
         for r in runs[:max_runs]:
             rows.append(_run_row(r, self.metric))
             classes.append("untracked" if not r.tracked else "")
         more = f"<p class=\"meta\">{len(runs) - max_runs} more run(s) in the CSV/JSON output.</p>" if len(runs) > max_runs else ""
-        tables.append("<h2>Runs</h2>" + ch._table(_run_header(self.metric), rows, classes) + more)
-        return ch.html_page("mlflow-finops cost report", list(self._charts(budgets).values()), intro, "\n".join(tables))
+        tables.append("<h2>Runs</h2>" + html_table(_run_header(self.metric), rows, classes) + more)
+        return html_page("mlflow-finops cost report", list(self._charts(budgets).values()), intro, "\n".join(tables))
 
 
 # ===================================================================== building
@@ -380,11 +408,11 @@ def build_report(
     view = ViewType.ALL if include_deleted else ViewType.ACTIVE_ONLY
     names = _experiment_names(client, experiments, view)
     clauses = []
-    for key, value in (("finops.model", model), ("finops.team", team)):
+    for option, key, value in (("model", TAG_MODEL, model), ("team", TAG_TEAM, team)):
         if value is not None:
             literal = quote(value)
             if literal is None:
-                raise ReportError(f"--{key.split('.')[1]} {value!r}: cannot hold both ' and \" quotes")
+                raise ReportError(f"--{option} {value!r}: cannot hold both ' and \" quotes")
             clauses.append(f'tags."{key}" = {literal}')
     if since:
         clauses.append(f"attributes.start_time >= {int(since.timestamp() * 1000)}")
@@ -455,11 +483,11 @@ def _run_cost(run: Run, names: dict[str, str]) -> tuple[RunCost, dict[str, float
     m = run.data.metrics
     tags = run.data.tags
     info = run.info
-    cost = m.get("finops/cost_usd")
+    cost = m.get(METRIC_COST_USD)
     tracked = cost is not None and math.isfinite(cost)
     figures = {}
     if tracked:
-        figures = {name: _finite(m.get("finops/" + name)) for name in _FIGURES}
+        figures = {name: _finite(m.get(METRIC_PREFIX + name)) for name in _FIGURES}
         figures["cost_usd"] = float(cost)
     row = RunCost(
         run_id=info.run_id,
@@ -469,9 +497,9 @@ def _run_cost(run: Run, names: dict[str, str]) -> tuple[RunCost, dict[str, float
         start_time=(info.start_time or 0) / 1000.0,
         end_time=info.end_time / 1000.0 if info.end_time else None,
         status=info.status,
-        team=tags.get("finops.team"),
-        model=tags.get("finops.model"),
-        nested_in=tags.get("finops.nested_in"),
+        team=tags.get(TAG_TEAM),
+        model=tags.get(TAG_MODEL),
+        nested_in=tags.get(TAG_NESTED_IN),
         **figures,
     )
     quality = {k: v for k, v in m.items() if not k.startswith(_NOT_QUALITY) and math.isfinite(v)}
@@ -510,20 +538,6 @@ def _cell(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.10g}"
     return str(v)
-
-
-def _money(v: object) -> str:
-    """Dollars readable at any scale: $1,234.50, $0.0123, $3.5e-06; None is 'untracked'."""
-    if v is None:
-        return "untracked"
-    f = float(v)  # type: ignore[arg-type]
-    if f == 0:
-        return "$0.00"
-    if abs(f) >= 1:
-        return f"${f:,.2f}"
-    if abs(f) >= 0.001:
-        return f"${f:.4f}"
-    return f"${f:.2e}"
 
 
 def _num(v: object, digits: int = 4) -> str:
@@ -568,9 +582,9 @@ def _group_header(level: str, metric: str | None) -> list[str]:
 
 def _group_row(g: GroupCost, metric: str | None) -> list[str]:
     return [
-        g.key, str(g.runs) + (f" (+{g.nested} nested)" if g.nested else ""), _money(g.cost_usd),
-        _money(g.idle_cost_usd), _num(g.cpu_core_hours), _num(g.gpu_hours), _num(g.energy_kwh), _num(g.co2e_kg),
-        _pct(g.cpu_efficiency), _num(g.best_metric), _money(g.best_run_cost_usd) if g.best_run_cost_usd is not None else "-",
+        g.key, str(g.runs) + (f" (+{g.nested} nested)" if g.nested else ""), format_usd(g.cost_usd),
+        format_usd(g.idle_cost_usd), _num(g.cpu_core_hours), _num(g.gpu_hours), _num(g.energy_kwh), _num(g.co2e_kg),
+        _pct(g.cpu_efficiency), _num(g.best_metric), format_usd(g.best_run_cost_usd),
         str(g.untracked) if g.untracked else "",
     ]
 
@@ -582,31 +596,43 @@ def _run_header(metric: str | None) -> list[str]:
 
 def _run_row(r: RunCost, metric: str | None) -> list[str]:
     name = r.label + (f" (nested in {r.nested_in[:8]})" if r.nested_in else "")
+    head = [name, r.experiment, r.model or "", r.team or "", _iso(r.start_time), format_usd(r.cost_usd, none="untracked")]
     if not r.tracked:
-        return [name, r.experiment, r.model or "", r.team or "", _iso(r.start_time), "untracked", "", "", "", "",
-                "", "", ""]
-    return [name, r.experiment, r.model or "", r.team or "", _iso(r.start_time), _money(r.cost_usd),
-            _money(r.idle_cost_usd), _num(r.cpu_core_hours), _num(r.gpu_hours), _num(r.energy_kwh), _num(r.co2e_kg),
-            _pct(r.cpu_efficiency), _num(r.metric)]
+        return head + [""] * 7  # nothing known: blank, never 0
+    return head + [format_usd(r.idle_cost_usd), _num(r.cpu_core_hours), _num(r.gpu_hours), _num(r.energy_kwh),
+                   _num(r.co2e_kg), _pct(r.cpu_efficiency), _num(r.metric)]
 
 
-def _budget_header() -> list[str]:
-    return ["envelope", "scope", "period", "amount", "spent", "remaining", "projected", "runs", "status"]
+def budget_table(budgets: Sequence["BudgetStatus"]) -> tuple[list[str], list[list[str]]]:
+    """Header and one row per envelope: scope, period, amount, spent, remaining, projected, runs, state."""
+    header = ["envelope", "scope", "period", "amount", "spent", "remaining", "projected", "runs", "status"]
+    rows = []
+    for b in budgets:
+        scope = ", ".join([f"model {m}" for m in b.envelope.models] + ([f"team {b.envelope.team}"] if b.envelope.team else []))
+        rows.append([b.name, scope, f"{b.envelope.period} from {b.period_start.date()} ({b.elapsed_fraction:.0%} elapsed)",
+                     format_usd(b.amount_usd), format_usd(b.spent_usd), format_usd(b.remaining_usd),
+                     format_usd(b.projected_usd), str(b.runs), b.state])
+    return header, rows
 
 
-def _budget_row(b: "BudgetStatus") -> list[str]:
-    scope = ", ".join([f"model {m}" for m in b.envelope.models] + ([f"team {b.envelope.team}"] if b.envelope.team else []))
-    state = "OVER" if b.exceeded else ("WARN" if b.warn else ("projected over" if b.projected_over else "ok"))
-    return [b.name, scope, f"{b.envelope.period} from {b.period_start.date()} ({b.elapsed_fraction:.0%} elapsed)",
-            _money(b.amount_usd), _money(b.spent_usd), _money(b.remaining_usd), _money(b.projected_usd),
-            str(b.runs), state]
+def budget_warning(b: "BudgetStatus") -> str:
+    """One line for an envelope past its warn_at share: spent, share, projection."""
+    return (f"budget {b.name!r} has spent {format_usd(b.spent_usd)} of {format_usd(b.amount_usd)} "
+            f"({b.spent_usd / b.amount_usd:.0%} >= warn_at {b.envelope.warn_at:.0%}); "
+            f"projected {format_usd(b.projected_usd)} by {b.period_end.date()}")
 
 
-def _budget_table_html(budgets: Sequence["BudgetStatus"]) -> str:
-    from . import charts as ch
+def budget_rich_table(budgets: Sequence["BudgetStatus"], title: str = "Budgets"):
+    """The envelopes as a rich table for the terminal: over budget in red, past warn_at in yellow."""
+    from rich.table import Table
 
-    classes = ["over" if b.exceeded else ("warn" if b.warn else "") for b in budgets]
-    return ch._table(_budget_header(), [_budget_row(b) for b in budgets], classes)
+    header, rows = budget_table(budgets)
+    t = Table(title=title)
+    for col in header:
+        t.add_column(col, justify="left" if col in ("envelope", "scope", "period", "status") else "right")
+    for b, row in zip(budgets, rows):
+        t.add_row(*row, style="red" if b.exceeded else ("yellow" if b.warn else None))
+    return t
 
 
 def rich_tables(report: CostReport, by: str | None = None, top: int = 15, budgets: Sequence["BudgetStatus"] = ()):
@@ -617,19 +643,14 @@ def rich_tables(report: CostReport, by: str | None = None, top: int = 15, budget
     out: list[object] = []
     s = report.summary()
     out.append(Text.assemble(
-        ("Total ", "bold"), (_money(s["cost_usd"]), "bold green"),
+        ("Total ", "bold"), (format_usd(s["cost_usd"]), "bold green"),
         f" over {s['tracked_runs']} tracked run(s); {s['nested_runs']} nested (inside their parents), ",
         (f"{s['untracked_runs']} untracked", "yellow" if s["untracked_runs"] else ""),
-        f"; idle {_money(s['idle_cost_usd'])}, {_num(s['energy_kwh'])} kWh, {_num(s['co2e_kg'])} kg CO2e"
+        f"; idle {format_usd(s['idle_cost_usd'])}, {_num(s['energy_kwh'])} kWh, {_num(s['co2e_kg'])} kg CO2e"
         + (f"; metric {report.metric} ({'higher' if report.goal == 'max' else 'lower'} is better)" if report.metric else ""),
     ))
     if budgets:
-        t = Table(title="Budgets")
-        for col in _budget_header():
-            t.add_column(col, justify="left" if col in ("envelope", "scope", "period", "status") else "right")
-        for b in budgets:
-            t.add_row(*_budget_row(b), style="red" if b.exceeded else ("yellow" if b.warn else None))
-        out.append(t)
+        out.append(budget_rich_table(budgets))
     no_gpu = not any(r.gpu_hours for r in report.runs)
 
     def cols(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
@@ -681,7 +702,7 @@ def log_report(
     if exp is not None and exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp_id)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    run = client.create_run(exp_id, run_name=run_name or f"cost report {stamp}", tags={"finops.report": "true"})
+    run = client.create_run(exp_id, run_name=run_name or f"cost report {stamp}", tags={TAG_REPORT: "true"})
     rid = run.info.run_id
     try:
         s = report.summary()
@@ -700,13 +721,7 @@ def log_report(
         metrics += [Metric(f"budget/{b.name}/projected_usd", b.projected_usd, now_ms, 0) for b in budgets]
         client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items() if v is not None])
         with tempfile.TemporaryDirectory() as tmp:
-            charts_dir = os.path.join(tmp, "charts")
-            os.makedirs(charts_dir)
-            for name, (png, page) in report.charts(budgets).items():
-                with open(os.path.join(charts_dir, f"{name}.png"), "wb") as f:
-                    f.write(png)
-                with open(os.path.join(charts_dir, f"{name}.html"), "w", encoding="utf-8") as f:
-                    f.write(page)
+            report.write_charts(os.path.join(tmp, "charts"), budgets)
             for name, text in (("report.json", report.to_json(budgets)), ("report_runs.csv", report.to_csv("run")),
                                ("report.html", report.to_html(budgets))):
                 with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:

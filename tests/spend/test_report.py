@@ -8,6 +8,7 @@ import json
 import re
 import time
 from datetime import datetime, timezone
+from html.parser import HTMLParser
 from pathlib import Path
 
 import mlflow
@@ -17,8 +18,9 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 import mlflow_finops
-from mlflow_finops.spend.charts import cost_timeline, pareto_front
 from mlflow_finops.cli import cli
+from mlflow_finops.money import format_usd
+from mlflow_finops.spend.charts import pareto_front
 from mlflow_finops.spend.report import REPORTS_EXPERIMENT, ReportError, build_report, parse_when
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -61,6 +63,48 @@ def tracked_store(sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> dict[str,
 
 def cost_of(run_id: str) -> float:
     return MlflowClient().get_run(run_id).data.metrics["finops/cost_usd"]
+
+
+class _Tables(HTMLParser):
+    """Every <table> of a page as (header cells, rows of cells), text only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[tuple[list[str], list[list[str]]]] = []
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag == "table":
+            self.tables.append(([], []))
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            header, rows = self.tables[-1]
+            if header:
+                rows.append(self._row)
+            else:
+                header.extend(self._row)
+            self._row = None
+
+
+def runs_table(page: str) -> dict[str, dict[str, str]]:
+    """The report page's Runs table: run label -> {column: cell text}."""
+    parser = _Tables()
+    parser.feed(page)
+    (header, rows), = [t for t in parser.tables if t[0][:2] == ["run", "experiment"]]
+    return {row[0]: dict(zip(header, row)) for row in rows}
 
 
 def test_rollups_skip_nested_and_show_untracked(tracked_store: dict) -> None:
@@ -107,7 +151,14 @@ def test_formats(tracked_store: dict) -> None:
 
     page = rep.to_html()
     assert page.count("<svg") == 2  # cost over time, cost vs accuracy
-    assert "untracked" in page and "Pareto front" in page
+    assert "Pareto front" in page
+    runs = runs_table(page)
+    assert runs["not-tracked"]["cost"] == "untracked" and runs["not-tracked"]["idle cost"] == ""  # never $0
+    assert runs["fraud-0"]["cost"] == format_usd(cost_of(tracked_store["fraud-0"]))
+    assert rep.render("csv") == rep.to_csv("run") and rep.render("csv", by="model") == rep.to_csv("model")
+    assert json.loads(rep.render("json")) == doc
+    with pytest.raises(ReportError, match="unknown report format 'xml'"):
+        rep.render("xml")  # type: ignore[arg-type]
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"?https?:", page)  # self-contained
 
 
@@ -139,20 +190,6 @@ def test_parse_when() -> None:
     assert parse_when("2026-11-01T08:00+02:00").hour == 8
     with pytest.raises(ReportError, match="bad date 'yesterday-ish'"):
         parse_when("yesterday-ish")
-
-
-def test_cost_timeline_from_a_real_tracker(sqlite_uri: str) -> None:
-    mlflow.set_experiment("timeline")  # not the experiment id a previous test left active
-    with mlflow_finops.track_cost(interval_s=0.05) as tracker:
-        for _ in range(3):
-            burn(0.15)
-            tracker.sample_now()  # at least these, however loaded the machine is
-    assert len(tracker.history) >= 3
-    png, page = cost_timeline(tracker.history)
-    assert png.startswith(PNG) and len(png) > 10_000
-    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "usage cost" in page
-    png, page = cost_timeline([])  # a run that ended before its first sample still gets a picture
-    assert png.startswith(PNG) and "no cost samples yet" in page
 
 
 # ------------------------------------------------------------------ CLI
