@@ -1,4 +1,4 @@
-"""Fixtures and data for the drift gate tests (imported by tests/test_drift*.py, not a conftest).
+"""Fixtures and data for the drift gate tests (imported by tests/drift/test_*.py, not a conftest).
 
 MLflow's SQLite store runs its migrations when a database is first opened
 (~4 s here), so one migrated database is made per session and each test gets

@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -33,28 +32,19 @@ from ..names import (
     TAG_WORKLOAD,
     WORKLOAD_DRIFT_CHECK,
 )
+from .rules import NO_HISTORY, CheckHistory
 
 log = logging.getLogger(__name__)
-
 
 
 def _q(value: str) -> str:
     return value.replace("'", "\\'")
 
 
-@dataclass(frozen=True)
-class CheckHistory:
-    """What earlier checks of one model said: the inputs of cooldown and persistence."""
-
-    last_retrain_run_id: str | None
-    last_retrain_ms: int | None
-    recent_drift: list[bool]  # newest first, insufficient-data checks left out
-
-
 def read_history(client: MlflowClient, experiment_id: str | None, model: str, n: int) -> CheckHistory:
     """The last retrain trigger and the drift verdicts of the last ``n`` usable checks of ``model``."""
     if experiment_id is None:
-        return CheckHistory(None, None, [])
+        return NO_HISTORY
     base = f"tags.`{TAG_MODEL}` = '{_q(model)}' and tags.`{TAG_WORKLOAD}` = '{WORKLOAD_DRIFT_CHECK}'"
     retrains = client.search_runs(
         [experiment_id],

@@ -5,7 +5,7 @@ Each ``[models.NAME]`` with a ``schedule`` is checked on that cron expression
 ``current``. A window is judged once, however many schedulers run: its key
 (model + file names, sizes, mtimes) is tagged on the check run, and before
 checking, a scheduler must win the window's claim in MLflow
-(:func:`mlflow_finops.monitoring.claim_window`), which exactly one process can.
+(:func:`mlflow_finops.drift.monitoring.claim_window`), which exactly one process can.
 A check that fails after the claim gives it back, so the window is retried on
 the next run; a scheduler killed mid-check (no chance to give it back) leaves
 the window claimed, and it is not judged again until its files change.
@@ -22,9 +22,10 @@ from typing import Callable, Literal
 import pandas as pd
 
 from ..frames import data_files, read_frame
-from .gate import DriftDecision, DriftGate, DriftInputError, _resolve_path, model_policy
-from .monitoring import claim_window, find_checked_window, release_window, window_key
+from ..names import TAG_REFERENCE, TAG_WINDOW_FILES
 from ..policy import Policy, PolicyError
+from .gate import DriftDecision, DriftGate, DriftInputError, model_policy, reference_path, resolve_policy_path
+from .monitoring import claim_window, find_checked_window, release_window, window_key
 
 __all__ = ["CheckOutcome", "current_window", "run_scheduled_check", "run_schedule", "scheduled_models"]
 
@@ -71,7 +72,7 @@ def current_window(policy: Policy, model: str) -> list[Path]:
     mp = model_policy(policy, model)
     if not mp.current:
         raise PolicyError(policy.source or "policy", [f"[models.{model}].current: not set"])
-    where = _resolve_path(policy, mp.current)
+    where = resolve_policy_path(policy, mp.current)
     files = data_files(where)
     if not files:
         raise DriftInputError(f"[models.{model}].current: no data file matches {where}")
@@ -97,15 +98,12 @@ def run_scheduled_check(
     try:
         files = current_window(policy, model)
         key = window_key(model, files)
-        reference = champion_reference(policy, model)
+        # after a promotion, drift is judged against what the new champion learned from
+        reference = champion_reference(policy, model) or reference_path(policy, model)
         gate = gates.get(model)
-        if gate is None or getattr(gate, "reference_source", None) != reference:
-            # After a promotion, drift is judged against what the new champion learned from.
-            gate = gates[model] = DriftGate.from_policy(
-                policy, model=model, **({"reference": reference} if reference else {})
-            )
-            gate.reference_source = reference
-        client, exp_id = gate._monitoring(create=False)
+        if gate is None or gate.reference_source != reference:
+            gate = gates[model] = DriftGate.from_policy(policy, model=model, reference=reference)
+        client, exp_id = gate.monitoring_experiment_id(create=False)
         seen = find_checked_window(client, exp_id, key)
         if seen is not None:
             return CheckOutcome(model, "already_checked", f"window {key} already checked in run {seen.info.run_id}",
@@ -117,7 +115,7 @@ def run_scheduled_check(
                                 window_key=key)
         try:
             decision = gate.check(
-                current, window_key=key, extra_tags={"finops.window_files": ",".join(f.name for f in files)[:5000]}
+                current, window_key=key, extra_tags={TAG_WINDOW_FILES: ",".join(f.name for f in files)[:5000]}
             )
         except BaseException:
             release_window(client, key)  # the next scheduler run may try this window again
@@ -132,7 +130,7 @@ def run_scheduled_check(
 
 
 def champion_reference(policy: Policy, model: str) -> str | None:
-    """The data the registered ``@champion`` was last updated on (tag ``finops.reference``), if any."""
+    """The data the registered ``@champion`` was last updated on (its ``finops.reference`` tag), if any."""
     mp = policy.models.get(model)
     if mp is None or not retrain_configured(policy, model):
         return None
@@ -142,7 +140,7 @@ def champion_reference(policy: Policy, model: str) -> str | None:
         version = MlflowClient().get_model_version_by_alias(mp.registered_model or model, "champion")
     except Exception:  # no registry entry yet: the policy's reference
         return None
-    ref = version.tags.get("finops.reference")
+    ref = version.tags.get(TAG_REFERENCE)
     return ref if ref and Path(ref).is_file() else None
 
 

@@ -1,0 +1,126 @@
+"""Evidently, in one place: column types, stat-test methods and thresholds, the drift Report.
+
+This is the only module of mlflow-finops that imports ``evidently`` (lazily, so
+that importing the gate stays cheap). Evidently 0.7 returns a drift *score* per
+column; turning scores into verdicts is :mod:`mlflow_finops.stattests` and
+:mod:`.rules`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+import pandas as pd
+
+from ..policy import PolicyError
+from .results import ColumnType
+
+if TYPE_CHECKING:  # pragma: no cover
+    from evidently import DataDefinition  # the type of DriftGate(data_definition=...), named here
+
+__all__ = ["ColumnSpec", "DataDefinition", "default_method", "infer_type", "resolve_method", "run_report"]
+
+_SMALL_REFERENCE = 1000  # Evidently: <= this many reference values -> p-value tests, else distances
+
+
+class ColumnSpec(Protocol):
+    """What one ValueDrift metric needs: a column, its type, and the method to pass by name (or not)."""
+
+    @property
+    def column(self) -> str: ...
+    @property
+    def type(self) -> ColumnType: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def by_name(self) -> bool: ...
+
+
+def infer_type(s: pd.Series) -> str:
+    """``numerical`` or ``categorical`` as Evidently infers them; another type's name (``datetime``...)."""
+    from evidently.core.datasets import infer_column_type
+    from evidently.legacy.core import ColumnType as EvidentlyType
+
+    inferred = infer_column_type(s)
+    if inferred == EvidentlyType.Numerical:
+        return "numerical"
+    if inferred == EvidentlyType.Categorical:
+        return "categorical"
+    return str(inferred.value)
+
+
+def default_method(ctype: ColumnType, n_reference: int, distinct_over: Callable[[int], bool]) -> str:
+    """The stat test Evidently picks by default (``registry._get_default_stattest``).
+
+    ``n_reference`` is the reference's non-null size; ``distinct_over(k)`` says
+    whether reference and current hold more than ``k`` distinct values.
+    """
+    big = n_reference > _SMALL_REFERENCE
+    if ctype == "categorical":
+        if big:
+            return "jensenshannon"
+        return "chisquare" if distinct_over(2) else "z"
+    few = not distinct_over(5)
+    if big:
+        return "jensenshannon" if few else "wasserstein"
+    if few:
+        return "chisquare" if distinct_over(2) else "z"
+    return "ks"
+
+
+def resolve_method(
+    column: str,
+    ctype: ColumnType,
+    method: str | None,
+    threshold: float | None,
+    n_reference: int,
+    distinct_over: Callable[[int], bool],
+) -> tuple[str, float, bool]:
+    """Method and threshold as Evidently would pick them on the *full* frames, and whether
+    the method can be passed to Evidently by name.
+
+    ``method``/``threshold`` are the policy's choice (None: Evidently's default).
+    """
+    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
+    from evidently.legacy.core import ColumnType as EvidentlyType
+
+    chosen = method is not None
+    name = method if method is not None else default_method(ctype, n_reference, distinct_over)
+    try:
+        test = get_registered_stattest(
+            name, EvidentlyType.Numerical if ctype == "numerical" else EvidentlyType.Categorical
+        )
+    except ValueError as exc:
+        if chosen:
+            raise PolicyError("drift policy", [f"column {column!r}: {exc}"]) from None
+        # Evidently's own default for a numerical column with <= 5 values on a small
+        # reference is chi-square / Z, which it will not accept by name for that type:
+        # let it pick (the frames are not cut for these tests, so its pick is the same)
+        test = get_registered_stattest(name, EvidentlyType.Categorical)
+        return name, float(threshold if threshold is not None else test.default_threshold), False
+    return name, float(threshold if threshold is not None else test.default_threshold), True
+
+
+def run_report(ref: pd.DataFrame, cur: pd.DataFrame, specs: Sequence[ColumnSpec]) -> tuple[dict[str, float], Any]:
+    """One Evidently Report of ValueDrift metrics: scores by column, and the snapshot (its HTML report)."""
+    from evidently import DataDefinition as Definition
+    from evidently import Dataset, Report
+    from evidently.metrics import ValueDrift
+
+    dd = Definition(
+        numerical_columns=[s.column for s in specs if s.type == "numerical"],
+        categorical_columns=[s.column for s in specs if s.type == "categorical"],
+    )
+    report = Report(
+        [ValueDrift(column=s.column, method=s.method if s.by_name else None, threshold=s.threshold) for s in specs],
+        include_tests=True,
+    )
+    snapshot = report.run(Dataset.from_pandas(cur, data_definition=dd), Dataset.from_pandas(ref, data_definition=dd))
+    scores: dict[str, float] = {}
+    for m in snapshot.dict()["metrics"]:
+        cfg = m.get("config", {})
+        if cfg.get("type", "").endswith("ValueDrift"):
+            scores[cfg["column"]] = float(m["value"])
+    return scores, snapshot

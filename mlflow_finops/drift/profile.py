@@ -1,0 +1,167 @@
+"""The reference, fitted once: which columns are judged, their types, sizes and levels.
+
+Like an estimator's ``fit``: :meth:`ReferenceProfile.fit` reads the reference
+and the policy once (types inferred by Evidently unless a DataDefinition
+declares them); :meth:`ReferenceProfile.validate` then says, naming the
+column, why a current frame cannot be compared with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import pandas as pd
+
+from ..frames import DataInputError
+from ..policy import DriftPolicy
+from .evidently_judge import infer_type
+from .results import ColumnType
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .evidently_judge import DataDefinition
+
+__all__ = ["ReferenceProfile", "dtype_family"]
+
+_HEAD_ROWS = 10_000  # rows whose distinct values settle a cardinality question on big frames
+
+
+def dtype_family(s: pd.Series) -> str:
+    """The dtype's family (numeric, bool, datetime, label): a change of family is a schema change."""
+    dt = s.dtype
+    if pd.api.types.is_bool_dtype(dt):
+        return "bool"
+    if pd.api.types.is_numeric_dtype(dt):
+        return "numeric"
+    if pd.api.types.is_datetime64_any_dtype(dt):
+        return "datetime"
+    if isinstance(dt, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dt) or dt == object:
+        return "label"
+    return str(dt)
+
+
+def _names(cols: Sequence[str]) -> str:
+    return ", ".join(repr(c) for c in cols)
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """The reference frame and what was learned from it once."""
+
+    frame: pd.DataFrame
+    features: list[str]  # the judged columns, in order
+    types: dict[str, ColumnType]
+    nonnull: dict[str, int]  # non-null values per judged column
+    levels: dict[str, frozenset]  # distinct values of each categorical column
+    allowed: frozenset[str]  # columns a current frame may have: the reference's, ignored ones, the target
+
+    @classmethod
+    def fit(
+        cls,
+        reference: pd.DataFrame,
+        policy: DriftPolicy,
+        target: str | None = None,
+        data_definition: "DataDefinition | None" = None,
+    ) -> "ReferenceProfile":
+        """Columns to judge (policy ``columns``/``ignore``, the target left out) and their types.
+
+        :class:`DataInputError` names what makes the reference unusable.
+        """
+        ref = reference
+        if len(ref) == 0:
+            raise DataInputError("reference data is empty (0 rows)")
+        dup = ref.columns[ref.columns.duplicated()].tolist()
+        if dup:
+            raise DataInputError(f"reference data has duplicate column(s) {_names(dup)}")
+        skip = set(policy.ignore) | ({target} if target else set())
+        if target and target not in ref.columns:
+            raise DataInputError(f"reference data lacks the target column {target!r}")
+        unknown = [c for c in [*policy.columns, *policy.per_column] if c not in ref.columns]
+        if unknown:
+            raise DataInputError(f"policy names column(s) {_names(unknown)} that the reference data lacks")
+        declared: dict[str, ColumnType] = {}
+        if data_definition is not None:
+            for c in data_definition.numerical_columns or []:
+                declared[c] = "numerical"
+            for c in data_definition.categorical_columns or []:
+                declared[c] = "categorical"
+            missing = [c for c in declared if c not in ref.columns]
+            if missing:
+                raise DataInputError(f"DataDefinition names column(s) {_names(missing)} absent from the reference")
+        if policy.columns:
+            candidates = list(policy.columns)
+        else:
+            candidates = list(declared) if data_definition is not None else list(ref.columns)
+        features = [c for c in candidates if c not in skip]
+        if not features:
+            raise DataInputError("no columns left to check (all ignored or none declared)")
+        types = {c: _column_type(ref[c], c, declared.get(c)) for c in features}
+        return cls(
+            frame=ref,
+            features=features,
+            types=types,
+            nonnull={c: int(ref[c].count()) for c in features},
+            levels={c: frozenset(ref[c].dropna().unique()) for c in features if types[c] == "categorical"},
+            allowed=frozenset(ref.columns) | skip,
+        )
+
+    def validate(self, current: pd.DataFrame) -> None:
+        """Raise :class:`DataInputError` naming the column when ``current`` cannot be compared."""
+        if len(current) == 0:
+            raise DataInputError("current data is empty (0 rows)")
+        dup = current.columns[current.columns.duplicated()].tolist()
+        if dup:
+            raise DataInputError(f"current data has duplicate column(s) {_names(dup)}")
+        missing = [c for c in self.features if c not in current.columns]
+        if missing:
+            raise DataInputError(f"current data lacks column(s) {_names(missing)} that the reference has")
+        extra = [c for c in current.columns if c not in self.allowed]
+        if extra:
+            raise DataInputError(
+                f"current data has column(s) {_names(extra)} that the reference lacks "
+                "(add them to [drift].ignore to skip them)"
+            )
+        for c in self.features:
+            r, s = self.frame[c], current[c]
+            if dtype_family(r) != dtype_family(s):
+                raise DataInputError(f"column {c!r}: dtype changed from {r.dtype} (reference) to {s.dtype} (current)")
+            if s.count() == 0:
+                raise DataInputError(f"column {c!r} is all NaN in the current data")
+            if self.types[c] == "categorical":
+                levels = set(s.dropna().unique())
+                if levels and not (levels & self.levels[c]):
+                    show = lambda xs: sorted(map(repr, xs))[:5]  # noqa: E731
+                    raise DataInputError(
+                        f"column {c!r}: no category of the current data occurs in the reference "
+                        f"(current {show(levels)}, reference {show(self.levels[c])}); "
+                        "were the levels re-encoded? Map them, or ignore the column"
+                    )
+
+    def distinct_over(self, column: str, current: pd.Series, k: int) -> bool:
+        """Whether reference+current hold more than ``k`` distinct values; cheap on big frames.
+
+        A head of the data with more than k values settles it; only
+        low-cardinality columns pay for a full pass.
+        """
+        ref = self.frame[column]
+        for part in (ref.iloc[:_HEAD_ROWS], current.iloc[:_HEAD_ROWS]):
+            if part.nunique() > k:
+                return True
+        return pd.concat([ref.drop_duplicates(), current.drop_duplicates()]).nunique() > k
+
+
+def _column_type(s: pd.Series, column: str, declared: ColumnType | None) -> ColumnType:
+    """A column's declared type, checked against its dtype, or the type Evidently infers."""
+    if s.count() == 0:
+        raise DataInputError(f"column {column!r} is all NaN in the reference data")
+    if declared is not None:
+        if declared == "numerical" and dtype_family(s) != "numeric":
+            raise DataInputError(f"column {column!r} is declared numerical but has dtype {s.dtype} in the reference")
+        return declared
+    inferred = infer_type(s)
+    if inferred not in ("numerical", "categorical"):
+        raise DataInputError(
+            f"column {column!r}: Evidently infers type {inferred!r} (dtype {s.dtype}), which the "
+            "gate does not judge; add it to [drift].ignore or declare it in a DataDefinition"
+        )
+    return inferred  # type: ignore[return-value]

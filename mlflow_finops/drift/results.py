@@ -1,0 +1,73 @@
+"""What a drift check returns: plain data, shared by the gate, its rules and its recorder.
+
+Kept apart from :mod:`.gate` so that the pure rules and the MLflow recorder can
+name these types without importing the gate that orchestrates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = ["ColumnDrift", "ColumnType", "Decision", "DriftDecision", "PerformanceResult"]
+
+Decision = Literal["retrain", "no_drift", "pending", "cooldown", "insufficient_data"]
+ColumnType = Literal["numerical", "categorical"]
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """One column's Evidently score and the verdict derived from it."""
+
+    column: str
+    type: ColumnType
+    method: str
+    threshold: float
+    score: float
+    drifted: bool
+    p_value: bool
+    rows_reference: int
+    rows_current: int
+    refined: bool = False
+    corrected_threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class PerformanceResult:
+    """Model quality on the reference vs the labelled current window."""
+
+    metric: str
+    reference: float
+    current: float
+    margin: float
+    degraded: bool
+
+
+@dataclass
+class DriftDecision:
+    """What the gate decided and why; ``retrain`` is what a scheduler acts on."""
+
+    model: str
+    decision: Decision
+    reason: str
+    drift_detected: bool = False
+    drift_share: float = 0.0
+    drifted_columns: list[str] = field(default_factory=list)
+    columns: dict[str, ColumnDrift] = field(default_factory=dict)
+    rows_reference: int = 0
+    rows_current: int = 0
+    sampled_rows_reference: int = 0
+    sampled_rows_current: int = 0
+    performance: PerformanceResult | None = None
+    run_id: str | None = None
+    window_key: str | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def retrain(self) -> bool:
+        return self.decision == "retrain"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["retrain"] = self.retrain
+        return out
