@@ -13,8 +13,10 @@ Three policies, each in its own fresh folder with its own SQLite MLflow store
 - **never**: the champion trained on the reference, never retrained;
 - **gated**: ``examples/retrain_loop.py`` itself (``run_loop``): per window
   ``mlflow_finops.run_schedule(policy, once=True)`` runs the Evidently drift
-  gate and, on drift, a budget-limited incremental retrain as a real Ray job
-  (``RetrainSupervisor``), promoted only when better. It uses a local Ray
+  gate and, on drift, submits a budget-limited incremental retrain as a real Ray
+  job, which the loop then supervises to its end
+  (``RetrainSupervisor.run_pending(model, wait=True)``: the schedule itself never
+  waits for a job), promoted only when better. It uses a local Ray
   cluster: one that answers on 127.0.0.1:8265, else the bench starts one with
   ``mlflow-finops ray up`` (as the example would) before the loop and stops
   exactly that cluster's processes after it (not ``ray stop``: that stops every

@@ -263,7 +263,7 @@ def breakdown(d: Path, champion, path: str) -> dict:
 
     from mlflow_finops.frames import read_frame
     from mlflow_finops.policy import RetrainPolicy
-    from ray_jobs.retrain import new_data, update
+    from mlflow_finops.retrain.job import new_data, update
 
     out = {}
     c = _cpu_s()  # a fresh interpreter importing the job module: what every job pays first

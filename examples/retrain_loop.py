@@ -36,6 +36,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mlflow_finops  # noqa: E402
+from mlflow_finops.money import format_usd  # noqa: E402
 from stream import DRIFT_POINTS, FEATURES, TARGET, window  # noqa: E402
 
 MODEL = "churn"
@@ -168,15 +169,19 @@ def run_loop(root: Path, windows: int = 8, rows: int = 20_000, *, n_estimators: 
             path = root / "incoming" / f"window-{w:02d}.parquet"
             df.to_parquet(path)
             acc = champion_accuracy(df)  # how the model in production does on the new window
-            events: list[str] = []
-            done: list[dict] = []
+            latest: dict[str, mlflow_finops.RetrainOutcome] = {}  # per request, its last outcome
 
             def on_retrain(r) -> None:
-                events.append(f"retrain {r.state} (${r.cost_usd or 0:.6f}): {r.reason}")
-                done.append({"state": r.state, "cost_usd": r.cost_usd, "ray_job_id": r.ray_job_id,
-                             "run_id": r.run_id, "model_version": r.model_version})
+                latest[r.run_id] = r
 
             outcomes = mlflow_finops.run_schedule(policy, once=True, on_retrain=on_retrain)
+            # The schedule never waits for a Ray job (it submits, then returns): the demo
+            # supervises this window's retrains to their end before the next window arrives.
+            for r in mlflow_finops.RetrainSupervisor(policy).run_pending(MODEL, wait=True):
+                on_retrain(r)
+            events = [f"retrain {r.state} ({format_usd(r.cost_usd or 0)}): {r.reason}" for r in latest.values()]
+            done = [{"state": str(r.state), "cost_usd": r.cost_usd, "ray_job_id": r.ray_job_id,
+                     "run_id": r.run_id, "model_version": r.model_version} for r in latest.values()]
             decision = outcomes[0].decision.decision if outcomes and outcomes[0].decision else outcomes[0].status
             result.accuracy.append(acc)
             result.decisions.append(decision)
@@ -210,7 +215,7 @@ def main() -> None:
         m, t = r.data.metrics, r.data.tags
         gain = m.get("eval/challenger_accuracy", float("nan")) - m.get("eval/champion_accuracy", float("nan"))
         print(f"  retrain {r.info.run_id[:8]}  {t.get('finops.retrain_state'):<13} "
-              f"cost ${m.get('finops/cost_usd', 0):.6f}  accuracy {gain:+.3f} on the newest slice "
+              f"cost {format_usd(m.get('finops/cost_usd', 0))}  accuracy {gain:+.3f} on the newest slice "
               f"(path {t.get('finops.update_path', '-')}, after drift check {t.get('finops.drift_run_id', '-')[:8]})")
     subprocess.run([str(BIN / "mlflow-finops"), "report", "--since", started.isoformat(timespec="seconds"),
                     "--by", "experiment"], check=False)

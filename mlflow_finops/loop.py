@@ -4,7 +4,9 @@ This is the only module that knows both :mod:`mlflow_finops.drift` and
 :mod:`mlflow_finops.retrain`. A scheduled check that decides ``retrain`` files a
 request; open requests are then moved one step forward without waiting for a
 Ray job to finish (supervision continues on the next pass, and survives a
-scheduler restart because the request's state lives in MLflow).
+scheduler restart because the request's state lives in MLflow). A caller that
+needs a retrain's end within one pass (a demo, a benchmark) drives the open
+requests itself: ``RetrainSupervisor(policy).run_pending(model, wait=True)``.
 """
 
 from __future__ import annotations

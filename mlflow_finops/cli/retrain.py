@@ -4,20 +4,37 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
+from ..money import format_usd
 from ..policy import PolicyError
+from ..retrain.state import RetrainState
 from ._common import fail, load_policy_or_exit, policy_option
-from .exit_codes import EXIT_BLOCKED, EXIT_CAPPED, EXIT_INTERNAL, EXIT_NOT_PROMOTED
+from .exit_codes import EXIT_BLOCKED, EXIT_CAPPED, EXIT_INTERNAL, EXIT_NOT_PROMOTED, EXIT_OK
+
+if TYPE_CHECKING:
+    from ..retrain.supervisor import RetrainOutcome
 
 
-def _print_outcome(out) -> None:
-    color = {"promoted": "green", "not_promoted": "yellow", "waiting": "yellow"}.get(out.state, "red")
-    cost = f"${out.cost_usd:.6f}" if out.cost_usd is not None else "-"
-    cap = f" of cap ${out.cap_usd:.6f}" if out.cap_usd is not None else ""
-    click.secho(f"{out.model}: {out.state} (run {out.run_id}, cost {cost}{cap})", fg=color)
+def _print_outcome(out: RetrainOutcome) -> None:
+    color = {RetrainState.PROMOTED: "green", RetrainState.NOT_PROMOTED: "yellow",
+             RetrainState.WAITING: "yellow"}.get(out.state, "red")
+    cap = f" of cap {format_usd(out.cap_usd)}" if out.cap_usd is not None else ""
+    click.secho(f"{out.model}: {out.state} (run {out.run_id}, cost {format_usd(out.cost_usd)}{cap})", fg=color)
     click.echo(f"  {out.reason}")
+
+
+# the outcome's state -> exit code; any other state: no job ran (out of budget, dropped, waiting)
+EXIT_CODES = {
+    RetrainState.PROMOTED: EXIT_OK,
+    RetrainState.NOT_PROMOTED: EXIT_NOT_PROMOTED,
+    RetrainState.SUBMITTED: EXIT_OK,
+    RetrainState.NO_NEW_DATA: EXIT_OK,
+    RetrainState.CAPPED: EXIT_CAPPED,
+    RetrainState.FAILED: EXIT_INTERNAL,
+}
 
 
 @click.command()
@@ -46,33 +63,23 @@ def retrain(policy_path: str | None, model: str, drift_run_id: str | None, wait:
       1   the job failed (retried with backoff while budget remains)
       2   bad input or configuration
     """
-    from ..retrain import RetrainSupervisor, request_retrain
+    from ..retrain import RetrainSupervisor
+
+    def on_retry(out: RetrainOutcome, delay_s: float) -> None:
+        click.echo(f"{model}: job failed, retrying in {delay_s:.0f} s")
 
     policy = load_policy_or_exit(policy_path)
     try:
-        run_id = request_retrain(policy, model, drift_run_id=drift_run_id, reason="mlflow-finops retrain")
-        sup = RetrainSupervisor(policy)
-        out = sup.process(run_id, wait=wait)
-        while wait and out.state == "retry":
-            delay = max(0.0, (_retry_at(sup, run_id) - sup.now()).total_seconds())
-            click.echo(f"{model}: job failed, retrying in {delay:.0f} s")
-            sup.sleep(delay)
-            out = sup.process(run_id, wait=True)
+        out = RetrainSupervisor(policy).retrain(
+            model, drift_run_id=drift_run_id, reason="mlflow-finops retrain", wait=wait, on_retry=on_retry
+        )
     except PolicyError as exc:
         fail(str(exc))
     except Exception as exc:  # noqa: BLE001
         logging.getLogger(__name__).debug("retrain failed", exc_info=True)
         fail(f"{type(exc).__name__}: {exc}", EXIT_INTERNAL)
     _print_outcome(out)
-    codes = {"promoted": 0, "not_promoted": EXIT_NOT_PROMOTED, "submitted": 0, "capped": EXIT_CAPPED,
-             "failed": EXIT_INTERNAL, "no_new_data": 0}
-    sys.exit(codes.get(out.state, EXIT_BLOCKED))
-
-
-def _retry_at(sup, run_id: str):
-    from datetime import datetime
-
-    return datetime.fromisoformat(sup.client.get_run(run_id).data.tags["finops.retry_at"])
+    sys.exit(EXIT_CODES.get(out.state, EXIT_BLOCKED))
 
 
 @click.group("ray")

@@ -1,5 +1,6 @@
-"""Retraining within budget: requests kept in MLflow, opportunistic windows, the supervisor
-of Ray jobs, and the job's own update, evaluation and promotion.
+"""Retraining within budget: requests kept in MLflow (``requests``), the state machine as pure
+functions (``state``), opportunistic windows (``windows``), the supervisor of Ray jobs
+(``supervisor``), and the job's own update, evaluation and promotion (``job``).
 
 Imports the shared modules, :mod:`mlflow_finops.cost` and :mod:`mlflow_finops.spend`
 (budgets); never drift/.
@@ -10,10 +11,12 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "request_retrain": "supervisor",
+    "request_retrain": "requests",
+    "retrain_experiment_name": "requests",
+    "RetrainState": "state",
+    "next_step": "state",
     "RetrainSupervisor": "supervisor",
     "RetrainOutcome": "supervisor",
-    "retrain_experiment_name": "supervisor",
     "jobs_address": "supervisor",
     "ray_auth_headers": "_ray",
     "window_state": "windows",

@@ -5,11 +5,9 @@ one of the ``[[windows.off_peak]]`` ranges (or none are defined) **and** the
 Ray cluster has at least ``min_free_cpus`` / ``min_free_gpus`` free, read from
 Ray's own resource view (the dashboard's ``/api/cluster_status``).
 
-Priorities (from the budget envelope that covers the model):
-
-* ``critical`` runs at once: it bypasses windows, never the envelope;
-* ``standard`` waits for a window for at most ``max_wait_hours``, then runs;
-* ``exploratory`` runs only inside a window, and is dropped at its deadline.
+The rule (:func:`judge_window`) is pure, given the clock and the free
+resources; :func:`window_state` reads those from Ray first. What each priority
+does with a closed window is decided in :mod:`.state`.
 """
 
 from __future__ import annotations
@@ -19,7 +17,15 @@ from datetime import datetime, timezone
 
 from ..policy import OffPeakRange, WindowPolicy  # noqa: F401  (re-exported: the window settings)
 
-__all__ = ["WindowPolicy", "OffPeakRange", "WindowState", "window_state", "cluster_free_resources"]
+__all__ = [
+    "WindowPolicy",
+    "OffPeakRange",
+    "WindowState",
+    "needs_cluster",
+    "judge_window",
+    "window_state",
+    "cluster_free_resources",
+]
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,39 @@ class WindowState:
     free_cpus: float | None
     free_gpus: float | None
     reason: str
+
+
+def needs_cluster(policy: WindowPolicy) -> bool:
+    """Whether the window depends on the cluster's free resources (else on the clock alone)."""
+    return bool(policy.min_free_cpus or policy.min_free_gpus)
+
+
+def judge_window(
+    policy: WindowPolicy,
+    now: datetime,
+    free_cpus: float | None = None,
+    free_gpus: float | None = None,
+    unread: str | None = None,
+) -> WindowState:
+    """The window's verdict from given numbers (pure): off-peak at ``now``, and enough free resources.
+
+    ``free_cpus``/``free_gpus`` are the cluster's, when :func:`needs_cluster`;
+    ``unread`` says why they could not be read (the window is then closed).
+    """
+    off_peak = policy.in_off_peak(now)
+    reasons = []
+    if not off_peak:
+        reasons.append(f"outside the off-peak ranges ({policy.timezone})")
+    if needs_cluster(policy):
+        if free_cpus is None or free_gpus is None:
+            reasons.append(unread or "the cluster's free resources are unknown")
+        else:
+            if free_cpus < policy.min_free_cpus:
+                reasons.append(f"cluster has {free_cpus:g} free CPUs < min_free_cpus={policy.min_free_cpus:g}")
+            if free_gpus < policy.min_free_gpus:
+                reasons.append(f"cluster has {free_gpus:g} free GPUs < min_free_gpus={policy.min_free_gpus:g}")
+    is_open = not reasons
+    return WindowState(is_open, off_peak, free_cpus, free_gpus, "window open" if is_open else "; ".join(reasons))
 
 
 def cluster_free_resources(dashboard_url: str, timeout_s: float = 10.0) -> tuple[float, float]:
@@ -53,24 +92,14 @@ def cluster_free_resources(dashboard_url: str, timeout_s: float = 10.0) -> tuple
 def window_state(
     policy: WindowPolicy, dashboard_url: str | None, now: datetime | None = None
 ) -> WindowState:
-    """Is the opportunistic window open now?"""
+    """Is the opportunistic window open now? Reads the cluster's free resources only when they matter."""
     now = now or datetime.now(timezone.utc)
-    off_peak = policy.in_off_peak(now)
-    free_cpus = free_gpus = None
-    reasons = []
-    if not off_peak:
-        reasons.append(f"outside the off-peak ranges ({policy.timezone})")
-    if policy.min_free_cpus or policy.min_free_gpus:
-        if dashboard_url is None:
-            reasons.append("no Ray cluster to read free resources from")
-        else:
-            try:
-                free_cpus, free_gpus = cluster_free_resources(dashboard_url)
-                if free_cpus < policy.min_free_cpus:
-                    reasons.append(f"cluster has {free_cpus:g} free CPUs < min_free_cpus={policy.min_free_cpus:g}")
-                if free_gpus < policy.min_free_gpus:
-                    reasons.append(f"cluster has {free_gpus:g} free GPUs < min_free_gpus={policy.min_free_gpus:g}")
-            except Exception as exc:
-                reasons.append(f"cannot read the cluster's free resources: {exc}")
-    is_open = not reasons
-    return WindowState(is_open, off_peak, free_cpus, free_gpus, "window open" if is_open else "; ".join(reasons))
+    if not needs_cluster(policy):
+        return judge_window(policy, now)
+    if dashboard_url is None:
+        return judge_window(policy, now, unread="no Ray cluster to read free resources from")
+    try:
+        free_cpus, free_gpus = cluster_free_resources(dashboard_url)
+    except Exception as exc:  # an unreachable cluster closes the window; it never fails the step
+        return judge_window(policy, now, unread=f"cannot read the cluster's free resources: {exc}")
+    return judge_window(policy, now, free_cpus, free_gpus)

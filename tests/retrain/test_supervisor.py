@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,6 +23,8 @@ from mlflow_finops import DriftGate, load_policy
 from mlflow_finops.retrain import RetrainSupervisor, request_retrain
 
 pytest.importorskip("ray")
+
+EXE = str(Path(sys.executable).parent / "mlflow-finops")
 
 
 def make_data(n: int, shift: float, seed: int) -> pd.DataFrame:
@@ -126,6 +130,36 @@ def test_out_of_budget_submits_no_job(tmp_path: Path, ray_cluster, sqlite_uri: s
     assert str(c.get_model_version_by_alias(name, "champion").version) == "1"
 
 
+def test_the_retrain_command_exits_12_when_the_envelope_is_spent(tmp_path: Path, sqlite_uri: str) -> None:
+    (tmp_path / "finops.toml").write_text(
+        '[models.churn]\nregistered_model = "churn-spent"\n'
+        '[budgets.churn]\namount_usd = 0.01\nmodels = ["churn"]\n'
+    )
+    c = MlflowClient()
+    spent = c.create_run(c.get_experiment_by_name("Default").experiment_id,
+                         tags={"finops.model": "churn", "finops.tracked": "true"})
+    c.log_metric(spent.info.run_id, "finops/cost_usd", 0.02)
+    c.set_terminated(spent.info.run_id)
+    result = subprocess.run([EXE, "retrain", "--policy", str(tmp_path / "finops.toml"), "--model", "churn"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 12, result.stdout + result.stderr
+    assert "churn: out_of_budget" in result.stdout
+    assert "envelope 'churn' is spent: $0.020 of $0.010 this month; no job submitted" in result.stdout
+
+
+def test_the_retrain_command_retries_a_failing_job_then_exits_1(
+    tmp_path: Path, ray_cluster, sqlite_uri: str
+) -> None:
+    bad = make_data(500, 1.5, 3).drop(columns="y")  # the new data lost its label column
+    setup(tmp_path, ray_cluster, make_pipeline(StandardScaler(), SGDClassifier()), tag="cli", attempts=2, new=bad)
+    result = subprocess.run([EXE, "retrain", "--policy", str(tmp_path / "finops.toml"), "--model", "churn"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "churn: job failed, retrying in 0 s" in result.stdout
+    assert "churn: failed" in result.stdout
+    assert "Ray job FAILED after 2 attempt(s)" in result.stdout
+
+
 def test_windows_priorities_and_deadline(tmp_path: Path, ray_cluster, sqlite_uri: str) -> None:
     now = datetime.now(timezone.utc)
     closed = (now + timedelta(hours=3)).strftime("%H:00")
@@ -174,14 +208,16 @@ def test_failing_job_is_retried_then_marked_failed(tmp_path: Path, ray_cluster, 
 
 
 def test_a_hung_job_is_stopped_after_max_job_minutes(tmp_path: Path, ray_cluster, sqlite_uri: str) -> None:
-    # The new data file is a FIFO nobody writes to: reading it blocks forever, as on a stuck
-    # network mount. The job spends nothing, so only the time limit can stop it.
+    # A refit reads the reference, here a FIFO nobody writes to: reading it blocks forever, as
+    # on a stuck network mount. The job spends nothing, so only the time limit can stop it.
     policy, name = setup(tmp_path, ray_cluster, make_pipeline(StandardScaler(), SGDClassifier()), tag="hung",
                          attempts=1)
-    (tmp_path / "incoming" / "w1.csv").unlink()
-    os.mkfifo(tmp_path / "incoming" / "w2.csv")
+    (tmp_path / "ref.csv").unlink()
+    os.mkfifo(tmp_path / "ref.csv")
     text = (tmp_path / "finops.toml").read_text()
-    (tmp_path / "finops.toml").write_text(text.replace("max_attempts = 1", "max_attempts = 1\nmax_job_minutes = 0.1"))
+    (tmp_path / "finops.toml").write_text(
+        text.replace("max_attempts = 1", 'max_attempts = 1\nmax_job_minutes = 0.1\nstrategy = "refit"')
+    )
     policy = load_policy(tmp_path / "finops.toml")
     run_id = request_retrain(policy, "churn")
     sup = RetrainSupervisor(policy)
