@@ -24,7 +24,7 @@ _EXPORTS = {
     "DriftGate": "drift.gate",
     "DriftDecision": "drift.gate",
     "run_schedule": "loop",
-    "request_retrain": "retrain.supervisor",
+    "request_retrain": "retrain.requests",
     "RetrainSupervisor": "retrain.supervisor",
     "RetrainOutcome": "retrain.supervisor",
 }

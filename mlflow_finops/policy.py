@@ -124,7 +124,7 @@ class DriftPolicy(_Section):
     drift_share: float = Field(0.5, gt=0, le=1, description="Dataset drifts when drifted/checked >= this.")
     min_rows: int = Field(1000, ge=1, le=10**9, description="Fewer current rows -> decision 'insufficient_data'.")
     sample_rows: int = Field(
-        50_000, ge=1000, le=10**8, description="Rows per side for distance tests on large data (see drift.py)."
+        50_000, ge=1000, le=10**8, description="Rows per side for distance tests on large data (see drift/sampling.py)."
     )
     method: str | None = Field(None, description="Stat test for every column (default: Evidently's choice).")
     num_method: str | None = None

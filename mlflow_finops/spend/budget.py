@@ -1,7 +1,8 @@
 """Budget envelopes and what has been spent from them, read from MLflow itself.
 
 There is no side ledger: the spend of an envelope is the sum of
-``finops/cost_usd`` over the tracked runs in its scope (tag ``finops.model`` in
+``finops/cost_usd`` over the runs that carry one (the same rule as the report: a run
+without it is untracked and counts nothing) in its scope (tag ``finops.model`` in
 ``models``, or ``finops.team`` equal to ``team``) whose *start time* falls in
 the current calendar period of the envelope's time zone, in every experiment
 of the store (training, drift checks and retrains alike, deleted runs too:
@@ -28,7 +29,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from ..money import format_usd
-from ..names import METRIC_COST_USD, TAG_MODEL, TAG_NESTED_IN, TAG_TEAM, TAG_TRACKED
+from ..names import METRIC_COST_USD, TAG_MODEL, TAG_NESTED_IN, TAG_TEAM
 from ..policy import BudgetEnvelope, Policy
 from ..store import PAGE_SIZE, all_experiment_ids, iter_runs, quote
 
@@ -150,7 +151,7 @@ def spend(
     start, end = period_bounds(envelope.period, envelope.timezone, now)
     ids = list(experiment_ids) if experiment_ids is not None else all_experiment_ids(client)
     base = [
-        f"tags.\"{TAG_TRACKED}\" = 'true'",
+        f"metrics.\"{METRIC_COST_USD}\" >= 0",  # has a cost, as the report counts; filtered in the store
         f"tags.\"{TAG_NESTED_IN}\" IS NULL",
         f"attributes.start_time >= {_ms(start)}",
         f"attributes.start_time < {_ms(end)}",

@@ -46,3 +46,28 @@ def test_spend_counts_a_run_at_the_start_but_not_one_at_the_end(sqlite_uri: str,
     status = spend(BudgetEnvelope(amount_usd=100, models=["m"]), client, now)
     assert status.spent_usd == 3.0 and status.runs == 2
     assert mlflow.get_tracking_uri() == sqlite_uri
+
+
+def test_budget_and_report_count_the_same_runs(sqlite_uri: str) -> None:
+    """A run counts when it carries finops/cost_usd and is not nested, whoever logged the cost; untracked and
+    nested runs count in neither."""
+    from mlflow_finops.spend.report import build_report
+
+    now = datetime.now(timezone.utc)
+    client = MlflowClient()
+    exp = client.create_experiment("agree")
+    runs = {
+        "tracked": ({"finops.tracked": "true"}, 1.0),
+        "cost-logged-elsewhere": ({}, 2.0),  # no finops.tracked tag: the budget used to skip it
+        "nested": ({"finops.tracked": "true", "finops.nested_in": "x"}, 4.0),
+        "untracked": ({}, None),
+    }
+    for label, (tags, cost) in runs.items():
+        run = client.create_run(exp, tags={**tags, "finops.model": "m", "mlflow.runName": label})
+        if cost is not None:
+            client.log_metric(run.info.run_id, "finops/cost_usd", cost)
+        client.set_terminated(run.info.run_id)
+    status = spend(BudgetEnvelope(amount_usd=100, models=["m"]), client, now)
+    report = build_report(client=client, experiments=["agree"], model="m")
+    assert status.spent_usd == report.total().cost_usd == 3.0
+    assert status.runs == len(report.counted) == 2
