@@ -26,48 +26,52 @@ from typing import Callable, Literal
 Sampling = Literal["distance", "two_sample", "exact"]
 
 
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">=": operator.ge,
+    ">": operator.gt,
+}
+
+
 @dataclass(frozen=True)
 class StatTestKind:
+    """One test: whether its score is a p-value, how score and threshold compare when it drifts, and how it
+    may be sampled."""
+
     name: str
     p_value: bool
-    drifted: Callable[[float, float], bool]
+    op: Literal["<", "<=", ">=", ">"]  # drift when ``score <op> threshold``
     sampling: Sampling
-    op: str
 
     def verdict(self, score: float, threshold: float) -> bool:
-        return bool(self.drifted(score, threshold))
+        """Drifted, as Evidently itself would say for this score and threshold."""
+        return bool(_COMPARE[self.op](score, threshold))
 
 
-def _k(name: str, p_value: bool, op: str, sampling: Sampling) -> StatTestKind:
-    ops = {"<": operator.lt, "<=": operator.le, ">=": operator.ge, ">": operator.gt}
-    return StatTestKind(name, p_value, ops[op], sampling, op)
-
-
-STAT_TESTS: dict[str, StatTestKind] = {
-    k.name: k
-    for k in (
-        # p-values: drift when the p-value is below (or at) the threshold
-        _k("ks", True, "<=", "two_sample"),
-        _k("cramer_von_mises", True, "<=", "two_sample"),
-        _k("anderson", True, "<", "two_sample"),
-        _k("mannw", True, "<", "two_sample"),
-        _k("t_test", True, "<", "two_sample"),
-        _k("es", True, "<", "two_sample"),
-        _k("empirical_mmd", True, "<", "two_sample"),
-        _k("z", True, "<", "two_sample"),
-        _k("fisher_exact", True, "<", "two_sample"),
-        _k("TVD", True, "<", "two_sample"),
-        _k("chisquare", True, "<", "exact"),
-        _k("g_test", True, "<", "exact"),
-        # distances / divergences: drift when the score is at (or above) the threshold
-        _k("wasserstein", False, ">=", "distance"),
-        _k("jensenshannon", False, ">=", "distance"),
-        _k("psi", False, ">=", "distance"),
-        _k("kl_div", False, ">=", "distance"),
-        _k("hellinger", False, ">=", "distance"),
-        _k("ed", False, ">", "distance"),
-    )
-}
+_TABLE = (
+    # p-values: drift when the p-value is below (or at) the threshold
+    StatTestKind("ks", True, "<=", "two_sample"),
+    StatTestKind("cramer_von_mises", True, "<=", "two_sample"),
+    StatTestKind("anderson", True, "<", "two_sample"),
+    StatTestKind("mannw", True, "<", "two_sample"),
+    StatTestKind("t_test", True, "<", "two_sample"),
+    StatTestKind("es", True, "<", "two_sample"),
+    StatTestKind("empirical_mmd", True, "<", "two_sample"),
+    StatTestKind("z", True, "<", "two_sample"),
+    StatTestKind("fisher_exact", True, "<", "two_sample"),
+    StatTestKind("TVD", True, "<", "two_sample"),
+    StatTestKind("chisquare", True, "<", "exact"),
+    StatTestKind("g_test", True, "<", "exact"),
+    # distances / divergences: drift when the score is at (or above) the threshold
+    StatTestKind("wasserstein", False, ">=", "distance"),
+    StatTestKind("jensenshannon", False, ">=", "distance"),
+    StatTestKind("psi", False, ">=", "distance"),
+    StatTestKind("kl_div", False, ">=", "distance"),
+    StatTestKind("hellinger", False, ">=", "distance"),
+    StatTestKind("ed", False, ">", "distance"),
+)
+STAT_TESTS: dict[str, StatTestKind] = {k.name: k for k in _TABLE}
 
 
 def stat_test_kind(name: str) -> StatTestKind:
