@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import mlflow
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
@@ -71,3 +72,24 @@ def test_budget_and_report_count_the_same_runs(sqlite_uri: str) -> None:
     report = build_report(client=client, experiments=["agree"], model="m")
     assert status.spent_usd == report.total().cost_usd == 3.0
     assert status.runs == len(report.counted) == 2
+
+
+def test_budget_status_reads_each_named_envelope_in_file_order(sqlite_uri: str) -> None:
+    from mlflow_finops.policy import Policy
+    from mlflow_finops.spend.budget import budget_status
+
+    policy = Policy.from_dict({"budgets": {
+        "a": {"amount_usd": 10, "models": ["m"]},
+        "b": {"amount_usd": 5, "team": "t", "period": "day"},
+    }})
+    client = MlflowClient()
+    exp = client.create_experiment("status")
+    now = datetime.now(timezone.utc)
+    run = client.create_run(exp, tags={"finops.model": "m", "finops.team": "t"})
+    client.log_metric(run.info.run_id, "finops/cost_usd", 1.25)
+    got = budget_status(policy, client, now)
+    assert [(s.name, s.spent_usd, s.amount_usd, s.envelope.period) for s in got] == [
+        ("a", 1.25, 10, "month"), ("b", 1.25, 5, "day")]
+    assert [s.name for s in budget_status(policy, client, now, names=["b"])] == ["b"]
+    with pytest.raises(KeyError, match="unknown budget envelope 'c' \\(known: a, b\\)"):
+        budget_status(policy, client, now, names=["b", "c"])
