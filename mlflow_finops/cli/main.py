@@ -84,12 +84,23 @@ def prices(policy_path: str | None, as_json: bool) -> None:
 
 @cli.command()
 def sync() -> None:
-    """Deliver cost samples spooled while the tracking server was unreachable."""
-    from ..cost.delivery import sync_spool
+    """Deliver cost samples spooled while the tracking server was unreachable.
 
-    delivered, left = sync_spool()
-    click.echo(f"delivered {delivered} spooled batch(es); {left} left")
-    sys.exit(EXIT_OK if left == 0 else EXIT_INTERNAL)
+    \b
+    Exit 0: everything delivered (or nothing spooled).
+    Exit 1: batches are left for a later sync (server unreachable, run deleted
+            but restorable), or were dead-lettered: moved to the spool folder's
+            dead/ with a .reason file, as they can never be delivered (corrupt,
+            or their run does not exist). Each loss is logged with its reason.
+    """
+    from ..cost.delivery import DEAD_LETTER_DIR, spool_dir, sync_spool
+
+    result = sync_spool()
+    line = f"delivered {result.delivered} spooled batch(es); {result.left} left; {result.dead} dead-lettered"
+    if result.dead:
+        line += f" (see {spool_dir() / DEAD_LETTER_DIR})"
+    click.echo(line)
+    sys.exit(EXIT_OK if not (result.left or result.dead) else EXIT_INTERNAL)
 
 
 cli.add_command(drift_commands.drift)

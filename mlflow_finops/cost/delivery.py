@@ -7,31 +7,49 @@ run ends is written to a spool folder and delivered by the next tracker (or
 ``mlflow-finops sync``). HTTP stores are called with no client-side retries
 and a short timeout, so a dead server costs seconds, not MLflow's minutes of
 retries.
+
+The spool cannot lose data: files are written atomically (0600, in a 0700
+folder, with no credentials in the stored URI); a sync claims a file by
+renaming it to a name carrying its pid, host and time (a lease), so a claim
+whose process died, or that is older than :data:`CLAIM_LEASE_S`, is renamed
+back and retried; batches that can never be delivered (corrupt lines, a run
+that does not exist) go to ``<spool>/dead/`` with the reason; a spool folder
+that cannot be written falls back to a private folder under the temp dir.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
+import socket
+import stat
+import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 from .._env import env_float
 from ..names import ENV_HTTP_TIMEOUT_S, ENV_LOG_INTERVAL_S, ENV_SPOOL_DIR
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["Batch", "Outbox", "spool_dir", "sync_spool", "deliver"]
+__all__ = ["Batch", "Outbox", "SyncResult", "spool_dir", "sync_spool", "deliver", "redact_uri"]
 
 MAX_METRICS_PER_REQUEST = 1000  # MLflow's log_batch limits
 MAX_TAGS_PER_REQUEST = 100
 HTTP_TIMEOUT_S = 5.0  # default of $MLFLOW_FINOPS_HTTP_TIMEOUT_S
 LOG_INTERVAL_S = 5.0  # default of $MLFLOW_FINOPS_LOG_INTERVAL_S
+CLAIM_LEASE_S = 600.0  # a claim older than this is taken back even if its process may live
+DEAD_LETTER_DIR = "dead"  # below the spool folder: batches that can never be delivered
+# This machine as it appears in claim names ("~" separates the parts of a claim name).
+HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
 
 
 @dataclass
@@ -68,22 +86,48 @@ def spool_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "mlflow-finops" / "spool"
 
 
+def redact_uri(uri: str) -> str:
+    """``uri`` without its userinfo (``user:password@``): what may be written to disk."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 def deliver(batch: Batch) -> None:
     """Send one batch; raises on any failure (the caller keeps the batch)."""
     for chunk in batch.chunks():
         if not chunk.metrics and not chunk.tags:
             continue
-        if chunk.tracking_uri.startswith(("http://", "https://")):
+        if _is_http(chunk.tracking_uri):
             _deliver_http(chunk)
         else:
             _deliver_client(chunk)
 
 
-def _deliver_http(batch: Batch) -> None:
+def _http(uri: str, endpoint: str, method: str, **kwargs: Any) -> Any:
+    """One request, no retries, short timeout; credentials as MLflow resolves them for ``uri``
+    (userinfo in the URI, or MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN of this process)."""
     from mlflow.tracking._tracking_service.utils import _get_store
     from mlflow.utils.rest_utils import http_request, verify_rest_response
 
-    store = _get_store(batch.tracking_uri)
+    response = http_request(
+        _get_store(uri).get_host_creds(),
+        endpoint,
+        method,
+        max_retries=0,
+        backoff_factor=0,
+        timeout=env_float(ENV_HTTP_TIMEOUT_S, HTTP_TIMEOUT_S),
+        **kwargs,
+    )
+    return verify_rest_response(response, endpoint)
+
+
+def _deliver_http(batch: Batch) -> None:
     body = {
         "run_id": batch.run_id,
         "metrics": [
@@ -91,17 +135,7 @@ def _deliver_http(batch: Batch) -> None:
         ],
         "tags": [{"key": k, "value": v} for k, v in batch.tags.items()],
     }
-    endpoint = "/api/2.0/mlflow/runs/log-batch"
-    response = http_request(
-        store.get_host_creds(),
-        endpoint,
-        "POST",
-        max_retries=0,
-        backoff_factor=0,
-        timeout=env_float(ENV_HTTP_TIMEOUT_S, HTTP_TIMEOUT_S),
-        json=body,
-    )
-    verify_rest_response(response, endpoint)
+    _http(batch.tracking_uri, "/api/2.0/mlflow/runs/log-batch", "POST", json=body)
 
 
 def _deliver_client(batch: Batch) -> None:
@@ -125,6 +159,7 @@ class Outbox:
         self._pending: list[Batch] = []
         self._cond = threading.Condition()
         self._closing = False
+        self._closed = False  # leftovers taken: a later put is delivered or spooled by its caller
         self._max_backoff_s = max_backoff_s
         # Live time series are sent in one request per run every few seconds, not per sample.
         self._min_interval_s = (
@@ -143,8 +178,24 @@ class Outbox:
 
     def put(self, batch: Batch) -> None:
         with self._cond:
-            self._pending.append(batch)
-            self._cond.notify()
+            if not self._closed:
+                self._pending.append(batch)
+                self._cond.notify()
+                return
+        # After close (a sampler past its join, a nested run ended after its parent):
+        # nothing is queued any more, so deliver now or spool, never drop.
+        try:
+            deliver(batch)
+        except Exception as exc:
+            path = write_spool([batch])
+            if path is not None:
+                _log.warning(
+                    "mlflow-finops: a cost batch for run %s came after delivery closed and "
+                    "could not be sent (%s); spooled to %s",
+                    batch.run_id,
+                    _short(exc),
+                    path,
+                )
 
     def close(self, timeout_s: float = 15.0) -> int:
         """Deliver what is queued within ``timeout_s``; spool the rest. Returns batches spooled."""
@@ -156,10 +207,11 @@ class Outbox:
             while self._pending and time.monotonic() < deadline and self._thread.is_alive():
                 self._cond.wait(timeout=min(0.2, max(deadline - time.monotonic(), 0.01)))
             leftovers, self._pending = self._pending, []
+            self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=max(deadline - time.monotonic(), 0.5))
-        if leftovers:
-            path = write_spool(leftovers)
+        path = write_spool(leftovers) if leftovers else None
+        if path is not None:  # a failed write logs the loss itself
             _log.warning(
                 "mlflow-finops: tracking server unreachable at run end; %d cost batch(es) "
                 "spooled to %s, delivered by the next tracked run or `mlflow-finops sync`",
@@ -208,7 +260,7 @@ class Outbox:
                     _log.warning(
                         "mlflow-finops: cannot reach MLflow at %s (%s); cost samples are kept "
                         "and retried, training is not affected",
-                        taken[0].tracking_uri,
+                        redact_uri(taken[0].tracking_uri),
                         _short(exc),
                     )
                 with self._cond:
@@ -244,69 +296,344 @@ def _merge(batches: list[Batch]) -> list[Batch]:
 
 
 def _short(exc: BaseException) -> str:
+    """The first line of an error, without the ``user:password@`` of any URL it quotes."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
+    return re.sub(r"(\w://)[^/@\s]+@", r"\1", text)[:200]
 
 
 # ------------------------------------------------------------------ spool
-def write_spool(batches: list[Batch]) -> Path:
-    folder = spool_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{batches[0].run_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as fh:
-        for b in batches:
-            fh.write(json.dumps(asdict(b)) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
+class SyncResult(NamedTuple):
+    """What one sync did, counted in batches (a file that cannot be read counts as one)."""
+
+    delivered: int
+    left: int  # kept for a later sync: server unreachable, run deleted but restorable, file unreadable
+    dead: int  # moved to <spool>/dead/ with the reason: they can never be delivered
+
+
+def _private_folder(folder: Path) -> Path:
+    """Create ``folder`` 0700, or make an existing one this user owns 0700 (files inside are 0600)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = folder.stat()
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(folder, 0o700)
+    return folder
+
+
+def _fallback_dir(primary: Path) -> Path:
+    """This user's private folder under the temp dir, one per configured spool folder."""
+    digest = hashlib.sha256(str(primary).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"mlflow-finops-{os.geteuid()}" / f"spool-{digest}"
+
+
+def _check_fallback_base(base: Path) -> None:
+    """The temp dir is shared: use its folder only if it is a real folder of this user."""
+    st = base.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise OSError(f"{base} is not a private folder of this user")
+
+
+def _prepare(folder: Path, primary: Path) -> Path:
+    if folder != primary:
+        base = folder.parent
+        base.mkdir(exist_ok=True, mode=0o700)
+        _check_fallback_base(base)
+        _private_folder(base)
+    return _private_folder(folder)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)[:64] or "run"
+
+
+def _leased(stem: str, suffix: str) -> str:
+    """A file name that says who holds it and since when: ``stem~pid~host~unixtime.suffix``."""
+    return f"{stem}~{os.getpid()}~{HOST}~{int(time.time())}{suffix}"
+
+
+def _write_lines(folder: Path, stem: str, lines: list[bytes], suffix: str = ".jsonl") -> Path:
+    """Write atomically (a reader never sees half a file), 0600."""
+    tmp = folder / _leased(stem, ".tmp")
+    path = folder / f"{stem}{suffix}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.writelines(line + b"\n" for line in lines)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
-def _read_spool(path: Path) -> list[Batch]:
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            d: dict[str, Any] = json.loads(line)
-            d["metrics"] = [tuple(m) for m in d["metrics"]]
-            out.append(Batch(**d))
-    return out
+def _encode(batch: Batch) -> bytes:
+    return json.dumps(asdict(replace(batch, tracking_uri=redact_uri(batch.tracking_uri)))).encode()
 
 
-def sync_spool(tracking_uri: str | None = None) -> tuple[int, int]:
+def write_spool(batches: list[Batch]) -> Path | None:
+    """Spool ``batches``; never raises. ``None`` means they are lost, which is logged."""
+    primary = spool_dir()
+    stem = f"{_safe(batches[0].run_id)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    lines = [_encode(b) for b in batches]
+    failure = ""
+    for folder in (primary, _fallback_dir(primary)):
+        try:
+            path = _write_lines(_prepare(folder, primary), stem, lines)
+        except (OSError, ValueError) as exc:
+            failure = failure or f"{type(exc).__name__}: {exc}"
+            continue
+        if folder != primary:
+            _log.warning(
+                "mlflow-finops: spool folder %s cannot be written (%s); %d cost batch(es) "
+                "spooled to %s instead",
+                primary,
+                failure,
+                len(batches),
+                path,
+            )
+        return path
+    _log.warning(
+        "mlflow-finops: %d cost batch(es) for run(s) %s LOST: spool folder %s cannot be written "
+        "(%s), nor its fallback under %s",
+        len(batches),
+        ", ".join(sorted({b.run_id for b in batches})),
+        primary,
+        failure,
+        tempfile.gettempdir(),
+    )
+    return None
+
+
+def _parse(line: bytes) -> Batch:
+    """One spooled batch, checked field by field: anything else is a corrupt line."""
+    d = json.loads(line)
+    if not isinstance(d, dict) or set(d) != {"tracking_uri", "run_id", "metrics", "tags"}:
+        raise ValueError(f"expected the keys tracking_uri, run_id, metrics, tags; got {sorted(d)[:10]}"
+                         if isinstance(d, dict) else "not a JSON object")
+    uri, run_id, metrics, tags = d["tracking_uri"], d["run_id"], d["metrics"], d["tags"]
+    if not (isinstance(uri, str) and uri and isinstance(run_id, str) and run_id):
+        raise ValueError("tracking_uri and run_id must be non-empty strings")
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise ValueError("tags must map strings to strings")
+    rows = []
+    for m in metrics if isinstance(metrics, list) else [None]:
+        ok = (
+            isinstance(m, list) and len(m) == 4 and isinstance(m[0], str)
+            and isinstance(m[1], (int, float)) and not isinstance(m[1], bool)
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in m[2:])
+        )
+        if not ok:
+            raise ValueError(f"bad metric row {str(m)[:80]}")
+        rows.append((m[0], float(m[1]), m[2], m[3]))
+    return Batch(uri, run_id, rows, tags)
+
+
+def _lease_of(path: Path) -> tuple[str, int | None, str | None, float]:
+    """``(stem, pid, host, since)`` of a claim or of a file being written.
+
+    Claims of earlier versions (``stem.PID.sending``) name only the pid: this host,
+    since the file's mtime. Unknown names: nobody known, since the mtime.
+    """
+    name = path.name[: -len(path.suffix)]
+    parts = name.rsplit("~", 3)
+    if len(parts) == 4 and parts[1].isdigit() and parts[3].isdigit():
+        return parts[0], int(parts[1]), parts[2], float(parts[3])
+    stem, _, pid = name.rpartition(".")
+    if path.suffix == ".sending" and stem and pid.isdigit():
+        return stem, int(pid), HOST, path.stat().st_mtime
+    return name, None, None, path.stat().st_mtime
+
+
+def _holder_alive(pid: int | None, host: str | None, since: float) -> bool:
+    """Whether the process that took a lease may still hold it (unknown: yes, the lease decides)."""
+    if pid is None or host != HOST:
+        return True
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        # A pid reused by a process started after the lease was taken is not its holder.
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= since + 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+
+
+def _recover_leases(folder: Path) -> None:
+    """Rename back to ``*.jsonl`` every claim (or half-written file) whose holder is gone."""
+    now = time.time()
+    for path in [*folder.glob("*.sending"), *folder.glob("*.tmp")]:
+        try:
+            stem, pid, host, since = _lease_of(path)
+        except OSError:
+            continue  # gone already
+        if now - since <= CLAIM_LEASE_S and _holder_alive(pid, host, since):
+            continue
+        target = folder / f"{stem}.jsonl"
+        if target.exists():
+            target = folder / f"{stem}-{uuid.uuid4().hex[:8]}.jsonl"
+        try:
+            path.rename(target)
+        except OSError:
+            continue  # another sync recovered it first
+        _log.warning(
+            "mlflow-finops: recovered spool file %s left by process %s on %s %.0f s ago; retrying it",
+            path.name,
+            pid if pid is not None else "?",
+            host or "?",
+            now - since,
+        )
+
+
+def _delivery_uri(stored: str, preferred: str | None) -> str:
+    """Where to send a spooled batch: the stored URI (no credentials), or the same store as this
+    process names it (``preferred``, then the current tracking URI), credentials included."""
+    import mlflow
+
+    for uri in (preferred, mlflow.get_tracking_uri()):
+        if uri and uri != stored and redact_uri(uri) == redact_uri(stored):
+            return uri
+    return stored
+
+
+def _error_code(exc: BaseException, uri: str) -> str | None:
+    """MLflow's error code, only when MLflow itself answered (not a proxy's 404 page)."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(exc, RestException) or (isinstance(exc, MlflowException) and not _is_http(uri)):
+        return exc.error_code
+    return None
+
+
+_PERMANENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _never_deliverable(batch: Batch, exc: BaseException) -> str | None:
+    """Why ``batch`` can never be delivered, or ``None`` when a later sync may succeed.
+
+    A deleted run is kept: ``restore_run`` brings it back. Only a run that does not
+    exist, or a batch MLflow refuses for an active run, is given up.
+    """
+    code = _error_code(exc, batch.tracking_uri)
+    if code not in _PERMANENT:
+        return None
+    try:
+        if _is_http(batch.tracking_uri):
+            stage = _http(batch.tracking_uri, "/api/2.0/mlflow/runs/get", "GET",
+                          params={"run_id": batch.run_id}).json()["run"]["info"]["lifecycle_stage"]
+        else:
+            from mlflow.tracking import MlflowClient
+
+            stage = MlflowClient(batch.tracking_uri).get_run(batch.run_id).info.lifecycle_stage
+    except Exception as check:
+        if _error_code(check, batch.tracking_uri) in _PERMANENT:
+            return f"run {batch.run_id} does not exist in {redact_uri(batch.tracking_uri)}: {_short(exc)}"
+        return None
+    if stage == "active" and code == "INVALID_PARAMETER_VALUE":
+        return f"MLflow refuses the batch for run {batch.run_id}: {_short(exc)}"
+    return None
+
+
+def _spool_folders() -> list[Path]:
+    primary = spool_dir()
+    fallback = _fallback_dir(primary)
+    folders = [primary] if primary.is_dir() else []
+    try:
+        _check_fallback_base(fallback.parent)
+        if fallback.is_dir():
+            folders.append(fallback)
+    except OSError:
+        pass
+    return folders
+
+
+def sync_spool(tracking_uri: str | None = None) -> SyncResult:
     """Deliver spooled batches (only those for ``tracking_uri`` when given).
 
-    Returns ``(delivered, left)`` counted in batches.
+    Claims of processes that died mid-sync are recovered first. Batches are sent with
+    this process's credentials for their store (see :func:`_delivery_uri`).
     """
-    folder = spool_dir()
-    if not folder.is_dir():
-        return 0, 0
-    delivered = left = 0
-    for path in sorted(folder.glob("*.jsonl")):
-        claimed = path.with_suffix(f".{os.getpid()}.sending")
+    total = SyncResult(0, 0, 0)
+    for folder in _spool_folders():
+        _recover_leases(folder)
+        for path in sorted(folder.glob("*.jsonl")):
+            done = _sync_file(folder, path, tracking_uri)
+            total = SyncResult(*(a + b for a, b in zip(total, done)))
+    return total
+
+
+def _sync_file(folder: Path, path: Path, tracking_uri: str | None) -> SyncResult:
+    try:
+        raw = [line for line in path.read_bytes().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return SyncResult(0, 0, 0)  # another sync took it
+    except OSError as exc:
+        _log.warning("mlflow-finops: spool file %s cannot be read (%s); kept for a later sync", path, exc)
+        return SyncResult(0, 1, 0)
+    batches: list[Batch] = []
+    corrupt: list[tuple[bytes, str]] = []
+    for line in raw:
         try:
-            batches = _read_spool(path)
-        except (OSError, ValueError) as exc:
-            _log.warning("unreadable spool file %s left in place: %s", path, exc)
+            batches.append(_parse(line))
+        except (ValueError, TypeError) as exc:  # UnicodeDecodeError and JSONDecodeError included
+            corrupt.append((line, f"corrupt spool line: {_short(exc)}"))
+    if tracking_uri and any(redact_uri(b.tracking_uri) != redact_uri(tracking_uri) for b in batches):
+        return SyncResult(0, len(raw), 0)  # another store's file: left to `mlflow-finops sync`
+    claimed = folder / _leased(path.stem, ".sending")
+    try:
+        path.rename(claimed)  # claim it, so two syncs never send the same file
+    except OSError:
+        return SyncResult(0, 0, 0)
+    delivered = 0
+    remaining: list[Batch] = []
+    held_runs: set[str] = set()  # a run MLflow refused: its later batches wait, in order
+    unreachable = False
+    for b in batches:
+        if unreachable or b.run_id in held_runs:
+            remaining.append(b)
             continue
-        if tracking_uri and any(b.tracking_uri != tracking_uri for b in batches):
-            left += len(batches)
-            continue
+        target = replace(b, tracking_uri=_delivery_uri(b.tracking_uri, tracking_uri))
         try:
-            path.rename(claimed)  # claim it, so two syncs never send the same file
-        except OSError:
+            deliver(target)
+            delivered += 1
             continue
-        remaining = []
-        for b in batches:
-            if remaining:
-                remaining.append(b)
+        except Exception as exc:
+            reason = _never_deliverable(target, exc)
+            if reason:
+                corrupt.append((_encode(b), reason))
                 continue
-            try:
-                deliver(b)
-                delivered += 1
-            except Exception as exc:
-                _log.info("spooled batch for run %s not delivered yet: %s", b.run_id, _short(exc))
-                remaining.append(b)
-        claimed.unlink(missing_ok=True)
-        if remaining:
-            write_spool(remaining)
-            left += len(remaining)
-    return delivered, left
+            _log.info("spooled batch for run %s not delivered yet: %s", b.run_id, _short(exc))
+            remaining.append(b)
+            if _error_code(exc, target.tracking_uri) is None:
+                unreachable = True  # no answer from MLflow: the rest would wait just as long
+            else:
+                held_runs.add(b.run_id)
+    try:
+        if corrupt:
+            _dead_letter(folder, path.stem, corrupt)
+        if remaining and write_spool(remaining) is None:
+            raise OSError("cannot rewrite the undelivered batches")
+    except OSError as exc:
+        _log.warning("mlflow-finops: spool file %s kept whole (%s); it is retried by the next sync",
+                     path, exc)
+        claimed.rename(path)  # nothing lost; what was delivered may be sent again
+        return SyncResult(delivered, len(raw) - delivered, 0)
+    claimed.unlink(missing_ok=True)
+    return SyncResult(delivered, len(remaining), len(corrupt))
+
+
+def _dead_letter(folder: Path, stem: str, entries: list[tuple[bytes, str]]) -> None:
+    """Keep batches that can never be delivered in ``dead/``, with a ``.reason`` file beside them.
+
+    The ``.jsonl`` holds them as spooled: moved back into the spool folder, they are retried.
+    """
+    dead = _private_folder(folder / DEAD_LETTER_DIR)
+    path = _write_lines(dead, f"{stem}-{uuid.uuid4().hex[:8]}", [line for line, _ in entries])
+    reasons = [f"line {i}: {reason}".encode() for i, (_, reason) in enumerate(entries, 1)]
+    _write_lines(dead, path.stem, reasons, suffix=".reason")
+    by_reason: dict[str, int] = {}
+    for _, reason in entries:
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    for reason, count in by_reason.items():
+        _log.warning("mlflow-finops: %d spooled cost batch(es) can never be delivered and were moved "
+                     "to %s: %s", count, path, reason)

@@ -13,6 +13,11 @@ cumulative counters, so nothing is lost between samples:
 
 Memory is the sum of the tree's resident set sizes. Ray's own processes (and a
 Ray driver's workers, which the Ray sampler attributes per node) are left out.
+
+A member that cannot be read (``AccessDenied``: another user's setuid child, a
+``hidepid`` /proc) is counted once its parent in the tree reaps it; one still
+alive at the run's end, or gone without a member reaping it, is reported as
+unaccounted (its pid and the count), and the run is then not ``complete``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from ..names import (
     TAG_MACHINE_GPU_MODELS,
     TAG_MACHINE_HOSTNAME,
     TAG_MACHINE_RAM_GB,
+    TAG_UNACCOUNTED_PIDS,
+    TAG_UNACCOUNTED_PROCESSES,
 )
 from .gpu import GpuReading, GpuSampler
 from .samplers import GB, RunUsage, Summary
@@ -55,6 +62,7 @@ __all__ = [
 # Linux exposes each thread's children (CONFIG_PROC_CHILDREN); psutil's scan of /proc otherwise.
 _HAS_CHILDREN_FILES = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
 _RAY_NAMES = {"gcs_server", "raylet", "plasma_store", "plasma_store_server"}
+MAX_PIDS_TAGGED = 50  # finops.unaccounted_pids lists at most this many
 
 
 def is_ray_component(proc: Any) -> bool:
@@ -84,6 +92,7 @@ class TreeReading:
     rss_bytes: int
     pids: frozenset[int]
     gpus: tuple[GpuReading, ...] = ()
+    unreadable: frozenset[int] = frozenset()  # live members whose counters were denied
 
 
 class ProcessTreeSampler:
@@ -112,6 +121,11 @@ class ProcessTreeSampler:
         # (orphans re-parented to init): kept at their last reading.
         self._last_seen: dict[tuple[int, float], tuple[float, int | None]] = {}
         self._orphaned_s = 0.0
+        self._parents: dict[int, int] = {}  # member pid -> the parent it was found under (last walk)
+        # Unreadable members: pid -> parent pid, as of the last reading; and those that went
+        # away with no readable member to reap them (their CPU is nowhere in the tree's counters).
+        self._unreadable: dict[int, int | None] = {}
+        self._lost_unreadable: set[int] = set()
 
     def read(self) -> TreeReading:
         now = time.time()
@@ -119,22 +133,16 @@ class ProcessTreeSampler:
         cpu = 0.0
         rss = 0
         seen: dict[tuple[int, float], tuple[float, int | None]] = {}
+        unreadable: dict[int, int | None] = {}
         for proc in members:
             try:
-                with proc.oneshot():
-                    t = proc.cpu_times()
-                    key = (proc.pid, proc.create_time())
-                    ppid = proc.ppid()
-                    try:
-                        rss += proc.memory_info().rss
-                    except (psutil.ZombieProcess, psutil.AccessDenied):
-                        pass
+                key, own, reaped, ppid, proc_rss = _read_member(proc)
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue
-            except psutil.AccessDenied:  # pragma: no cover - other user's process
+            except psutil.AccessDenied:
+                unreadable[proc.pid] = self._parents.get(proc.pid)
                 continue
-            own = t.user + t.system
-            reaped = t.children_user + t.children_system
+            rss += proc_rss
             cpu += own + reaped
             seen[key] = (own + reaped, ppid)
         pids = {k[0] for k in seen}
@@ -143,8 +151,16 @@ class ProcessTreeSampler:
         for key, (used, ppid) in self._last_seen.items():
             if key not in seen and ppid not in pids:
                 self._orphaned_s += used
-        self._last_seen = seen
-        return TreeReading(now, cpu + self._orphaned_s, rss, frozenset(pids))
+        for pid, parent in self._unreadable.items():
+            if pid not in unreadable and pid not in pids and parent not in pids:
+                self._lost_unreadable.add(pid)
+        self._last_seen, self._unreadable = seen, unreadable
+        return TreeReading(now, cpu + self._orphaned_s, rss, frozenset(pids), unreadable=frozenset(unreadable))
+
+    @property
+    def unaccounted_pids(self) -> list[int]:
+        """Members whose CPU the run lacks: unreadable at the last reading, or gone unreaped."""
+        return sorted(set(self._unreadable) | self._lost_unreadable)
 
     # ------------------------------------------------------------ Sampler
     def collect(self, final: bool = False) -> TreeReading:
@@ -167,24 +183,44 @@ class ProcessTreeSampler:
         local.advance(reading.timestamp, reading.rss_bytes, reading.gpus)
 
     def close(self, usage: RunUsage) -> Summary:
-        return Summary()
+        missing = self.unaccounted_pids
+        if not missing:
+            return Summary()
+        tags = {
+            TAG_UNACCOUNTED_PROCESSES: str(len(missing)),
+            TAG_UNACCOUNTED_PIDS: ",".join(map(str, missing[:MAX_PIDS_TAGGED])),
+        }
+        why = (
+            f"{len(missing)} process(es) of the run's tree could not be read (access denied); "
+            "their CPU and memory are not in the cost"
+        )
+        _log.warning("mlflow-finops: %s: pids %s", why, tags[TAG_UNACCOUNTED_PIDS])
+        return Summary(tags, lost=why)
 
     def _descendants(self) -> list[psutil.Process]:
         """The root's descendants, walked from the root; excluded subtrees are never entered."""
         out: list[psutil.Process] = []
+        self._parents = {}
         stack = [self.root.pid]
         seen = {self.root.pid}
         while stack:
-            for child in _children(stack.pop()):
+            parent = stack.pop()
+            for child in _children(parent):
                 if child in seen:
                     continue
                 seen.add(child)
+                self._parents[child] = parent
                 try:
                     proc = psutil.Process(child)
+                except psutil.Error:
+                    continue
+                try:
                     if self._is_excluded(proc):
                         continue  # and its whole subtree: never walked
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                except psutil.NoSuchProcess:
                     continue
+                except psutil.AccessDenied:
+                    pass  # a member all the same: reported as unaccounted if it stays unreadable
                 stack.append(child)
                 out.append(proc)
         return out
@@ -196,6 +232,19 @@ class ProcessTreeSampler:
         if key not in self._excluded:
             self._excluded[key] = bool(self.exclude(proc))
         return self._excluded[key]
+
+
+def _read_member(proc: psutil.Process) -> tuple[tuple[int, float], float, float, int, int]:
+    """One member's ``(pid, create time)``, own CPU, reaped children's CPU, parent pid and RSS."""
+    with proc.oneshot():
+        t = proc.cpu_times()
+        key = (proc.pid, proc.create_time())
+        ppid = proc.ppid()
+        try:
+            rss = proc.memory_info().rss
+        except (psutil.ZombieProcess, psutil.AccessDenied):
+            rss = 0
+    return key, t.user + t.system, t.children_user + t.children_system, ppid, rss
 
 
 def _children(pid: int) -> list[int]:

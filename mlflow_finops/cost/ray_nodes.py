@@ -11,10 +11,13 @@ worker costs ~1% of a core, so no probe is started where none is needed). Ray
 workers are dedicated to one job, so once a worker has been seen running our
 tasks, all its later CPU is ours.
 
-A worker already alive when tracking started is charged only from its
-reading at that moment; one started later is charged from zero (its start-up
-is part of the run's cost). A node that stops answering keeps its share up
-to its last reading and is reported as lost.
+A worker already alive when tracking started (in the snapshot of every node's
+Ray workers taken then) is charged only from its reading at that moment; one
+started later is charged from zero (its start-up is part of the run's cost).
+psutil's create time reads up to a second early (boot time is whole seconds),
+so it alone cannot tell a worker started just after tracking began from an old
+one. A node that stops answering keeps its share up to its last reading and is
+reported as lost.
 
 The tracker samples all this through :class:`RaySampler`, which attaches once
 the process is a Ray driver and keeps the last figures when Ray fails.
@@ -55,6 +58,8 @@ PROBE_TIMEOUT_S = 10.0
 PROBE_START_TIMEOUT_S = 30.0
 STATE_API_LIMIT = 10_000  # the most Ray's state API returns per call
 DISCOVERY_EVERY_S = 5.0  # default of $MLFLOW_FINOPS_RAY_DISCOVERY_S
+# psutil's create time = boot time (whole seconds in /proc/stat) + start ticks: up to 1 s early.
+CREATE_TIME_SLACK_S = 1.0
 
 
 def ray_driver_active() -> bool:
@@ -388,14 +393,7 @@ class RayClusterSampler:
                 elif pid not in found:
                     continue  # a pid we knew was reused by another process
                 else:
-                    pre = node.pre_existing.get(pid)
-                    if pre is not None and abs(pre[0] - created) < 0.05:
-                        baseline = pre[1]  # alive before the run: charge only what came after
-                    elif created >= self.t0:
-                        baseline = 0.0
-                    else:
-                        baseline = cpu_s  # alive before the run, unseen then: from now on
-                    worker = _Worker(baseline_s=baseline, last_s=cpu_s)
+                    worker = _Worker(baseline_s=self._baseline(node, pid, created, cpu_s), last_s=cpu_s)
                 node.workers[key] = worker
             worker.last_s = max(worker.last_s, cpu_s)
             if not worker.is_probe:
@@ -404,6 +402,17 @@ class RayClusterSampler:
         node.usage.cpu_s = node.cpu_s
         dt = node.usage.advance(now, rss, [GpuReading(**g) for g in result["gpu"]])
         node.worker_s += live * dt
+
+    def _baseline(self, node: _Node, pid: int, created: float, cpu_s: float) -> float:
+        """The CPU seconds of a worker first seen running this job that are not the run's."""
+        pre = node.pre_existing.get(pid)
+        if pre is not None and abs(pre[0] - created) < 0.05:
+            # In the snapshot. Attached mid-run (ray.init() after the run started), the snapshot
+            # also lists workers started since: a create time never reads late, so >= t0 is new.
+            return 0.0 if created >= self.t0 else pre[1]
+        if created >= self.t0 - CREATE_TIME_SLACK_S:
+            return 0.0  # started for the run (not in the snapshot, and not visibly older)
+        return cpu_s  # alive before the run but unseen then (no snapshot of its node): from now on
 
     def _mark_lost(self, node: _Node, why: str) -> None:
         node.lost = True

@@ -79,10 +79,12 @@ class RunUsage:
 
 @dataclass(frozen=True)
 class Summary:
-    """What a sampler leaves on the run when tracking stops: tags, and final-only metrics."""
+    """What a sampler leaves on the run when tracking stops: tags, final-only metrics, and
+    ``lost``: what it could not account for (the run is then tagged degraded, with this reason)."""
 
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    lost: str = ""
 
 
 class Sampler(Protocol[R]):

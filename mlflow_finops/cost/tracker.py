@@ -10,9 +10,17 @@ already carries.
 What is sampled sits behind one interface (:mod:`mlflow_finops.cost.samplers`):
 the process tree with its GPUs, and the Ray job's workers on every node.
 
-Nothing here may break training: every hook is wrapped, a failing sampler is
-reported once and degrades to "no more samples", and delivery to MLflow runs
-on its own thread (see :mod:`mlflow_finops.cost.delivery`).
+Nothing here may break training: every hook is wrapped, a failing sample is
+reported and retried with backoff (the kernel's counters are cumulative, so a
+later reading recovers the total; the run is ``degraded`` only when something
+is really missing), and delivery to MLflow runs on its own thread (see
+:mod:`mlflow_finops.cost.delivery`).
+
+A scheduler stops training with SIGTERM first: the first tracker started in the
+main thread installs a handler that flushes (final sample, delivery, the run
+ended KILLED) and then does what was done before (a user's handler runs; the
+default one still ends the process). SIGKILL leaves the run RUNNING: the next
+tracked run on the host ends it (:mod:`mlflow_finops.cost.orphans`).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import functools
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -42,6 +51,7 @@ from ..names import (
     METRIC_PREFIX,
     TAG_ALLOCATED_CPUS,
     TAG_ALLOCATION_MODE,
+    TAG_END_REASON,
     TAG_INTERVAL_S,
     TAG_MARKET,
     TAG_NESTED_IN,
@@ -49,12 +59,16 @@ from ..names import (
     TAG_TRACKED,
     TAG_TRACKING_ERROR,
     TAG_TRACKING_STATUS,
+    TRACKING_COMPLETE,
+    TRACKING_DEGRADED,
+    TRACKING_LIVE,
 )
 from ..policy import Policy, RayPolicy, load_policy
 from ..pricing import Allocation, CostBreakdown, PriceCatalog
 from .context import run_tags
 from .delivery import Batch, Outbox
 from .gpu import GpuSampler
+from .orphans import END_SIGTERM, end_orphaned_runs, process_tags
 from .process import ProcessTreeSampler, allocated_cpus, allocated_ram_gb
 from .ray_nodes import RayClusterSampler, RaySampler
 from .samplers import GB, RunUsage, Sampler
@@ -64,7 +78,11 @@ _log = logging.getLogger(__name__)
 __all__ = ["CostTracker", "autolog", "track_cost", "active_tracker"]
 
 DEFAULT_INTERVAL_S = 10.0
-MAX_CONSECUTIVE_ERRORS = 3
+# A failing sample is retried after 2, 4, then 8 intervals (at most MAX_BACKOFF_S, unless the
+# interval itself is longer), for as long as the run lasts.
+BACKOFF_DOUBLINGS = 3
+MAX_BACKOFF_S = 60.0
+ORPHAN_SCAN_EVERY_S = 300.0  # per tracking URI and process: runs of killed processes are looked for
 MAX_HISTORY = 5000
 CHART_MIN_S = 300.0  # runs shorter than this get no timeline chart ($MLFLOW_FINOPS_CHART_MIN_S)
 
@@ -130,8 +148,10 @@ class CostTracker:
         self._outbox = Outbox(name=f"finops-outbox-{run_id[:8]}")
         self._listeners: list[Callable[[CostBreakdown], None]] = []
         self._segments: dict[str, CostBreakdown] = {}
-        self._errors = 0
-        self.degraded_reason: str | None = None
+        self._errors = 0  # consecutive failed samples
+        self._failures = 0  # failed samples in all
+        self.degraded_reason: str | None = None  # set when usage is really missing (the last sample failed)
+        self.end_reason: str | None = None  # finops.end_reason, when tracking ends the run (SIGTERM)
         self._last: CostBreakdown = self._offset
         self.log_charts = env_flag(ENV_LOG_CHARTS, True) if log_charts is None else log_charts
         # Drawing the chart costs ~2 CPU-s (matplotlib import + render): only worth it on runs
@@ -140,6 +160,7 @@ class CostTracker:
         self.sampling_cpu_s = 0.0  # CPU the sampler thread used
         self._caller_cpu_s = 0.0  # CPU start() and stop() used on the training's own thread
         self.chart_cpu_s = 0.0  # CPU the timeline chart took, drawn after the run ended
+        self.recovery_cpu_s = 0.0  # CPU the look for killed processes' runs took (in the background)
         # (unix time, cumulative breakdown) per sample, for the run's cost timeline chart
         self.history: list[tuple[float, CostBreakdown]] = []
         self.samples = 0
@@ -159,44 +180,56 @@ class CostTracker:
         self._outbox.start(sync_spool_for=self.tracking_uri)
         tags = {
             TAG_TRACKED: "true",
+            TAG_TRACKING_STATUS: TRACKING_LIVE,
             TAG_PRICE_PROFILE: self.prices.profile,
             TAG_ALLOCATION_MODE: self.prices.allocation_mode,
             TAG_MARKET: self.prices.market,
             TAG_INTERVAL_S: f"{self.interval_s:g}",
             TAG_ALLOCATED_CPUS: f"{self.allocation.cpus:g}",
             **run_tags(),
+            **process_tags(),
         }
         self._outbox.put(Batch(self.tracking_uri, self.run_id, tags=tags))
-        self.running = True
+        with _state_lock:
+            self.running = True
+            _running.add(self)
         self._thread = threading.Thread(target=self._loop, name=f"finops-sampler-{self.run_id[:8]}", daemon=True)
         self._thread.start()
+        _install_sigterm_handler()
+        self._end_orphans_in_background()
         _log.debug("cost tracking started for run %s every %.1fs", self.run_id, self.interval_s)
         self._caller_cpu_s += time.thread_time() - cpu0
         return self
 
     def stop(self, status: str | None = None) -> CostBreakdown:
         """Take a last sample, log the final scalars and deliver (or spool) everything."""
-        with self._lock:
+        with _state_lock, self._lock:
             if not self.running:
                 return self._last
             self.running = False
+            _running.discard(self)
         cpu0 = time.thread_time()
         self._stop_event.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        if self.degraded_reason is None:
-            self._safe_sample(final=True)
+        self._safe_sample(final=True)  # always: the counters are cumulative, it recovers what failed before
         final = self._last
         for run_id in list(self._segments):
             self.close_segment(run_id)
-        tags = {TAG_TRACKING_STATUS: "degraded" if self.degraded_reason else "complete"}
+        tags: dict[str, str] = {}
         final_only: dict[str, float] = {}
+        missing = [self.degraded_reason] if self.degraded_reason else []
         for sampler in self._samplers:
             summary = sampler.close(self._usage)
             tags.update(summary.tags)
             final_only.update(summary.metrics)
-        if self.degraded_reason:
-            tags[TAG_TRACKING_ERROR] = self.degraded_reason[:500]
+            if summary.lost:
+                missing.append(summary.lost)
+        tags[TAG_TRACKING_STATUS] = TRACKING_DEGRADED if missing else TRACKING_COMPLETE
+        if missing:
+            tags[TAG_TRACKING_ERROR] = "; ".join(missing)[:500]
+        if self.end_reason:
+            tags[TAG_END_REASON] = self.end_reason
         self._outbox.put(
             Batch(self.tracking_uri, self.run_id, self._metric_rows(final, final=True, extra=final_only), tags)
         )
@@ -215,7 +248,31 @@ class CostTracker:
         comparisons drown in noise. The timeline chart, drawn after ``end_run``
         returned, is counted apart (``chart_cpu_s``).
         """
-        return self.sampling_cpu_s + self._outbox.cpu_s + self._caller_cpu_s
+        return self.sampling_cpu_s + self._outbox.cpu_s + self._caller_cpu_s + self.recovery_cpu_s
+
+    def _end_orphans_in_background(self) -> None:
+        """End the runs that killed processes of this host left RUNNING (:mod:`.orphans`).
+
+        On a daemon thread, so training never waits for it; at most every
+        ORPHAN_SCAN_EVERY_S per tracking URI in one process.
+        """
+        now = time.monotonic()
+        with _state_lock:
+            last = _orphan_scans.get(self.tracking_uri)
+            if last is not None and now - last < ORPHAN_SCAN_EVERY_S:
+                return
+            _orphan_scans[self.tracking_uri] = now
+
+        def scan() -> None:
+            cpu0 = time.thread_time()
+            try:
+                end_orphaned_runs(self.tracking_uri, by=f"the next tracked run on this host ({self.run_id})")
+            except Exception as exc:  # `mlflow-finops sync` does it too
+                _log.debug("looking for runs of killed processes failed: %s", exc)
+            finally:
+                self.recovery_cpu_s = time.thread_time() - cpu0
+
+        threading.Thread(target=scan, name=f"finops-orphans-{self.run_id[:8]}", daemon=True).start()
 
     def _log_timeline(self) -> None:
         """Log the run's cost timeline (PNG + HTML) without holding up the training code.
@@ -265,6 +322,8 @@ class CostTracker:
         """Start accounting a nested run's own stretch of this tracker's cost."""
         self._safe_sample()
         self._segments[run_id] = self._last
+        tags = {TAG_TRACKED: "true", TAG_NESTED_IN: self.run_id, TAG_TRACKING_STATUS: TRACKING_LIVE, **process_tags()}
+        self._outbox.put(Batch(self.tracking_uri, run_id, tags=tags))
 
     def close_segment(self, run_id: str) -> CostBreakdown | None:
         start = self._segments.pop(run_id, None)
@@ -277,32 +336,41 @@ class CostTracker:
             TAG_NESTED_IN: self.run_id,
             TAG_PRICE_PROFILE: self.prices.profile,
             TAG_ALLOCATION_MODE: self.prices.allocation_mode,
-            TAG_TRACKING_STATUS: "complete",
+            TAG_TRACKING_STATUS: TRACKING_COMPLETE,
         }
         self._outbox.put(Batch(self.tracking_uri, run_id, self._metric_rows(seg, final=True), tags))
         return seg
 
     # --------------------------------------------------------------- thread
     def _loop(self) -> None:
-        while not self._stop_event.wait(self.interval_s):
-            if self.degraded_reason is not None:
-                return
+        while not self._stop_event.wait(self._next_wait()):
             t = time.thread_time()
             self._safe_sample()
             self.sampling_cpu_s += time.thread_time() - t
 
+    def _next_wait(self) -> float:
+        """The interval, stretched while samples fail (retried for as long as the run lasts)."""
+        if not self._errors:
+            return self.interval_s
+        backoff = self.interval_s * 2 ** min(self._errors, BACKOFF_DOUBLINGS)
+        return min(backoff, max(self.interval_s, MAX_BACKOFF_S))
+
     def _safe_sample(self, final: bool = False) -> None:
         try:
             self._sample(final)
-            self._errors = 0
         except Exception as exc:
             self._errors += 1
-            if self._errors == 1:
-                _log.warning("mlflow-finops: cost sample failed (training continues): %s", exc, exc_info=True)
-            if self._errors >= MAX_CONSECUTIVE_ERRORS or final:
-                self.degraded_reason = f"{type(exc).__name__}: {exc}"
+            self._failures += 1
+            if self._failures == 1:
+                _log.warning("mlflow-finops: cost sample failed (training continues; retried): %s", exc,
+                             exc_info=True)
+            if final:
+                self.degraded_reason = f"the last sample failed ({type(exc).__name__}: {exc})"
                 _log.warning("mlflow-finops: cost tracking degraded for run %s: %s", self.run_id, exc)
             return
+        if self._errors:
+            _log.info("mlflow-finops: cost samples work again after %d failure(s); nothing lost", self._errors)
+            self._errors = 0
         for fn in list(self._listeners):
             try:
                 fn(self._last)
@@ -361,6 +429,9 @@ _config: _AutologConfig | None = None
 _root: CostTracker | None = None  # the one live tracker of this process
 _originals: dict[str, Callable[..., Any]] = {}
 _hook_errors = 0
+_running: set[CostTracker] = set()  # every tracker sampling now (a SIGTERM flushes them all)
+_orphan_scans: dict[str, float] = {}  # tracking URI -> when this process last looked for orphans
+_sigterm_previous: Any = None  # the SIGTERM handler ours replaced and chains to
 
 
 def active_tracker() -> CostTracker | None:
@@ -503,6 +574,49 @@ def _stop_root(status: str) -> None:
 @atexit.register
 def _flush_at_exit() -> None:
     _guard(_stop_root, "FINISHED")
+
+
+def _install_sigterm_handler() -> None:
+    """Flush on SIGTERM, then chain to the handler in place (once; main thread only, where Python
+    allows handlers). A process that ignores SIGTERM goes on ignoring it."""
+    global _sigterm_previous
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm or current is None or current == signal.SIG_IGN:
+        return  # None: a handler set outside Python, which we cannot chain to
+    _sigterm_previous = current
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _guard(_flush_killed)
+    previous = _sigterm_previous
+    if callable(previous):
+        previous(signum, frame)
+        return
+    # SIG_DFL: die of SIGTERM, as the process would have without tracking.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _flush_killed() -> None:
+    """Every live tracker: final sample, delivery (or spool), and its runs ended KILLED."""
+    global _root
+    for tracker in list(_running):
+        tracker.end_reason = END_SIGTERM
+        tracker.log_charts = False  # the process is about to end
+        ours = {tracker.run_id, *tracker._segments}
+        with _state_lock:
+            if _root is tracker:
+                _root = None
+        tracker.stop("KILLED")
+        ended = False
+        while (active := mlflow.active_run()) is not None and active.info.run_id in ours:
+            ended |= active.info.run_id == tracker.run_id
+            mlflow.end_run("KILLED")
+        if not ended:  # not on this thread's run stack (track_cost(run_id=...))
+            mlflow.tracking.MlflowClient(tracker.tracking_uri).set_terminated(tracker.run_id, "KILLED")
 
 
 # ==================================================================== track_cost

@@ -49,7 +49,29 @@ def test_bad_policy_exits_2_with_one_clear_line(tmp_path: Path) -> None:
 def test_sync_with_nothing_spooled(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["sync"], env={"MLFLOW_FINOPS_SPOOL_DIR": str(tmp_path)})
     assert result.exit_code == 0
-    assert "delivered 0" in result.output
+    assert result.output == "delivered 0 spooled batch(es); 0 left; 0 dead-lettered\n"
+
+
+def test_sync_counts_what_is_left_and_what_is_dead_lettered(tmp_path: Path) -> None:
+    """One line that adds up, and a non-zero exit whenever anything was not delivered."""
+    from conftest import free_port
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    down = f"http://127.0.0.1:{free_port()}"
+    waiting = {"tracking_uri": down, "run_id": "r1", "metrics": [["finops/cost_usd", 1.0, 1, 0]], "tags": {}}
+    (spool / "waiting.jsonl").write_text(json.dumps(waiting) + "\n" + json.dumps(waiting) + "\n")
+    (spool / "corrupt.jsonl").write_text('{"tracking_uri": "x", "run_id": "r2", "metrics": [], "tags": {}, "k": 1}\n')
+    env = {"MLFLOW_FINOPS_SPOOL_DIR": str(spool), "MLFLOW_FINOPS_HTTP_TIMEOUT_S": "1"}
+    result = CliRunner().invoke(cli, ["sync"], env=env)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == (
+        f"delivered 0 spooled batch(es); 2 left; 1 dead-lettered (see {spool / 'dead'})"
+    )
+    assert (spool / "dead").is_dir() and len(list(spool.glob("*.jsonl"))) == 1
+    again = CliRunner().invoke(cli, ["sync"], env=env)  # what is dead is not counted twice
+    assert again.exit_code == 1
+    assert again.output == "delivered 0 spooled batch(es); 2 left; 0 dead-lettered\n"
 
 
 def test_ray_up_and_down_touch_only_their_own_cluster(ray_cluster) -> None:

@@ -138,3 +138,41 @@ def test_folding_from_the_process_start_charges_its_start_up() -> None:
     sampler.fold(reading(100.0, 4.0, 2.0), usage)
     assert usage.local.cpu_s == pytest.approx(4.0)
     assert usage.local.ram_gb_s == pytest.approx(0.5 * 2.0 * 10)  # from nothing up to 2 GB
+
+
+def test_an_unreadable_member_counts_once_reaped_and_is_reported_while_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AccessDenied injected for the children (psutil itself is real)."""
+    import psutil
+
+    import mlflow_finops.cost.process as process
+
+    real_read_member = process._read_member
+    sampler = ProcessTreeSampler()
+    before = sampler.read()
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\n"
+                               "while time.process_time() < end: pass"])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    denied = {burner.pid, sleeper.pid}
+
+    def read_member(proc: psutil.Process):
+        if proc.pid in denied:
+            raise psutil.AccessDenied(proc.pid)
+        return real_read_member(proc)
+
+    monkeypatch.setattr(process, "_read_member", read_member)
+    try:
+        live = sampler.read()
+        assert live.unreadable == frozenset(denied)
+        burner.wait()  # reaped by this process: its CPU is in our RUSAGE_CHILDREN now
+        after = sampler.read()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert after.unreadable == {sleeper.pid}
+    assert after.cpu_s - before.cpu_s >= 0.5
+    assert sampler.unaccounted_pids == [sleeper.pid]
+    summary = sampler.close(RunUsage())
+    assert summary.tags["finops.unaccounted_processes"] == "1"
+    assert summary.lost

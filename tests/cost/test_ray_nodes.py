@@ -113,3 +113,39 @@ def test_a_node_lost_mid_run_keeps_its_share(ray_driver, sqlite_uri: str, monkey
     assert doomed in r.data.tags["finops.ray_lost_nodes"]
     assert r.data.metrics[f"finops/node/{doomed}/cpu_core_hours"] * 3600 >= 1.0
     assert r.data.tags["finops.tracking_status"] == "complete"
+
+
+@ray.remote(num_cpus=1)
+class Burner:
+    def burn(self, seconds: float) -> tuple[float, int]:
+        """Spin; return all the CPU this worker process used (its start-up included) and its pid."""
+        import psutil
+
+        start = time.process_time()
+        while time.process_time() - start < seconds:
+            pass
+        t = psutil.Process().cpu_times()
+        return t.user + t.system, os.getpid()
+
+
+def test_a_worker_started_in_the_runs_first_second_is_charged_its_start_up(
+    ray_driver, sqlite_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psutil's create time reads up to 1 s early: a fresh worker must still count as new."""
+    from mlflow_finops.cost.tracker import active_tracker
+
+    monkeypatch.setenv("MLFLOW_FINOPS_RAY_DISCOVERY_S", "0.3")
+    mlflow_finops.autolog(interval_s=0.3)
+    with mlflow.start_run() as run:
+        # a runtime environment of its own: a new worker process, started now
+        actor = Burner.options(runtime_env={"env_vars": {"FINOPS_FRESH": str(time.time())}}).remote()
+        worker_cpu, pid = ray.get(actor.burn.remote(3.0))
+        time.sleep(0.5)  # a sample of the worker after its work
+        tracker = active_tracker()
+        assert tracker is not None and tracker.ray_cluster is not None
+        snapshot = [n.pre_existing for n in tracker.ray_cluster.nodes.values()]
+    ray.kill(actor)
+    assert all(pid not in pre for pre in snapshot)  # really a fresh process
+    ray_cpu = MlflowClient().get_run(run.info.run_id).data.metrics["finops/ray_cpu_core_hours"] * 3600
+    assert worker_cpu >= 3.0
+    assert ray_cpu == pytest.approx(worker_cpu, abs=0.15)  # its start-up included

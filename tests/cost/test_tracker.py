@@ -241,3 +241,72 @@ def test_a_process_started_for_the_run_is_charged_from_its_start(sqlite_uri: str
     assert r["os_before"] >= 0.6
     assert r["os_before"] <= r["cpu_s"] <= r["os_after"]
     assert r["wall_s"] >= r["since_start"]
+
+
+def test_sampling_resumes_after_failures_and_the_final_read_recovers_the_total(
+    sqlite_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Transient failures (injected into the sampler thread's reads) cost no usage: sampling
+    resumes, and the final read (on the training thread) recovers the cumulative total."""
+    from mlflow_finops.cost.tracker import active_tracker
+
+    real_read = ProcessTreeSampler.read
+    broken = threading.Event()
+
+    def flaky(self: ProcessTreeSampler):
+        if broken.is_set() and threading.current_thread().name.startswith("finops-sampler"):
+            raise OSError("injected: /proc busy")
+        return real_read(self)
+
+    monkeypatch.setattr(ProcessTreeSampler, "read", flaky)
+    mlflow_finops.autolog(interval_s=0.05)
+    with mlflow.start_run() as run:
+        os_before = os_tree_cpu()
+        tracker = active_tracker()
+        assert tracker is not None
+        broken.set()
+        burn(1.0)  # ~20 failed samples in a row
+        broken.clear()
+        resumed_from = tracker.samples
+        deadline = time.monotonic() + 10
+        while tracker.samples == resumed_from and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tracker.samples > resumed_from, "sampling did not resume"
+        broken.set()  # failing again up to the end: only the final read succeeds
+        burn(1.0)
+        os_used = os_tree_cpu() - os_before
+    r = MlflowClient().get_run(run.info.run_id)
+    assert r.data.tags["finops.tracking_status"] == "complete"
+    assert "finops.tracking_error" not in r.data.tags
+    assert r.data.metrics["finops/cpu_core_hours"] * 3600 == pytest.approx(os_used, abs=0.1)
+
+
+def test_a_child_that_cannot_be_read_is_reported_not_complete(
+    sqlite_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member denied to us (injected AccessDenied; psutil itself is real) and alive at the end."""
+    import psutil
+
+    import mlflow_finops.cost.process as process
+
+    real_read_member = process._read_member
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+    def denied(proc: psutil.Process):
+        if proc.pid == child.pid:
+            raise psutil.AccessDenied(proc.pid)
+        return real_read_member(proc)
+
+    monkeypatch.setattr(process, "_read_member", denied)
+    mlflow_finops.autolog(interval_s=0.1)
+    try:
+        with mlflow.start_run() as run:
+            time.sleep(1.0)  # the child burns, unreadable, and is still alive at the end
+    finally:
+        child.kill()
+        child.wait()
+    tags = MlflowClient().get_run(run.info.run_id).data.tags
+    assert tags["finops.tracking_status"] == "degraded"
+    assert tags["finops.unaccounted_processes"] == "1"
+    assert tags["finops.unaccounted_pids"] == str(child.pid)
+    assert "could not be read" in tags["finops.tracking_error"]
