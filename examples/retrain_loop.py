@@ -135,6 +135,7 @@ def prepare(root: Path):
     (root / "incoming").mkdir(parents=True)
     (root / "finops.toml").write_text(POLICY)
     os.environ["MLFLOW_FINOPS_POLICY"] = str(root / "finops.toml")
+    os.environ.setdefault("MLFLOW_FINOPS_SETTLE_S", "0.01")  # each window is written whole before its check
     return mlflow_finops.load_policy(root / "finops.toml")
 
 

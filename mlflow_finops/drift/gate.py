@@ -14,18 +14,18 @@ import logging
 import os
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import pandas as pd
 
 from ..frames import DataInputError, as_frame, read_frame
 from ..policy import DriftPolicy, ModelPolicy, Policy, PolicyError, load_policy
 from ..scoring import score
-from .profile import ReferenceProfile
+from .profile import Infinite, ReferenceProfile, finite
 from .results import ColumnDrift, ColumnType, DriftDecision, PerformanceResult
 from .rules import NO_HISTORY, CheckHistory, ColumnScore, Ruling, apply_correction, decide, insufficient_data, performance_result
 from .sampling import measure, plan_columns, sample
@@ -123,7 +123,9 @@ class DriftGate:
         self.reference_source: str | None = (
             str(reference) if isinstance(reference, (str, os.PathLike)) else None
         )
-        self.profile = ReferenceProfile.fit(as_frame(reference, "reference"), base, target, data_definition)
+        ref = as_frame(reference, "reference")
+        with _naming(self.reference_source):
+            self.profile = ReferenceProfile.fit(ref, base, target, data_definition)
         self._recorder: CheckRecorder | None = None
 
     @property
@@ -178,9 +180,13 @@ class DriftGate:
         return cls(model=model, policy=pol.drift.merged(mp.drift), **kwargs)
 
     # ---------------------------------------------------------------- checking
-    def validate(self, current: pd.DataFrame) -> None:
-        """Raise :class:`DriftInputError` naming the column when ``current`` cannot be compared."""
-        self.profile.validate(current)
+    def validate(self, current: pd.DataFrame, source: str | None = None) -> None:
+        """Raise :class:`DriftInputError` naming the column when ``current`` cannot be compared.
+
+        ``source`` (the file(s) the frame was read from) starts the message.
+        """
+        with _naming(source):
+            self.profile.validate(current)
 
     def check(
         self,
@@ -189,15 +195,23 @@ class DriftGate:
         window_key: str | None = None,
         now: datetime | None = None,
         extra_tags: Mapping[str, str] | None = None,
+        source: str | None = None,
     ) -> DriftDecision:
         """Judge ``current`` against the reference, decide, and log the check as an MLflow run.
 
         Raises :class:`DriftInputError` before anything is logged when the data
-        cannot be compared.
+        cannot be compared; its message starts with the file (``current`` as a
+        path, or ``source``: where a frame was read from). ±inf values in a
+        judged column are treated as missing and counted in the decision.
         """
         t0 = time.perf_counter()
         cur = as_frame(current, "current")
-        self.validate(cur)
+        if isinstance(current, (str, os.PathLike)):
+            source = str(current)
+        self.validate(cur, source)
+        cur, infinite = finite(cur, self.features)
+        if infinite.values or self.profile.infinite.values:
+            log.warning("drift check %s: %s", self.model, _infinite_note(infinite, self.profile.infinite))
         now_ms = int((now or datetime.now(timezone.utc)).timestamp() * 1000)
         p = self.policy
         recorder = self._record() if self.log_to_mlflow else None
@@ -205,7 +219,7 @@ class DriftGate:
 
         too_few = insufficient_data(len(cur), p)
         if too_few is not None:  # nothing to judge or to track: logged in one go
-            decision = self._decision(too_few, Judgement(), len(cur), window_key, t0)
+            decision = self._decision(too_few, Judgement(), len(cur), infinite, window_key, t0)
             if recorder is not None:
                 decision.run_id = recorder.start(window_key, extra_tags)
                 recorder.log(decision.run_id, decision, p, [], t0)
@@ -213,12 +227,12 @@ class DriftGate:
             return decision
 
         if recorder is None:
-            decision, _ = self._judge_and_decide(cur, history, now_ms, window_key, t0)
+            decision, _ = self._judge_and_decide(cur, history, now_ms, infinite, window_key, t0)
         else:
             run_id = recorder.start(window_key, extra_tags)
             try:
                 with recorder.tracking_cost(run_id):
-                    decision, snapshots = self._judge_and_decide(cur, history, now_ms, window_key, t0)
+                    decision, snapshots = self._judge_and_decide(cur, history, now_ms, infinite, window_key, t0)
                     decision.run_id = run_id
                     recorder.log(run_id, decision, p, snapshots, t0)
                 recorder.finish(run_id)
@@ -229,19 +243,25 @@ class DriftGate:
         return decision
 
     def _judge_and_decide(
-        self, cur: pd.DataFrame, history: CheckHistory, now_ms: int, window_key: str | None, t0: float
+        self, cur: pd.DataFrame, history: CheckHistory, now_ms: int, infinite: Infinite, window_key: str | None,
+        t0: float,
     ) -> tuple[DriftDecision, list[tuple[str, Any]]]:
         judged = self._judge(cur)
         ruling = decide(self.policy, judged.drifted_columns, len(judged.columns), judged.performance, history, now_ms)
-        return self._decision(ruling, judged, len(cur), window_key, t0), judged.snapshots
+        return self._decision(ruling, judged, len(cur), infinite, window_key, t0), judged.snapshots
 
     def _decision(
-        self, ruling: Ruling, judged: Judgement, rows_current: int, window_key: str | None, t0: float
+        self, ruling: Ruling, judged: Judgement, rows_current: int, infinite: Infinite, window_key: str | None,
+        t0: float,
     ) -> DriftDecision:
+        ref_inf = self.profile.infinite
+        note = _infinite_note(infinite, ref_inf)
         return DriftDecision(
             model=self.model,
             decision=ruling.decision,
-            reason=ruling.reason,
+            reason=f"{ruling.reason}; {note}" if note else ruling.reason,
+            rows_infinite_reference=ref_inf.rows,
+            rows_infinite_current=infinite.rows,
             drift_detected=ruling.drift_detected,
             drift_share=ruling.drift_share,
             drifted_columns=judged.drifted_columns,
@@ -306,6 +326,27 @@ class DriftGate:
         cur_s = sample(cur, n, list(cur.columns), self.random_state + 6)
         current = _score(model, cur_s, self.target, perf.metric)
         return performance_result(perf.metric, self._perf_reference, current, perf.margin)
+
+
+# ------------------------------------------------------------------ input
+@contextmanager
+def _naming(source: str | None) -> Iterator[None]:
+    """Bad-input errors raised inside start with the file the data came from (when it came from one)."""
+    try:
+        yield
+    except DataInputError as exc:
+        if source is None or str(exc).startswith(source):
+            raise
+        raise DataInputError(f"{source}: {exc}") from None
+
+
+def _infinite_note(current: Infinite, reference: Infinite) -> str:
+    """The warning a decision carries when ±inf values were treated as missing ('' when none were)."""
+    parts = [
+        f"{side} {', '.join(f'{c!r} {n}' for c, n in inf.values.items())} ({inf.rows} rows)"
+        for side, inf in (("current", current), ("reference", reference)) if inf.values
+    ]
+    return f"±inf treated as missing: {'; '.join(parts)}" if parts else ""
 
 
 # ------------------------------------------------------------------ policy lookups

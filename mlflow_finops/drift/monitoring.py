@@ -11,20 +11,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
-import time
 from pathlib import Path
 from typing import Sequence
 
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
-from mlflow.exceptions import MlflowException
 
+from .. import claims
+from .._env import env_float
 from ..names import (
-    CLAIMS_PREFIX,
-    TAG_CLAIM_HOST,
-    TAG_CLAIM_PID,
-    TAG_CLAIM_TIME_MS,
+    ENV_CLAIM_LEASE_S,
     TAG_DECISION,
     TAG_DRIFT_DETECTED,
     TAG_MODEL,
@@ -35,6 +31,8 @@ from ..names import (
 from .rules import NO_HISTORY, CheckHistory
 
 log = logging.getLogger(__name__)
+
+DEFAULT_CLAIM_LEASE_S = 3600.0  # a window claim older than this is taken over, its holder presumed hung
 
 
 def _q(value: str) -> str:
@@ -101,52 +99,16 @@ def find_checked_window(client: MlflowClient, experiment_id: str | None, key: st
     return runs[0] if runs else None
 
 
-def claim_window(client: MlflowClient, key: str) -> bool:
-    """Atomically claim a data window for this process; True for exactly one claimant.
+def claim_lease_s() -> float:
+    """How long a window claim holds (``MLFLOW_FINOPS_CLAIM_LEASE_S``, default 1 h): longer than any check."""
+    return env_float(ENV_CLAIM_LEASE_S, DEFAULT_CLAIM_LEASE_S)
 
-    The claim is the creation of an experiment named ``finops-claims/<key>``.
-    Experiment names are unique in every MLflow store (a UNIQUE constraint in
-    the SQL stores, RESOURCE_ALREADY_EXISTS over REST), so the database
-    decides the single winner. The tempting alternative, "tag a claim run and
-    let the earliest-created claim win", is unsound: a run's start time is
-    stamped by the client before the insert commits, so a slow claimant can
-    commit an *earlier* time after a fast one already read and saw only
-    itself, and both would win. The claim experiment is soft-deleted right
-    away (it keeps its name, so the claim stays, but leaves the UI's list);
-    its tags say who holds it.
-    """
-    name = f"{CLAIMS_PREFIX}/{key}"
-    try:
-        exp_id = client.create_experiment(
-            name,
-            tags={
-                TAG_CLAIM_HOST: socket.gethostname(),
-                TAG_CLAIM_PID: str(os.getpid()),
-                TAG_CLAIM_TIME_MS: str(int(time.time() * 1000)),
-            },
-        )
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_ALREADY_EXISTS":
-            log.info("window %s already claimed by another process", key)
-            return False
-        raise
-    try:
-        client.delete_experiment(exp_id)
-    except MlflowException:  # pragma: no cover - cosmetic only
-        log.debug("could not hide claim experiment %s", name, exc_info=True)
-    return True
+
+def claim_window(client: MlflowClient, key: str) -> bool:
+    """Claim a data window for this process (see :mod:`mlflow_finops.claims`); True for exactly one claimant."""
+    return claims.claim(client, key, claim_lease_s())
 
 
 def release_window(client: MlflowClient, key: str) -> None:
-    """Give a claimed window back (the check failed), so a later scheduler run can judge it.
-
-    The claim's name is freed by renaming the claim experiment; the renamed
-    one stays (deleted) as a record of the failed attempt.
-    """
-    exp = client.get_experiment_by_name(f"{CLAIMS_PREFIX}/{key}")
-    if exp is None:
-        return
-    if exp.lifecycle_stage == "deleted":
-        client.restore_experiment(exp.experiment_id)
-    client.rename_experiment(exp.experiment_id, f"{CLAIMS_PREFIX}/{key}/released-{int(time.time() * 1000)}")
-    client.delete_experiment(exp.experiment_id)
+    """Give this process's claim on a window back (the check failed), so a later run can judge it."""
+    claims.release(client, key)

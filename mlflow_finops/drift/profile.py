@@ -4,13 +4,18 @@ Like an estimator's ``fit``: :meth:`ReferenceProfile.fit` reads the reference
 and the policy once (types inferred by Evidently unless a DataDefinition
 declares them); :meth:`ReferenceProfile.validate` then says, naming the
 column, why a current frame cannot be compared with it.
+
+±inf, the stated rule (both sides): a judged column with no finite value is a
+:class:`DataInputError`; otherwise its ±inf values are treated as missing
+(:func:`finite` replaces them by NaN and counts them, for the decision to say).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..frames import DataInputError
@@ -21,7 +26,7 @@ from .results import ColumnType
 if TYPE_CHECKING:  # pragma: no cover
     from .evidently_judge import DataDefinition
 
-__all__ = ["ReferenceProfile", "dtype_family"]
+__all__ = ["Infinite", "ReferenceProfile", "dtype_family", "finite"]
 
 _HEAD_ROWS = 10_000  # rows whose distinct values settle a cardinality question on big frames
 
@@ -48,12 +53,13 @@ def _names(cols: Sequence[str]) -> str:
 class ReferenceProfile:
     """The reference frame and what was learned from it once."""
 
-    frame: pd.DataFrame
+    frame: pd.DataFrame  # ±inf in the judged columns replaced by NaN
     features: list[str]  # the judged columns, in order
     types: dict[str, ColumnType]
-    nonnull: dict[str, int]  # non-null values per judged column
+    nonnull: dict[str, int]  # non-null (finite) values per judged column
     levels: dict[str, frozenset]  # distinct values of each categorical column
     allowed: frozenset[str]  # columns a current frame may have: the reference's, ignored ones, the target
+    infinite: Infinite  # the reference's ±inf values, treated as missing
 
     @classmethod
     def fit(
@@ -95,6 +101,9 @@ class ReferenceProfile:
         features = [c for c in candidates if c not in skip]
         if not features:
             raise DataInputError("no columns left to check (all ignored or none declared)")
+        for c in features:
+            _require_values(ref[c], c, "reference")
+        ref, infinite = finite(ref, features)
         types = {c: _column_type(ref[c], c, declared.get(c)) for c in features}
         return cls(
             frame=ref,
@@ -103,6 +112,7 @@ class ReferenceProfile:
             nonnull={c: int(ref[c].count()) for c in features},
             levels={c: frozenset(ref[c].dropna().unique()) for c in features if types[c] == "categorical"},
             allowed=frozenset(ref.columns) | skip,
+            infinite=infinite,
         )
 
     def validate(self, current: pd.DataFrame) -> None:
@@ -125,8 +135,7 @@ class ReferenceProfile:
             r, s = self.frame[c], current[c]
             if dtype_family(r) != dtype_family(s):
                 raise DataInputError(f"column {c!r}: dtype changed from {r.dtype} (reference) to {s.dtype} (current)")
-            if s.count() == 0:
-                raise DataInputError(f"column {c!r} is all NaN in the current data")
+            _require_values(s, c, "current")
             if self.types[c] == "categorical":
                 levels = set(s.dropna().unique())
                 if levels and not (levels & self.levels[c]):
@@ -150,10 +159,51 @@ class ReferenceProfile:
         return pd.concat([ref.drop_duplicates(), current.drop_duplicates()]).nunique() > k
 
 
+def _infinite(s: pd.Series) -> int:
+    """How many ±inf values a column holds (0 for non-float columns, which cannot hold them)."""
+    if not pd.api.types.is_float_dtype(s.dtype):
+        return 0
+    return int(np.isinf(s.to_numpy(dtype=float, na_value=np.nan)).sum())
+
+
+def _require_values(s: pd.Series, column: str, side: str) -> None:
+    """A column must hold at least one finite value: all NaN or ±inf is nothing to compare."""
+    inf = _infinite(s)
+    if s.count() - inf > 0:
+        return
+    if inf:
+        raise DataInputError(
+            f"column {column!r} has no finite value in the {side} data ({inf} of {len(s)} are ±inf, the rest NaN)"
+        )
+    raise DataInputError(f"column {column!r} is all NaN in the {side} data")
+
+
+@dataclass(frozen=True)
+class Infinite:
+    """The ±inf values a frame held in its judged columns: per column, and rows with any."""
+
+    values: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+
+
+def finite(df: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame, Infinite]:
+    """``df`` with ±inf in ``columns`` replaced by NaN (treated as missing), and what was replaced.
+
+    The frame is copied only when some column holds ±inf.
+    """
+    counts = {c: n for c in columns if (n := _infinite(df[c]))}
+    if not counts:
+        return df, Infinite()
+    cols = list(counts)
+    rows = int(np.isinf(df[cols].to_numpy(dtype=float, na_value=np.nan)).any(axis=1).sum())
+    out = df.copy(deep=False)
+    for c in cols:
+        out[c] = df[c].replace([np.inf, -np.inf], np.nan)
+    return out, Infinite(counts, rows)
+
+
 def _column_type(s: pd.Series, column: str, declared: ColumnType | None) -> ColumnType:
     """A column's declared type, checked against its dtype, or the type Evidently infers."""
-    if s.count() == 0:
-        raise DataInputError(f"column {column!r} is all NaN in the reference data")
     if declared is not None:
         if declared == "numerical" and dtype_family(s) != "numeric":
             raise DataInputError(f"column {column!r} is declared numerical but has dtype {s.dtype} in the reference")

@@ -8,6 +8,7 @@ reports; the check's own cost is tracked into it. Reading earlier checks back
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 import time
@@ -38,6 +39,8 @@ from .results import DriftDecision
 from .rules import CheckHistory
 
 __all__ = ["CheckRecorder"]
+
+log = logging.getLogger(__name__)
 
 _BATCH = 900  # metrics per log_batch call (MLflow accepts 1000)
 _TAG_CHARS = 5000  # MLflow's limit on a tag value
@@ -101,6 +104,8 @@ class CheckRecorder:
             "drift/rows_reference": float(d.rows_reference),
             "drift/rows_current": float(d.rows_current),
             "drift/retrain": float(d.retrain),
+            "drift/rows_infinite_reference": float(d.rows_infinite_reference),
+            "drift/rows_infinite_current": float(d.rows_infinite_current),
         }
         if d.sampled_rows_current:
             metrics["drift/rows_sampled_reference"] = float(d.sampled_rows_reference)
@@ -156,10 +161,18 @@ class CheckRecorder:
         self._run_client.set_terminated(run_id, "FINISHED")
 
     def fail(self, run_id: str) -> None:
-        """Mark a check that raised: FAILED, so it never counts as a judged window."""
+        """Mark a check that raised: FAILED, so it never counts as a judged window.
+
+        Called while the check's own error propagates: a store that fails here
+        too (the server is down) is logged, never raised over that error. A run
+        left RUNNING is not FINISHED, so it is not a judged window either.
+        """
         client = self._run_client
-        client.set_tag(run_id, TAG_ERROR, "check failed; see the scheduler's log")
-        client.set_terminated(run_id, "FAILED")
+        try:
+            client.set_tag(run_id, TAG_ERROR, "check failed; see the scheduler's log")
+            client.set_terminated(run_id, "FAILED")
+        except Exception as exc:  # noqa: BLE001 - cleanup: the check's own error is the one to report
+            log.warning("could not mark drift check run %s FAILED (%s: %s)", run_id, type(exc).__name__, exc)
 
 
 def _metric_name(column: str) -> str:

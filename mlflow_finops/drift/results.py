@@ -58,6 +58,8 @@ class DriftDecision:
     rows_current: int = 0
     sampled_rows_reference: int = 0
     sampled_rows_current: int = 0
+    rows_infinite_reference: int = 0  # rows with ±inf in a judged column, treated as missing
+    rows_infinite_current: int = 0
     performance: PerformanceResult | None = None
     run_id: str | None = None
     window_key: str | None = None

@@ -7,8 +7,15 @@ Each ``[models.NAME]`` with a ``schedule`` is checked on that cron expression
 checking, a scheduler must win the window's claim in MLflow
 (:func:`mlflow_finops.drift.monitoring.claim_window`), which exactly one process can.
 A check that fails after the claim gives it back, so the window is retried on
-the next run; a scheduler killed mid-check (no chance to give it back) leaves
-the window claimed, and it is not judged again until its files change.
+the next run. A claim carries a lease (``MLFLOW_FINOPS_CLAIM_LEASE_S``, default
+1 h): a scheduler killed mid-check leaves its claim, which another scheduler
+takes over once the lease ran out, or at once when the holder was a process on
+the same host that is gone.
+
+A file still being written is not judged: every file of the window must be
+older than ``MLFLOW_FINOPS_SETTLE_S`` (default 5 s) by its mtime, and its
+size and mtime must not change while it is read; otherwise the outcome is
+``not_settled`` (not an error) and the next pass tries again.
 """
 
 from __future__ import annotations
@@ -17,21 +24,27 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import pandas as pd
 
+from .._env import env_float
 from ..frames import data_files, read_frame
-from ..names import TAG_REFERENCE, TAG_WINDOW_FILES
+from ..names import ENV_SETTLE_S, TAG_REFERENCE, TAG_WINDOW_FILES
 from ..policy import Policy, PolicyError
 from .gate import DriftDecision, DriftGate, DriftInputError, model_policy, reference_path, resolve_policy_path
 from .monitoring import claim_window, find_checked_window, release_window, window_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow import MlflowClient
 
 __all__ = ["CheckOutcome", "current_window", "run_scheduled_check", "run_schedule", "scheduled_models"]
 
 log = logging.getLogger(__name__)
 
-Status = Literal["checked", "already_checked", "claimed_elsewhere", "bad_input", "error"]
+Status = Literal["checked", "already_checked", "claimed_elsewhere", "not_settled", "bad_input", "error"]
+
+DEFAULT_SETTLE_S = 5.0  # a data file modified more recently than this may still be being written
 
 
 @dataclass
@@ -79,6 +92,12 @@ def current_window(policy: Policy, model: str) -> list[Path]:
     return files[-mp.current_files :]
 
 
+def unsettled(files: list[Path], settle_s: float, now: float | None = None) -> list[Path]:
+    """The files modified less than ``settle_s`` ago (or in the future): maybe still being written."""
+    now = time.time() if now is None else now
+    return [f for f in files if now - f.stat().st_mtime < settle_s]
+
+
 def load_window(files: list[Path]) -> pd.DataFrame:
     frames = [read_frame(f) for f in files]
     if len(frames) == 1:
@@ -97,6 +116,10 @@ def run_scheduled_check(
     gates = {} if gates is None else gates
     try:
         files = current_window(policy, model)
+        settle_s = env_float(ENV_SETTLE_S, DEFAULT_SETTLE_S)
+        young = unsettled(files, settle_s)
+        if young:
+            return _not_settled(model, f"{young[0]} was modified in the last {settle_s:g} s")
         key = window_key(model, files)
         # after a promotion, drift is judged against what the new champion learned from
         reference = champion_reference(policy, model) or reference_path(policy, model)
@@ -108,17 +131,30 @@ def run_scheduled_check(
         if seen is not None:
             return CheckOutcome(model, "already_checked", f"window {key} already checked in run {seen.info.run_id}",
                                 window_key=key)
-        current = load_window(files)
-        gate.validate(current)  # bad data is reported, not claimed
+        try:
+            current = load_window(files)
+        except DriftInputError:
+            if window_key(model, files) == key:
+                raise
+            current = None  # unreadable because it was being written
+        if current is None or window_key(model, files) != key:  # written to while read: judge it once whole
+            return _not_settled(model, f"the files of window {key} changed while they were read")
+        source = ", ".join(map(str, files))
+        gate.validate(current, source)  # bad data is reported, not claimed
         if not claim_window(client, key):
             return CheckOutcome(model, "claimed_elsewhere", f"window {key} is being checked by another scheduler",
                                 window_key=key)
+        seen = find_checked_window(client, gate.monitoring_experiment_id(create=False)[1], key)
+        if seen is not None:  # judged by a scheduler that finished between our look and our claim
+            return CheckOutcome(model, "already_checked", f"window {key} already checked in run {seen.info.run_id}",
+                                window_key=key)
         try:
             decision = gate.check(
-                current, window_key=key, extra_tags={TAG_WINDOW_FILES: ",".join(f.name for f in files)[:5000]}
+                current, window_key=key, source=source,
+                extra_tags={TAG_WINDOW_FILES: ",".join(f.name for f in files)[:5000]},
             )
         except BaseException:
-            release_window(client, key)  # the next scheduler run may try this window again
+            _release(client, key)
             raise
         return CheckOutcome(model, "checked", decision.reason, decision, key)
     except (DriftInputError, PolicyError) as exc:
@@ -127,6 +163,21 @@ def run_scheduled_check(
     except Exception as exc:  # one model's failure must not stop the others
         log.exception("drift check %s failed", model)
         return CheckOutcome(model, "error", f"{type(exc).__name__}: {exc}")
+
+
+def _not_settled(model: str, why: str) -> CheckOutcome:
+    log.info("drift check %s: not settled yet (%s); retried on the next pass", model, why)
+    return CheckOutcome(model, "not_settled", f"not settled yet: {why}; retried on the next pass")
+
+
+def _release(client: "MlflowClient", key: str) -> None:
+    """Give the window back after a failed check, so the next run may try it; a failure here is only logged
+    (the check's own error is the one to report, and the claim's lease frees the window anyway)."""
+    try:
+        release_window(client, key)
+    except Exception as exc:  # noqa: BLE001 - cleanup
+        log.warning("could not release window %s (%s: %s); it is claimable again when its lease ends",
+                    key, type(exc).__name__, exc)
 
 
 def champion_reference(policy: Policy, model: str) -> str | None:

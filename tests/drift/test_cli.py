@@ -106,8 +106,8 @@ schedule = "{cron}"
 def _drop(tmp: Path, name: str, **kw) -> Path:
     path = tmp / "incoming" / name
     frame(600, **kw).to_parquet(path) if name.endswith(".parquet") else frame(600, **kw).to_csv(path, index=False)
-    stamp = datetime.now().timestamp() + len(list((tmp / "incoming").iterdir()))
-    os.utime(path, (stamp, stamp))  # strictly newer than the files before it
+    stamp = datetime.now().timestamp() - 600 + len(list((tmp / "incoming").iterdir()))
+    os.utime(path, (stamp, stamp))  # strictly newer than the files before it, and settled
     return path
 
 
@@ -136,6 +136,7 @@ def test_schedule_reports_bad_data_with_exit_2(drift_store: str, tmp_path: Path)
     pol = str(_scheduled_policy(tmp_path))
     bad = tmp_path / "incoming" / "bad.csv"
     frame(600, seed=2).drop(columns=["plan"]).to_csv(bad, index=False)
+    os.utime(bad, (datetime.now().timestamp() - 60,) * 2)  # settled
     res = invoke("schedule", "--policy", pol, "--once")
     assert res.exit_code == 2 and "'plan'" in res.output
     empty_pol = tmp_path / "none.toml"

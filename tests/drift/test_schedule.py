@@ -20,8 +20,8 @@ from mlflow_finops.policy import load_policy
 def _drop(tmp: Path, name: str, seed: int) -> None:
     path = tmp / "incoming" / name
     frame(600, seed=seed).to_parquet(path)
-    stamp = datetime.now().timestamp() + len(list((tmp / "incoming").iterdir()))
-    os.utime(path, (stamp, stamp))  # strictly newer than the files before it
+    stamp = datetime.now().timestamp() - 600 + len(list((tmp / "incoming").iterdir()))
+    os.utime(path, (stamp, stamp))  # strictly newer than the files before it, and settled
 
 
 def test_a_gate_fits_its_reference_without_mlflow_and_connects_on_its_first_check(
