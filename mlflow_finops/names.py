@@ -29,6 +29,12 @@ TAG_TRACKING_ERROR = "finops.tracking_error"
 TAG_INTERVAL_S = "finops.interval_s"
 TAG_ALLOCATED_CPUS = "finops.allocated_cpus"
 TAG_NESTED_IN = "finops.nested_in"
+TAG_END_REASON = "finops.end_reason"  # why the tracker ended the run: sigterm | process_died
+TAG_PROCESS_PID = "finops.process.pid"  # the tracked process (with the hostname tag): a dead one is found
+TAG_PROCESS_STARTED = "finops.process.started"  # its create time: a reused pid is not the same process
+TAG_PROCESS_PID_NS = "finops.process.pid_ns"  # its pid namespace: containers sharing a hostname
+TAG_UNACCOUNTED_PROCESSES = "finops.unaccounted_processes"  # members of the tree that could not be read
+TAG_UNACCOUNTED_PIDS = "finops.unaccounted_pids"
 TAG_RAY_JOB_ID = "finops.ray_job_id"
 TAG_RAY_NODES = "finops.ray_nodes"
 TAG_RAY_LOST_NODES = "finops.ray_lost_nodes"
@@ -50,6 +56,7 @@ TAG_ERROR = "finops.error"
 TAG_CLAIM_HOST = "finops.claim_host"
 TAG_CLAIM_PID = "finops.claim_pid"
 TAG_CLAIM_TIME_MS = "finops.claim_time_ms"
+TAG_CLAIM_LEASE_S = "finops.claim_lease_s"  # a claim expires claim_time_ms + this
 
 # ------------------------------------------------------------------ retrain request / job tags
 TAG_RETRAIN_STATE = "finops.retrain_state"
@@ -83,6 +90,11 @@ TAG_REPORT = "finops.report"
 # ------------------------------------------------------------------ workloads (values of finops.workload)
 WORKLOAD_DRIFT_CHECK = "drift_check"
 WORKLOAD_RETRAIN = "retrain"
+
+# ------------------------------------------------------------------ values of finops.tracking_status
+TRACKING_LIVE = "live"  # a tracker samples the run now (a dead process's run is ended by the next one)
+TRACKING_COMPLETE = "complete"
+TRACKING_DEGRADED = "degraded"  # some usage is missing: finops.tracking_error says what
 
 # ------------------------------------------------------------------ metrics
 METRIC_COST_USD = "finops/cost_usd"
@@ -135,6 +147,8 @@ ENV_CHART_MIN_S = "MLFLOW_FINOPS_CHART_MIN_S"
 ENV_RAY_DISCOVERY_S = "MLFLOW_FINOPS_RAY_DISCOVERY_S"
 ENV_RAY_READ_LOCAL = "MLFLOW_FINOPS_RAY_READ_LOCAL"
 ENV_CHARGE_PROCESS_START = "MLFLOW_FINOPS_CHARGE_PROCESS_START"
+ENV_CLAIM_LEASE_S = "MLFLOW_FINOPS_CLAIM_LEASE_S"  # a drift window claim older than this may be taken over
+ENV_SETTLE_S = "MLFLOW_FINOPS_SETTLE_S"  # a data file younger than this is not judged yet
 
 
 def env_var(key: str) -> str:

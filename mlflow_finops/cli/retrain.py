@@ -10,7 +10,7 @@ import click
 
 from ..money import format_usd
 from ..policy import PolicyError
-from ..retrain.state import RetrainState
+from ..retrain.state import SUBMIT_FAILED, RetrainState
 from ._common import fail, load_policy_or_exit, policy_option
 from .exit_codes import EXIT_BLOCKED, EXIT_CAPPED, EXIT_INTERNAL, EXIT_NOT_PROMOTED, EXIT_OK
 
@@ -66,7 +66,9 @@ def retrain(policy_path: str | None, model: str, drift_run_id: str | None, wait:
     from ..retrain import RetrainSupervisor
 
     def on_retry(out: RetrainOutcome, delay_s: float) -> None:
-        click.echo(f"{model}: job failed, retrying in {delay_s:.0f} s")
+        # a submission failure names the cluster and the error; a job's failure is in its Ray logs
+        what = out.reason.split("; retry at ")[0] if out.reason.startswith(SUBMIT_FAILED) else "job failed"
+        click.echo(f"{model}: {what}, retrying in {delay_s:.0f} s")
 
     policy = load_policy_or_exit(policy_path)
     try:

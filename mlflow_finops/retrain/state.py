@@ -45,6 +45,8 @@ __all__ = [
     "next_step",
     "JobEnd",
     "job_ended",
+    "SUBMIT_FAILED",
+    "submit_failed",
     "Backstop",
     "backstop",
     "cancelled",
@@ -279,19 +281,19 @@ def job_ended(
     if end.settled:
         return Step("done", end.state, end.reason)
     if end.capped:
-        return Step(
-            "finish", RetrainState.CAPPED,
-            f"stopped at its cost cap {format_usd(end.cap_usd)} (Ray job {end.submission_id} {end.status}); "
-            "nothing promoted",
-            run_status="KILLED",
+        # the job's own verdict when it stopped itself (its exit is a Ray FAILED, which is no failure)
+        reason = end.reason if end.state == RetrainState.CAPPED and end.reason else (
+            f"stopped by the supervisor past its cost cap {format_usd(end.cap_usd)} "
+            f"(Ray job {end.submission_id} {end.status}); nothing promoted"
         )
+        return Step("finish", RetrainState.CAPPED, reason, run_status="KILLED")
     if budget is None:
         raise ValueError("the job failed: job_ended needs a budget check to decide on a retry")
     message = end.message
     if end.stopped_for_time:
         message = f"still running after max_job_minutes = {max_job_minutes:g}, stopped"
     if end.attempts < max_attempts and budget.allowed:
-        retry_at = now + timedelta(seconds=backoff_s * 2 ** (end.attempts - 1))
+        retry_at = _retry_at(now, end.attempts, backoff_s)
         return Step(
             "retry", RetrainState.RETRY, f"job {end.status}; retry at {retry_at.isoformat()}",
             note=f"Ray job {end.status}: {message[:200]}; retry {end.attempts + 1} at {retry_at:%H:%M:%S}",
@@ -301,6 +303,30 @@ def job_ended(
     if not budget.allowed:
         reason += f"; no retry: {budget.why_not}"
     return Step("finish", RetrainState.FAILED, reason, run_status="KILLED" if end.status == "STOPPED" else "FAILED")
+
+
+def _retry_at(now: datetime, attempts: int, backoff_s: float) -> datetime:
+    """Exponential backoff: ``backoff_s`` before the 2nd try, doubling each time."""
+    return now + timedelta(seconds=backoff_s * 2 ** (attempts - 1))
+
+
+SUBMIT_FAILED = "could not submit to Ray at"  # how a submission failure's reason starts
+
+
+def submit_failed(attempts: int, address: str, error: str, now: datetime, *, max_attempts: int,
+                  backoff_s: float) -> Step:
+    """Attempt ``attempts`` could not even be submitted: retried like a failed job, then failed.
+
+    The reason names the cluster and the error (one line), so a request never
+    stays ``pending`` with no word of why.
+    """
+    reason = f"{SUBMIT_FAILED} {address}: {error}"
+    if attempts < max_attempts:
+        retry_at = _retry_at(now, attempts, backoff_s)
+        return Step("retry", RetrainState.RETRY, f"{reason}; retry at {retry_at.isoformat()}",
+                    note=f"{reason}; retry {attempts + 1} at {retry_at:%H:%M:%S}",
+                    run_status="SCHEDULED", retry_at=retry_at)
+    return Step("finish", RetrainState.FAILED, f"{reason} (after {attempts} attempt(s))", run_status="FAILED")
 
 
 @dataclass(frozen=True)

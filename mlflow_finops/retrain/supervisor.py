@@ -19,6 +19,19 @@ the step back:
 
 Being in MLflow, every state survives a scheduler restart: a step never needs
 the process that took the step before it.
+
+Several schedulers may process the same request: each attempt is claimed in
+MLflow (``finops-claims/retrain-<run id>-<attempt>``, with a lease) before its
+Ray job is submitted, and the job's ``submission_id`` is built from the run id
+and the attempt, so Ray itself refuses a second job for one attempt. A
+submission that fails is recorded like a failed job (retry or failed, with the
+cluster's address and the error as the reason).
+
+The Ray job receives no credentials: its environment holds the ``MLFLOW_*``
+settings whose names do not look secret (no TOKEN, PASSWORD, SECRET, USERNAME,
+KEY, CREDENTIAL, AUTH), with ``user:password@`` removed from every URI. A job
+authenticates to MLflow with the cluster nodes' own credentials (their
+environment, or ``~/.mlflow/credentials``).
 """
 
 from __future__ import annotations
@@ -29,7 +42,8 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.tracking import MlflowClient
 
@@ -37,7 +51,6 @@ from .. import ray_cluster
 from ..money import format_usd
 from ..names import (
     ENV_CHARGE_PROCESS_START,
-    ENV_PREFIX,
     METRIC_COST_USD,
     TAG_ATTEMPTS,
     TAG_CAP_USD,
@@ -54,7 +67,8 @@ from ..names import (
 )
 from ..policy import Policy, RetrainPolicy, load_policy
 from ..spend.budget import envelopes_for, spend
-from .requests import model_policy, request_retrain, retrain_experiment_name
+from .. import claims
+from .requests import model_policy, open_requests, request_retrain, retrain_experiment_name
 from .state import (
     BudgetCheck,
     JobEnd,
@@ -66,6 +80,7 @@ from .state import (
     job_ended,
     may_start,
     next_step,
+    submit_failed,
 )
 from .windows import window_state
 
@@ -77,8 +92,12 @@ __all__ = [
     "request_retrain",
     "retrain_experiment_name",
     "jobs_address",
+    "job_env",
 ]
 
+ATTEMPT_LEASE_S = 300.0  # claim -> Ray submit (retried ~60 s on a starting cluster) -> tags written
+SUBMIT_RETRY_S = 60.0  # a cluster that just started has no job agent yet: retry that long
+_SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "USERNAME", "KEY", "CREDENTIAL", "AUTH")
 _ENDED = ("SUCCEEDED", "FAILED", "STOPPED")  # Ray job statuses after which nothing more runs
 
 
@@ -144,17 +163,8 @@ class RetrainSupervisor:
         out = []
         for m in models:
             exp = self.client.get_experiment_by_name(retrain_experiment_name(m))
-            if exp is None:
-                continue
-            runs = [
-                r
-                for status in ("SCHEDULED", "RUNNING")
-                for r in self.client.search_runs(
-                    [exp.experiment_id], f"attributes.status = '{status}'", max_results=1000
-                )
-            ]
-            runs.sort(key=lambda r: r.info.start_time)
-            out += [r for r in runs if not _state(r.data.tags).terminal]
+            if exp is not None:
+                out += open_requests(self.client, exp.experiment_id)
         return out
 
     # ------------------------------------------------------------ drivers
@@ -207,8 +217,7 @@ class RetrainSupervisor:
             window = window_state(self.policy.windows, jobs_address(rp), now) if budget.allowed else None
             step = next_step(req, now, max_wait_hours=max_wait_hours, budget=budget, window=window)
             if step.action == "submit":
-                self._submit(run_id, model, rp, step, attempt=req.attempts + 1)
-                return self._supervise(run_id, model, rp, wait)
+                return self._claim_and_submit(run_id, model, rp, step, req, wait)
         else:
             step = next_step(req, now, max_wait_hours=max_wait_hours)
             if step.action == "supervise":
@@ -216,9 +225,9 @@ class RetrainSupervisor:
         return self._apply(run_id, step)
 
     def cancel(self, run_id: str, reason: str) -> RetrainOutcome:
-        """Drop an open request (it will not run); a submitted job is stopped first."""
+        """Drop an open request (it will not run); a submitted or running job is stopped first."""
         tags = self.client.get_run(run_id).data.tags
-        if _state(tags) == RetrainState.SUBMITTED and tags.get(TAG_RAY_SUBMISSION_ID):
+        if _state(tags) in (RetrainState.SUBMITTED, RetrainState.RUNNING) and tags.get(TAG_RAY_SUBMISSION_ID):
             mp = self.policy.models.get(tags.get(TAG_MODEL, ""))
             rp = self.policy.retrain.merged(mp.retrain if mp else None)
             try:
@@ -265,7 +274,34 @@ class RetrainSupervisor:
         return sum(costs) / len(costs) if costs else None
 
     # ------------------------------------------------------------ Ray jobs
-    def _submit(self, run_id: str, model: str, rp: RetrainPolicy, step: Step, attempt: int) -> None:
+    def _claim_and_submit(self, run_id: str, model: str, rp: RetrainPolicy, step: Step,
+                          req: RetrainRequest, wait: bool) -> RetrainOutcome:
+        """Submit the request's next attempt, unless another scheduler claimed it (then follow that one)."""
+        attempt = req.attempts + 1
+        if not claims.claim(self.client, f"retrain-{run_id}-{attempt}", ATTEMPT_LEASE_S):
+            _log.info("retrain %s: attempt %d is claimed by another scheduler", run_id, attempt)
+            if not wait:
+                now_state = _state(self.client.get_run(run_id).data.tags)
+                return self._outcome(run_id, now_state, f"attempt {attempt} is being submitted by another scheduler")
+            self._await_attempt(run_id, attempt, rp)
+            return self.process(run_id, wait=True)
+        if int(self.client.get_run(run_id).data.tags.get(TAG_ATTEMPTS, "0")) >= attempt:
+            return self.process(run_id, wait)  # we read the request before another scheduler's attempt
+        failure = self._submit(run_id, model, rp, step, attempt)
+        if failure is not None:
+            return self._apply(run_id, failure, {TAG_ATTEMPTS: str(attempt)})
+        return self._supervise(run_id, model, rp, wait)
+
+    def _await_attempt(self, run_id: str, attempt: int, rp: RetrainPolicy) -> None:
+        """Wait until another scheduler's attempt shows in the request (or its claim's lease ends)."""
+        deadline = time.monotonic() + ATTEMPT_LEASE_S
+        while time.monotonic() < deadline:
+            if int(self.client.get_run(run_id).data.tags.get(TAG_ATTEMPTS, "0")) >= attempt:
+                return
+            self.sleep(rp.poll_s)
+
+    def _submit(self, run_id: str, model: str, rp: RetrainPolicy, step: Step, attempt: int) -> Step | None:
+        """Submit attempt ``attempt`` as a Ray job and record it; the failure step when Ray refused it."""
         cap = step.cap_usd
         policy_path = os.path.abspath(self.policy.source) if self.policy.source else ""
         entrypoint = (
@@ -273,27 +309,35 @@ class RetrainSupervisor:
             + (f" --policy {policy_path}" if policy_path else "")
             + (f" --cap-usd {cap:.10f}" if cap is not None else "")
         )
-        env = {k: v for k, v in os.environ.items() if k.startswith((ENV_PREFIX, "MLFLOW_"))}
-        env["MLFLOW_TRACKING_URI"] = _absolute_uri(self.client.tracking_uri)
-        env[ENV_CHARGE_PROCESS_START] = "true"  # the job's start-up is the retrain's cost
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        env = job_env(os.environ, self.client.tracking_uri)
         submission_id = f"finops-retrain-{run_id[:12]}-{attempt}"
-        jobs = jobs_client(rp)
-        deadline = time.monotonic() + 60
+        metadata = {TAG_MODEL: model, TAG_RUN_ID: run_id}
+        if cap is not None:
+            metadata[TAG_CAP_USD] = f"{cap:.10f}"
+        address = jobs_address(rp)
+        deadline = time.monotonic() + SUBMIT_RETRY_S
         while True:
             try:
+                jobs = jobs_client(rp)
                 jobs.submit_job(
                     entrypoint=entrypoint,
                     submission_id=submission_id,
                     runtime_env={"env_vars": env},
                     entrypoint_num_cpus=rp.entrypoint_num_cpus,
-                    metadata={TAG_MODEL: model, TAG_RUN_ID: run_id},
+                    metadata=metadata,
                 )
                 break
-            except RuntimeError as exc:  # a cluster that just started has no job agent yet
-                if "try again later" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                self.sleep(2.0)
+            except Exception as exc:
+                if "already exists" in str(exc):  # this attempt's job runs: the one that submitted it died
+                    _log.warning("retrain %s: Ray job %s already exists; following it", run_id, submission_id)
+                    cap = _float(jobs.get_job_info(submission_id).metadata.get(TAG_CAP_USD))
+                    break
+                if "try again later" in str(exc) and time.monotonic() < deadline:
+                    self.sleep(2.0)
+                    continue
+                _log.debug("retrain %s: submission to %s failed", run_id, address, exc_info=True)
+                return submit_failed(attempt, address, _one_line(exc), self.now(),
+                                     max_attempts=rp.max_attempts, backoff_s=rp.backoff_s)
         new_tags = {
             TAG_RETRAIN_STATE: step.state.value,
             TAG_RAY_SUBMISSION_ID: submission_id,
@@ -307,6 +351,7 @@ class RetrainSupervisor:
         self.client.update_run(run_id, status="RUNNING")
         _log.info("retrain %s of %s submitted as Ray job %s (cap %s)", run_id, model, submission_id,
                   format_usd(cap))
+        return None
 
     def _supervise(self, run_id: str, model: str, rp: RetrainPolicy, wait: bool) -> RetrainOutcome:
         """Watch the request's Ray job (stopping it at the backstops); once it ended, judge it."""
@@ -369,11 +414,11 @@ class RetrainSupervisor:
     def _retrain_policy(self, model: str) -> RetrainPolicy:
         return self.policy.retrain.merged(model_policy(self.policy, model).retrain)
 
-    def _apply(self, run_id: str, step: Step) -> RetrainOutcome:
+    def _apply(self, run_id: str, step: Step, extra: Mapping[str, str] | None = None) -> RetrainOutcome:
         """Record a step that needs no Ray call: the one place a request's state tag is written."""
         if step.action in ("done", "retry_later"):
             return self._outcome(run_id, step.state, step.reason)
-        tags = {TAG_RETRAIN_STATE: step.state.value, TAG_REASON: step.tag_reason}
+        tags = {**(extra or {}), TAG_RETRAIN_STATE: step.state.value, TAG_REASON: step.tag_reason}
         if step.retry_at is not None:
             tags[TAG_RETRY_AT] = step.retry_at.isoformat()
         self._tag(run_id, tags)
@@ -427,3 +472,42 @@ def _absolute_uri(uri: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
     return uri
+
+
+def _without_userinfo(value: str) -> str:
+    """``value`` with any ``user:password@`` of a URL removed (other values unchanged)."""
+    if "@" not in value or "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return value
+    if "@" not in parts.netloc:
+        return value
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def job_env(environ: Mapping[str, str], tracking_uri: str) -> dict[str, str]:
+    """The Ray job's environment: non-secret ``MLFLOW_*`` settings only, URIs without userinfo.
+
+    Anyone who can reach the cluster's Jobs API can read a job's runtime_env, so
+    no credential travels in it; the job authenticates with the nodes' own.
+    """
+    env = {
+        k: _without_userinfo(v) for k, v in environ.items()
+        if k.startswith("MLFLOW_") and not any(word in k for word in _SECRET_WORDS)
+    }
+    env["MLFLOW_TRACKING_URI"] = _without_userinfo(_absolute_uri(tracking_uri))
+    env[ENV_CHARGE_PROCESS_START] = "true"  # the job's start-up is the retrain's cost
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one short line: its type and its last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]
+
+
+def _float(text: str | None) -> float | None:
+    return float(text) if text else None

@@ -26,6 +26,7 @@ from mlflow_finops.retrain.state import (
     backstop,
     cancelled,
     job_ended,
+    submit_failed,
     may_start,
     next_step,
 )
@@ -162,6 +163,7 @@ def end(state: RetrainState = S.RUNNING, status: str = "FAILED", attempts: int =
 
 
 RETRY_AT = T0 + timedelta(seconds=60)
+CAPPED_BY_JOB = "stopped at the cost cap: $0.011 >= $0.010; nothing promoted"
 JOB_ENDS = [
     # id, end, budget, max_attempts, action, state, reason, run_status
     *[
@@ -169,11 +171,13 @@ JOB_ENDS = [
          "done", s, "job reason", None)
         for s in (S.PROMOTED, S.NOT_PROMOTED, S.NO_NEW_DATA, S.DROPPED, S.OUT_OF_BUDGET)
     ],
-    ("the job capped itself", end(S.CAPPED, cap_usd=0.01), None, 3, "finish", S.CAPPED,
-     "stopped at its cost cap $0.010 (Ray job finops-retrain-abc-1 FAILED); nothing promoted", "KILLED"),
+    # the job's own verdict, not Ray's FAILED for its exit code 3
+    ("the job capped itself", end(S.CAPPED, cap_usd=0.01, reason=CAPPED_BY_JOB), None, 3, "finish", S.CAPPED,
+     CAPPED_BY_JOB, "KILLED"),
     ("stopped by the supervisor at the cap", end(S.RUNNING, "STOPPED", stopped_for_cap=True, cap_usd=2e-6), None, 3,
      "finish", S.CAPPED,
-     "stopped at its cost cap $0.0000020 (Ray job finops-retrain-abc-1 STOPPED); nothing promoted", "KILLED"),
+     "stopped by the supervisor past its cost cap $0.0000020 (Ray job finops-retrain-abc-1 STOPPED); nothing promoted",
+     "KILLED"),
     ("a verdict wins over a late cap stop", end(S.PROMOTED, "SUCCEEDED", stopped_for_cap=True), None, 3,
      "done", S.PROMOTED, "job reason", None),
     ("a failure is retried after backoff_s", end(message="ValueError: boom"), OK, 3,
@@ -252,3 +256,26 @@ def test_the_state_machine_and_windows_import_no_mlflow_ray_or_evidently() -> No
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ submit_failed: Ray refused the job
+ADDR = "http://127.0.0.1:1"
+REFUSED = "ConnectionError: Failed to connect to Ray at address: http://127.0.0.1:1."
+
+
+@pytest.mark.parametrize(
+    "attempts, max_attempts, state, reason, run_status",
+    [
+        (1, 3, S.RETRY, f"could not submit to Ray at {ADDR}: {REFUSED}; retry at {RETRY_AT.isoformat()}",
+         "SCHEDULED"),
+        (2, 3, S.RETRY,
+         f"could not submit to Ray at {ADDR}: {REFUSED}; retry at {(T0 + timedelta(seconds=120)).isoformat()}",
+         "SCHEDULED"),
+        (3, 3, S.FAILED, f"could not submit to Ray at {ADDR}: {REFUSED} (after 3 attempt(s))", "FAILED"),
+    ],
+    ids=["retried", "backoff doubles", "attempts exhausted"],
+)
+def test_a_submission_failure_is_recorded_with_its_reason(attempts, max_attempts, state, reason, run_status) -> None:
+    step = submit_failed(attempts, ADDR, REFUSED, T0, max_attempts=max_attempts, backoff_s=60)
+    assert (step.state, step.reason, step.run_status) == (state, reason, run_status)
+    assert step.tag_reason.startswith(f"could not submit to Ray at {ADDR}: {REFUSED}")
