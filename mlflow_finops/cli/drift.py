@@ -86,15 +86,16 @@ def drift_check(policy_path, model, reference, current, as_json, no_log, progres
             model_policy(policy, model)  # raises, naming the known models
         else:
             gate = DriftGate(model=model, policy=policy.drift, **kwargs)
-        window_key = None
+        window_key = source = None
         if current is None:
             from ..drift.monitoring import window_key as make_key
             from ..drift.schedule import current_window, load_window
 
             files = current_window(policy, model)
             window_key = make_key(model, files)
+            source = ", ".join(map(str, files))
             current = load_window(files)
-        decision = gate.check(current, window_key=window_key)
+        decision = gate.check(current, window_key=window_key, source=source)
     except (PolicyError, DriftInputError) as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     except Exception as exc:  # noqa: BLE001 - reported as an internal error, exit 1
@@ -117,7 +118,9 @@ def schedule(policy_path, once, max_runs, models) -> None:
     expression; its window is the newest `current_files` file(s) (default 1)
     in the folder or glob `current`. A window is judged once: already-checked
     windows are skipped, and when several schedulers run, an MLflow claim lets
-    exactly one of them check a given window.
+    exactly one of them check a given window. A window whose files were
+    modified in the last MLFLOW_FINOPS_SETTLE_S seconds (default 5) is
+    reported as not_settled and tried again on the next pass.
 
     \b
     Exit codes (with --once or --max-runs):
