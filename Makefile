@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo quickstart test bench clean
+.PHONY: demo quickstart test bench mutation clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,14 @@ bench: $(VENV)/.installed         ## run every benchmark (long; figures go to be
 	$(PY) bench/bench_retrain.py
 	$(PY) bench/bench_headline.py
 
+$(VENV)/.mutation: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[mutation]'
+	touch $@
+
+mutation: $(VENV)/.mutation      ## mutation testing of the money and decision paths (minutes; not in `make test`)
+	rm -rf mutants
+	$(VENV)/bin/mutmut run > mutants.log 2>&1 || (tail -5 mutants.log; exit 1)
+	$(PY) bench/mutation_score.py
+
 clean:
-	rm -rf $(VENV) mlflow.db mlartifacts mlruns finops-demo
+	rm -rf $(VENV) mlflow.db mlartifacts mlruns finops-demo mutants mutants.log
