@@ -20,6 +20,7 @@ __all__ = [
     "jobs_address",
     "ray_auth_headers",
     "jobs_client",
+    "cluster_status",
     "free_ports",
     "start_local_cluster",
     "wait_until_jobs_run",
@@ -65,6 +66,16 @@ def jobs_client(address: str | None = None) -> Any:
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(jobs_address(address), headers=ray_auth_headers() or None)
+
+
+def cluster_status(dashboard_url: str, timeout_s: float = 10.0) -> dict:
+    """Ray's own resource view (the dashboard's ``/api/cluster_status``), as JSON."""
+    import requests
+
+    resp = requests.get(dashboard_url.rstrip("/") + "/api/cluster_status", headers=ray_auth_headers(),
+                        timeout=timeout_s)
+    resp.raise_for_status()
+    return resp.json()
 
 
 # ------------------------------------------------------------------ a local cluster (ray up / ray down)

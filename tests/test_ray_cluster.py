@@ -58,3 +58,12 @@ def test_ray_up_beside_a_cluster_holding_the_default_ports(ray_cluster) -> None:
         for sock in held:
             sock.close()
         subprocess.run([EXE, "ray", "down", "--port", str(port)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_free_resources_read_from_a_real_cluster(ray_cluster) -> None:
+    """What the window rule reads is Ray's own view: the session cluster's CPUs, nothing used."""
+    from mlflow_finops.retrain.windows import cluster_free_resources
+
+    cpus, gpus = cluster_free_resources(ray_cluster.dashboard_url)
+    assert cpus >= 1 and gpus == 0

@@ -25,6 +25,7 @@ __all__ = [
     "judge_window",
     "window_state",
     "cluster_free_resources",
+    "free_resources",
 ]
 
 
@@ -72,21 +73,22 @@ def judge_window(
     return WindowState(is_open, off_peak, free_cpus, free_gpus, "window open" if is_open else "; ".join(reasons))
 
 
+def free_resources(cluster_status: dict) -> tuple[float, float]:
+    """(free CPUs, free GPUs) from Ray's ``/api/cluster_status`` answer: total minus used of each."""
+    usage = cluster_status["data"]["clusterStatus"]["loadMetricsReport"].get("usage", {})
+
+    def free(resource: str) -> float:
+        used, total = usage.get(resource, [0, 0])[:2]
+        return float(total) - float(used)
+
+    return free("CPU"), free("GPU")
+
+
 def cluster_free_resources(dashboard_url: str, timeout_s: float = 10.0) -> tuple[float, float]:
-    """(free CPUs, free GPUs) of a Ray cluster, from its dashboard's resource view."""
-    import requests
+    """(free CPUs, free GPUs) of a Ray cluster, read from its dashboard's resource view."""
+    from ..ray_cluster import cluster_status
 
-    from ..ray_cluster import ray_auth_headers
-
-    resp = requests.get(
-        dashboard_url.rstrip("/") + "/api/cluster_status", headers=ray_auth_headers(), timeout=timeout_s
-    )
-    resp.raise_for_status()
-    data = resp.json()["data"]["clusterStatus"]["loadMetricsReport"]
-    used = data.get("usage", {})
-    free_cpu = float(used.get("CPU", [0, 0])[1]) - float(used.get("CPU", [0, 0])[0])
-    free_gpu = float(used.get("GPU", [0, 0])[1]) - float(used.get("GPU", [0, 0])[0])
-    return free_cpu, free_gpu
+    return free_resources(cluster_status(dashboard_url, timeout_s))
 
 
 def window_state(

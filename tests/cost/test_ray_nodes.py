@@ -104,7 +104,16 @@ def test_a_node_lost_mid_run_keeps_its_share(ray_driver, sqlite_uri: str, monkey
     with mlflow.start_run() as run:
         time.sleep(1.5)
         ref = on_node(doomed).remote(30)
-        time.sleep(3.0)  # a few samples of the node at work
+        # samples of the node at work: until the tracker has seen 1.5 CPU-s there (on a loaded
+        # machine a fixed 3 s was sometimes less than a CPU-second of work)
+        tracker = mlflow_finops.active_tracker()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            cluster = tracker.ray_cluster
+            node = cluster.nodes.get(doomed) if cluster is not None else None
+            if node is not None and node.cpu_s >= 1.5:
+                break
+            time.sleep(0.3)
         ray_driver.cluster.remove_node(extra)
         with pytest.raises(Exception):
             ray.get(ref, timeout=60)

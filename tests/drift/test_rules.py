@@ -135,7 +135,7 @@ def test_insufficient_data(rows: int, min_rows: int, expected: bool) -> None:
     ruling = insufficient_data(rows, DriftPolicy(min_rows=min_rows))
     assert (ruling is not None) is expected
     if ruling is not None:
-        assert ruling.decision == "insufficient_data" and not ruling.drift_detected and ruling.drift_share == 0
+        assert ruling.decision == "insufficient_data" and ruling.drift_detected is False and ruling.drift_share == 0
         assert ruling.reason == (
             f"current window has {rows} rows, fewer than min_rows={min_rows}: "
             "not enough data to judge drift, no retrain"
@@ -259,3 +259,19 @@ def test_rules_import_neither_mlflow_nor_evidently_nor_pandas() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_exactly_eight_drifted_columns_are_all_named() -> None:
+    cols = [f"c{i}" for i in range(8)]
+    ruling = decide(DriftPolicy(), cols, 8, None, NO_HISTORY, NOW_MS)
+    assert ruling.reason.endswith("c5, c6, c7: retrain recommended")
+
+
+def test_a_cooldown_shorter_than_an_hour_still_holds() -> None:
+    ruling = decide(DriftPolicy(cooldown_hours=0.5), COLS, 5, None, history([], retrain_hours_ago=0.25), NOW_MS)
+    assert ruling.decision == "cooldown"
+
+
+def test_no_columns_checked_is_no_share() -> None:
+    ruling = decide(DriftPolicy(), [], 0, None, NO_HISTORY, NOW_MS)
+    assert (ruling.decision, ruling.drift_share) == ("no_drift", 0.0)

@@ -23,6 +23,7 @@ from mlflow_finops.retrain.state import (
     JobEnd,
     RetrainRequest,
     RetrainState,
+    Step,
     backstop,
     cancelled,
     job_ended,
@@ -279,3 +280,24 @@ def test_a_submission_failure_is_recorded_with_its_reason(attempts, max_attempts
     step = submit_failed(attempts, ADDR, REFUSED, T0, max_attempts=max_attempts, backoff_s=60)
     assert (step.state, step.reason, step.run_status) == (state, reason, run_status)
     assert step.tag_reason.startswith(f"could not submit to Ray at {ADDR}: {REFUSED}")
+
+
+def test_a_submission_failure_step_is_whole() -> None:
+    """Every field the supervisor applies: the action, the retry time it waits for, the tag's note."""
+    retry = submit_failed(2, ADDR, REFUSED, T0, max_attempts=3, backoff_s=60)
+    at = T0 + timedelta(seconds=120)
+    assert retry == Step("retry", S.RETRY, f"could not submit to Ray at {ADDR}: {REFUSED}; retry at {at.isoformat()}",
+                         note=f"could not submit to Ray at {ADDR}: {REFUSED}; retry 3 at {at:%H:%M:%S}",
+                         run_status="SCHEDULED", retry_at=at)
+    failed = submit_failed(3, ADDR, REFUSED, T0, max_attempts=3, backoff_s=60)
+    assert failed == Step("finish", S.FAILED, f"could not submit to Ray at {ADDR}: {REFUSED} (after 3 attempt(s))",
+                          run_status="FAILED")
+
+
+def test_a_request_read_from_its_tags_keeps_its_reason_and_run_status() -> None:
+    tags = {"finops.retrain_state": "waiting", "finops.priority": "critical", "finops.attempts": "2",
+            "finops.requested_at": T0.isoformat(), "finops.deadline": DEADLINE.isoformat()}
+    r = RetrainRequest.from_tags(tags, run_active=True)
+    assert (r.state, r.priority, r.attempts, r.reason, r.run_active) == (S.WAITING, "critical", 2, "", True)
+    assert RetrainRequest.from_tags({**tags, "finops.reason": "why"}, run_active=False).reason == "why"
+    assert RetrainRequest.from_tags(tags, run_active=False).run_active is False

@@ -110,3 +110,19 @@ def test_window_state_reads_the_cluster_only_when_the_rule_needs_it() -> None:
     down = window_state(WindowPolicy(min_free_cpus=1), "http://127.0.0.1:9", at(5, 12))
     assert not down.open
     assert down.reason.startswith("cannot read the cluster's free resources: ")
+
+
+def _status(usage: dict) -> dict:
+    return {"data": {"clusterStatus": {"loadMetricsReport": {"usage": usage}}}}
+
+
+@pytest.mark.parametrize("usage, free", [
+    ({"CPU": [1.0, 4.0], "GPU": [0.0, 2.0]}, (3.0, 2.0)),  # [used, total], as Ray reports them
+    ({"CPU": [4.0, 4.0]}, (0.0, 0.0)),  # no GPU line: none free
+    ({"CPU": [0.5, 2.0], "memory": [1e9, 8e9]}, (1.5, 0.0)),
+    ({}, (0.0, 0.0)),
+])
+def test_free_resources_from_rays_cluster_status(usage: dict, free: tuple[float, float]) -> None:
+    from mlflow_finops.retrain.windows import free_resources
+
+    assert free_resources(_status(usage)) == free
