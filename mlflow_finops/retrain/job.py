@@ -45,7 +45,8 @@ from ..names import (
     tag,
 )
 from ..policy import ModelPolicy, Policy, PolicyError, RetrainPolicy, load_policy
-from ..scoring import gain, score
+from ..scoring import score
+from .promotion import Evaluation
 from .state import RetrainState
 
 log = logging.getLogger(__name__)
@@ -165,21 +166,6 @@ def update(model: Any, X: pd.DataFrame, y: pd.Series, path: str, rp: RetrainPoli
     if stop.is_set():
         raise CapReached()
     return clone(model).fit(full.drop(columns=[target]), full[target])
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Champion and challenger on the held-out newest rows."""
-
-    metric: str
-    champion: float
-    challenger: float
-    margin: float
-
-    @property
-    def better(self) -> bool:
-        """The challenger beats the champion by more than the margin (in the metric's direction)."""
-        return gain(self.metric, self.challenger, self.champion) > self.margin
 
 
 def evaluate(champion: Any, challenger: Any, X: pd.DataFrame, y: pd.Series, rp: RetrainPolicy) -> Evaluation:
