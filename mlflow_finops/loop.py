@@ -15,9 +15,11 @@ import logging
 import time
 from typing import Any, Callable
 
+from .drift.results import DriftDecision
 from .drift.schedule import CheckOutcome, retrain_configured
 from .drift.schedule import run_schedule as run_drift_schedule
 from .policy import Policy
+from .scoring import gain
 
 __all__ = ["hand_over", "run_schedule"]
 
@@ -27,21 +29,43 @@ log = logging.getLogger(__name__)
 def hand_over(
     policy: Policy, model: str, out: CheckOutcome, on_retrain: Callable[[Any], None] | None = None
 ) -> None:
-    """A retrain decision becomes a request; every open request of ``model`` takes one step.
+    """A retrain decision that is worth its cost becomes a request; every open request of ``model`` takes one step.
 
-    Never blocks on a Ray job (``wait=False``); a retrain problem is logged and
-    never stops the drift checks.
+    The gate's retrain signal (loss beyond what the policy tolerates, or drift
+    while labels lag) is weighed by :func:`mlflow_finops.retrain.trigger.weigh_retrain`;
+    its verdict goes on the check's run and on ``out.trigger``. Never blocks on a
+    Ray job (``wait=False``); a retrain problem is logged and never stops the drift checks.
     """
     from .retrain import RetrainSupervisor, request_retrain
+    from .retrain.trigger import record_verdict, weigh_retrain
 
     try:
-        if out.retrain and out.decision is not None:
-            request_retrain(policy, model, drift_run_id=out.decision.run_id, reason=out.decision.reason)
+        decision = out.decision
+        if out.retrain and decision is not None:
+            verdict = out.trigger = weigh_retrain(policy, model, signal=signal_text(decision), loss=loss_of(decision))
+            log.info("retrain trigger %s: %s", model, verdict.reason)
+            if decision.run_id is not None:
+                from mlflow import MlflowClient
+
+                record_verdict(MlflowClient(), decision.run_id, verdict)
+            if verdict.retrain:
+                request_retrain(policy, model, drift_run_id=decision.run_id, reason=verdict.reason)
         for result in RetrainSupervisor(policy).run_pending(model, wait=False):
             if on_retrain:
                 on_retrain(result)
     except Exception:  # a retrain problem must not stop the drift checks
         log.exception("retraining %s failed", model)
+
+
+def signal_text(decision: DriftDecision) -> str:
+    """The gate's reason without its verdict: what the trigger's sentence starts with."""
+    return decision.reason.removesuffix(": retrain recommended")
+
+
+def loss_of(decision: DriftDecision) -> float | None:
+    """The champion's measured loss (metric units, positive = worse); None when no labels were scored."""
+    perf = decision.performance
+    return None if perf is None else gain(perf.metric, perf.reference, perf.current)
 
 
 def run_schedule(

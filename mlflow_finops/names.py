@@ -49,6 +49,12 @@ TAG_MACHINE_GPU_MODELS = "finops.machine.gpu_models"
 TAG_DECISION = "finops.decision"
 TAG_DRIFT_DETECTED = "finops.drift_detected"
 TAG_DRIFT_REASON = "finops.drift_reason"
+TAG_TRIGGER = "finops.trigger"  # retrain | skip: whether a drift check's retrain signal was worth its cost
+TAG_TRIGGER_REASON = "finops.trigger_reason"
+METRIC_TRIGGER_LOSS = "trigger/loss"  # the champion's loss since promotion, metric units (positive = worse)
+METRIC_TRIGGER_GAIN = "trigger/expected_gain"
+METRIC_TRIGGER_COST = "trigger/expected_cost_usd"
+METRIC_TRIGGER_VALUE = "trigger/expected_value_usd"
 TAG_DRIFTED_COLUMNS = "finops.drifted_columns"
 TAG_WINDOW_KEY = "finops.window_key"
 TAG_WINDOW_FILES = "finops.window_files"
@@ -74,6 +80,12 @@ TAG_UPDATE_PATH = "finops.update_path"
 TAG_CHAMPION_VERSION = "finops.champion_version"
 TAG_NEW_DATA_FILES = "finops.new_data_files"
 TAG_RUN_ID = "finops.run_id"  # Ray job metadata: the retrain run
+TAG_RETRAIN_RUNNER = "finops.retrain_runner"  # what ran the attempt: "actor" (warm) or "job" (a Ray job)
+
+# ------------------------------------------------------------------ the warm retrain actor (Ray)
+RETRAIN_ACTOR_NAME = "finops-retrainer"
+RETRAIN_ACTOR_NAMESPACE = "mlflow-finops"
+RETRAIN_ACTOR_CLASS = "RetrainWorker"  # its retrains' runs track it; a driver's Ray sampler leaves it out
 
 # ------------------------------------------------------------------ lineage (runs and model versions)
 TAG_DRIFT_RUN_ID = "finops.drift_run_id"
@@ -82,6 +94,8 @@ TAG_MODEL_VERSION = "finops.model_version"
 TAG_PARENT_VERSION = "finops.parent_version"
 TAG_TRAINED_UNTIL = "finops.trained_until"
 TAG_REFERENCE = "finops.reference"
+# a version's metric on its first labelled window, the baseline of its loss when no retrain promoted it
+TAG_BASELINE_PREFIX = "finops.baseline."
 TAG_VERSION_COST_USD = "finops.cost_usd"
 
 # ------------------------------------------------------------------ reports

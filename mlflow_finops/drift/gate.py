@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 import pandas as pd
 
 from ..frames import DataInputError, as_frame, read_frame
-from ..policy import DriftPolicy, ModelPolicy, Policy, PolicyError, load_policy
+from ..policy import DriftPolicy, ModelPolicy, PerformancePolicy, Policy, PolicyError, load_policy
+from ..names import TAG_BASELINE_PREFIX, tag
 from ..scoring import score
 from .profile import Infinite, ReferenceProfile, finite
 from .results import ColumnDrift, ColumnType, DriftDecision, PerformanceResult
@@ -90,6 +91,8 @@ class DriftGate:
         target: str | None = None,
         experiment: str | None = None,
         performance_model: Any = None,
+        model_features: list[str] | None = None,
+        drop: list[str] | None = None,
         log_to_mlflow: bool = True,
         progress: bool | None = None,
         random_state: int = 0,
@@ -101,6 +104,8 @@ class DriftGate:
                 base = DriftPolicy.model_validate({**base.model_dump(), **overrides})
             except Exception as exc:
                 raise PolicyError("DriftGate", [str(exc)]) from None
+        if drop:  # columns the model never saw are not judged either
+            base = base.model_copy(update={"ignore": [*base.ignore, *(c for c in drop if c not in base.ignore)]})
         if base.problems():
             raise PolicyError("DriftGate", base.problems())
         self.policy = base
@@ -112,6 +117,9 @@ class DriftGate:
         self.random_state = random_state
         self._performance_model = performance_model
         self._perf_reference: float | None = None
+        self.model_features = list(model_features) if model_features else None  # what the model predicts from
+        self.drop = list(drop or [])  # columns the model never saw (ids, dates)
+        self._champions: dict[str, Any] = {}  # registered version -> loaded model
         if base.performance is not None:
             if not target:
                 raise PolicyError("drift policy", ["[drift.performance] needs the label column: set "
@@ -172,12 +180,29 @@ class DriftGate:
         mp = model_policy(pol, model)
         if "reference" not in kwargs:
             kwargs["reference"] = reference_path(pol, model)
-        perf = pol.drift.merged(mp.drift).performance
+        drift = pol.drift.merged(mp.drift)
+        if mp.drop:  # never learned from, never judged
+            drift = drift.model_copy(update={"ignore": [*drift.ignore, *(c for c in mp.drop if c not in drift.ignore)]})
+        if mp.features and not drift.columns:
+            drift = drift.model_copy(update={"columns": [c for c in mp.features if c not in drift.ignore]})
+        if drift.performance is None and mp.target and mp.registered_model and drift.retrain_on != "drift":
+            # harm, not drift, decides by default: the champion's loss since its promotion
+            drift = drift.model_copy(update={"performance": PerformancePolicy(
+                metric=pol.retrain.merged(mp.retrain).metric,
+                margin=pol.trigger.merged(mp.trigger).tolerated_loss,
+                model_uri=f"models:/{mp.registered_model}@champion",
+                baseline="promotion",
+                min_rows=pol.trigger.merged(mp.trigger).min_labelled_rows,
+            )})
+        perf = drift.performance
         if perf is not None and perf.model_uri and "performance_model" not in kwargs:
             kwargs["performance_model"] = perf.model_uri
         kwargs.setdefault("target", mp.target)
         kwargs.setdefault("experiment", mp.experiment)
-        return cls(model=model, policy=pol.drift.merged(mp.drift), **kwargs)
+        if mp.features or mp.drop:
+            kwargs.setdefault("model_features", mp.features or None)
+            kwargs.setdefault("drop", list(mp.drop))
+        return cls(model=model, policy=drift, **kwargs)
 
     # ---------------------------------------------------------------- checking
     def validate(self, current: pd.DataFrame, source: str | None = None) -> None:
@@ -308,12 +333,20 @@ class DriftGate:
         )
 
     def _performance(self, cur: pd.DataFrame) -> PerformanceResult | None:
-        """The model's metric on the reference (once) and on the labelled current window."""
+        """The model's metric on the labelled current window, against its baseline.
+
+        The baseline is the model's score on the reference, or (``baseline =
+        "promotion"``) the registered champion's score when it was promoted.
+        """
         perf = self.policy.performance
         assert perf is not None and self.target is not None
-        if self.target not in cur.columns or cur[self.target].count() == 0:
-            log.info("current data has no labels in %r: performance signal skipped", self.target)
+        labelled = cur[cur[self.target].notna()] if self.target in cur.columns else cur.iloc[:0]
+        if len(labelled) < perf.min_rows:
+            log.info("current data has %d labelled rows in %r (fewer than %d): performance signal skipped",
+                     len(labelled), self.target, perf.min_rows)
             return None
+        if perf.baseline == "promotion":
+            return self._loss_since_promotion(labelled, perf)
         model = self._performance_model
         if isinstance(model, str):
             import mlflow.pyfunc
@@ -322,10 +355,57 @@ class DriftGate:
         n = self.policy.sample_rows
         if self._perf_reference is None:
             ref = sample(self.reference, n, list(self.reference.columns), self.random_state + 5)
-            self._perf_reference = _score(model, ref, self.target, perf.metric)
-        cur_s = sample(cur, n, list(cur.columns), self.random_state + 6)
-        current = _score(model, cur_s, self.target, perf.metric)
-        return performance_result(perf.metric, self._perf_reference, current, perf.margin)
+            self._perf_reference = self._score(model, ref, perf.metric)
+        cur_s = sample(labelled, n, list(labelled.columns), self.random_state + 6)
+        current = self._score(model, cur_s, perf.metric)
+        return replace(performance_result(perf.metric, self._perf_reference, current, perf.margin), rows=len(cur_s))
+
+    def _loss_since_promotion(self, labelled: pd.DataFrame, perf: PerformancePolicy) -> PerformanceResult | None:
+        """The registered champion on the labelled window vs its score at promotion.
+
+        A version promoted by a retrain carries that score (``finops.<metric>``,
+        on the retrain's held-out rows); one trained elsewhere gets its score on
+        its first labelled window as the baseline (tagged ``finops.baseline.<metric>``).
+        No champion yet: no signal (drift decides).
+        """
+        from mlflow import MlflowClient
+
+        uri = perf.model_uri or ""
+        name, _, alias = uri.removeprefix("models:/").partition("@")
+        try:
+            client = MlflowClient()
+            version = client.get_model_version_by_alias(name, alias or "champion")
+            model = self._champions.get(version.version)
+            if model is None:
+                import mlflow.pyfunc
+
+                model = self._champions[version.version] = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+        except Exception as exc:  # no champion yet, or the registry is unreachable: drift decides
+            log.info("no champion to score for %s (%s: %s): performance signal skipped", uri, type(exc).__name__, exc)
+            return None
+        n = self.policy.sample_rows
+        cur_s = sample(labelled, n, list(labelled.columns), self.random_state + 6)
+        current = self._score(model, cur_s, perf.metric)
+        promoted = version.tags.get(tag(perf.metric))
+        first = version.tags.get(f"{TAG_BASELINE_PREFIX}{perf.metric}")
+        if promoted is not None:
+            baseline, source = float(promoted), "promotion"
+        elif first is not None:
+            baseline, source = float(first), "first labelled window"
+        else:
+            baseline, source = current, "first labelled window"
+            if self.log_to_mlflow:
+                client.set_model_version_tag(name, version.version, f"{TAG_BASELINE_PREFIX}{perf.metric}", f"{current:.6f}")
+        result = performance_result(perf.metric, baseline, current, perf.margin)
+        return replace(result, baseline=source, version=str(version.version), rows=len(cur_s))
+
+    def _score(self, model: Any, frame: pd.DataFrame, metric: str) -> float:
+        """``metric`` of ``model`` on ``frame``, from the columns the model was trained on."""
+        assert self.target is not None
+        X = frame.drop(columns=[self.target, *(c for c in self.drop if c in frame.columns)])
+        if self.model_features:
+            X = X[self.model_features]
+        return score(model, X, frame[self.target], metric)
 
 
 # ------------------------------------------------------------------ input
@@ -375,10 +455,6 @@ def resolve_policy_path(policy: Policy, value: str) -> str:
     if not p.is_absolute() and policy.source and Path(policy.source).exists():
         p = Path(policy.source).resolve().parent / p
     return str(p)
-
-
-def _score(model: Any, frame: pd.DataFrame, target: str, metric: str) -> float:
-    return score(model, frame.drop(columns=[target]), frame[target], metric)
 
 
 class _Progress:

@@ -41,6 +41,9 @@ class PerformanceResult:
     current: float
     margin: float
     degraded: bool
+    baseline: str = "reference"  # what ``reference`` is: "reference", "promotion", "first labelled window"
+    version: str | None = None  # the registered model version scored, when the model is a registry alias
+    rows: int = 0  # labelled current rows scored
 
 
 @dataclass

@@ -28,9 +28,13 @@ __all__ = [
     "decide",
     "insufficient_data",
     "performance_result",
+    "performance_text",
+    "points",
+    "retrain_signal",
 ]
 
 _SHOWN_COLUMNS = 8  # drifted columns named in a reason; the rest become "..."
+_BOUNDED = frozenset({"accuracy", "f1", "roc_auc", "r2"})  # metrics whose 0.01 is a "point"
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,41 @@ def performance_result(metric: str, reference: float, current: float, margin: fl
     return PerformanceResult(metric, reference, current, margin, gain(metric, reference, current) > margin)
 
 
+def performance_text(perf: PerformanceResult) -> str:
+    """The loss in a person's words: 'accuracy -0.3 pt since promotion of v3 (0.9120 -> 0.9090; tolerated 1.0 pt)'."""
+    since = {"reference": "vs the reference", "promotion": "since promotion",
+             "first labelled window": "since its first labelled window"}.get(perf.baseline, perf.baseline)
+    if perf.version is not None:
+        since += f" of v{perf.version}"
+    change = -gain(perf.metric, perf.reference, perf.current)  # negative = worse
+    verdict = "beyond" if perf.degraded else "within"
+    return (f"{perf.metric} {points(perf.metric, change)} {since} ({perf.reference:.4f} -> {perf.current:.4f}; "
+            f"{verdict} the tolerated {points(perf.metric, perf.margin, signed=False)})")
+
+
+def points(metric: str, value: float, signed: bool = True) -> str:
+    """A change of a [0, 1] metric in points (0.01 = 1 pt); other metrics in their own units."""
+    if metric in _BOUNDED:
+        return f"{value * 100:+.1f} pt" if signed else f"{value * 100:.1f} pt"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+def retrain_signal(retrain_on: str, drifted: bool, performance: PerformanceResult | None) -> bool:
+    """Whether this check signals a retrain.
+
+    ``harm``: drift is not harm, so a measured performance decides (degraded
+    beyond its margin) and the drifted share is only the early warning while
+    labels lag (no performance measured). ``drift``: the drifted share alone.
+    ``either``: the share or a degraded model.
+    """
+    degraded = performance is not None and performance.degraded
+    if retrain_on == "drift":
+        return drifted
+    if retrain_on == "either":
+        return drifted or degraded
+    return degraded if performance is not None else drifted
+
+
 def insufficient_data(rows: int, policy: DriftPolicy) -> Ruling | None:
     """The ruling for a window too small to judge (fewer than ``min_rows``); None otherwise."""
     if rows >= policy.min_rows:
@@ -100,8 +139,9 @@ def decide(
 ) -> Ruling:
     """Retrain, or why not: no drift signal, persistence not reached yet, or inside the cooldown.
 
-    The signal is the drifted share reaching ``drift_share`` or a degraded
-    model. With ``persistence_n > 1`` it must also have been seen in
+    The signal is :func:`retrain_signal`: by default the model's measured loss
+    when labels are there, the drifted share reaching ``drift_share`` while
+    they lag. With ``persistence_n > 1`` it must also have been seen in
     ``persistence_k`` of the last ``persistence_n`` checks (this one included);
     with ``cooldown_hours`` the last retrain trigger must be that long ago.
     """
@@ -113,11 +153,8 @@ def decide(
         text += ": " + ", ".join(drifted_columns[:_SHOWN_COLUMNS]) + more
     reasons = [text]
     if performance is not None:
-        reasons.append(
-            f"{performance.metric} {performance.reference:.4f} -> {performance.current:.4f} "
-            f"({'degraded beyond' if performance.degraded else 'within'} margin {performance.margin})"
-        )
-    signal = share >= p.drift_share or bool(performance and performance.degraded)
+        reasons.append(performance_text(performance))
+    signal = retrain_signal(p.retrain_on, share >= p.drift_share, performance)
 
     def ruling(decision: Decision, tail: str) -> Ruling:
         return Ruling(decision, "; ".join(reasons) + tail, signal, share)

@@ -19,6 +19,7 @@ from mlflow_finops.drift.rules import (
     decide,
     insufficient_data,
     performance_result,
+    performance_text,
 )
 from mlflow_finops.policy import DriftPolicy
 from mlflow_finops.stattests import stat_test_kind
@@ -46,10 +47,24 @@ DECISIONS = [
     ("share-reached", {"drift_share": 0.4}, ["a", "b"], None, NO_HISTORY, "retrain", True,
      "2 of 5 columns drifted (40%, drift_share 40%): a, b: retrain recommended"),
     ("performance-alone", {}, [], DEGRADED, NO_HISTORY, "retrain", True,
-     "0 of 5 columns drifted (0%, drift_share 50%); accuracy 0.9000 -> 0.8000 (degraded beyond margin 0.05): "
-     "retrain recommended"),
+     "0 of 5 columns drifted (0%, drift_share 50%); accuracy -10.0 pt vs the reference (0.9000 -> 0.8000; "
+     "beyond the tolerated 5.0 pt): retrain recommended"),
     ("performance-within", {}, [], WITHIN, NO_HISTORY, "no_drift", False,
-     "0 of 5 columns drifted (0%, drift_share 50%); accuracy 0.9000 -> 0.8800 (within margin 0.05): no retrain"),
+     "0 of 5 columns drifted (0%, drift_share 50%); accuracy -2.0 pt vs the reference (0.9000 -> 0.8800; "
+     "within the tolerated 5.0 pt): no retrain"),
+    # drift is not harm: with a measured performance (labels there), "harm" lets the loss decide
+    ("harm-drift-without-loss", {}, COLS, WITHIN, NO_HISTORY, "no_drift", False,
+     "5 of 5 columns drifted (100%, drift_share 50%): a, b, c, d, e; accuracy -2.0 pt vs the reference "
+     "(0.9000 -> 0.8800; within the tolerated 5.0 pt): no retrain"),
+    ("either-drift-without-loss", {"retrain_on": "either"}, COLS, WITHIN, NO_HISTORY, "retrain", True,
+     "5 of 5 columns drifted (100%, drift_share 50%): a, b, c, d, e; accuracy -2.0 pt vs the reference "
+     "(0.9000 -> 0.8800; within the tolerated 5.0 pt): retrain recommended"),
+    ("drift-ignores-loss", {"retrain_on": "drift"}, [], DEGRADED, NO_HISTORY, "no_drift", False,
+     "0 of 5 columns drifted (0%, drift_share 50%); accuracy -10.0 pt vs the reference (0.9000 -> 0.8000; "
+     "beyond the tolerated 5.0 pt): no retrain"),
+    ("either-loss-without-drift", {"retrain_on": "either"}, [], DEGRADED, NO_HISTORY, "retrain", True,
+     "0 of 5 columns drifted (0%, drift_share 50%); accuracy -10.0 pt vs the reference (0.9000 -> 0.8000; "
+     "beyond the tolerated 5.0 pt): retrain recommended"),
     ("no-signal-ignores-history", {"persistence_k": 1, "persistence_n": 3}, [], None,
      history([True, True], retrain_hours_ago=100), "no_drift", False,
      "0 of 5 columns drifted (0%, drift_share 50%): no retrain"),
@@ -100,8 +115,8 @@ DECISIONS = [
      "5 of 5 columns drifted (100%, drift_share 50%): a, b, c, d, e: retrain recommended"),
     ("performance-inside-cooldown", {"cooldown_hours": 1.5}, [], DEGRADED, history([], retrain_hours_ago=1),
      "cooldown", True,
-     "0 of 5 columns drifted (0%, drift_share 50%); accuracy 0.9000 -> 0.8000 (degraded beyond margin 0.05); "
-     "last retrain trigger 1.0 h ago (run r1), inside the 1.5 h cooldown: no retrain"),
+     "0 of 5 columns drifted (0%, drift_share 50%); accuracy -10.0 pt vs the reference (0.9000 -> 0.8000; "
+     "beyond the tolerated 5.0 pt); last retrain trigger 1.0 h ago (run r1), inside the 1.5 h cooldown: no retrain"),
     ("persistence-met-then-cooldown", {"persistence_k": 2, "persistence_n": 2, "cooldown_hours": 6}, ["a", "b", "c"],
      None, history([True], retrain_hours_ago=5), "cooldown", True,
      "3 of 5 columns drifted (60%, drift_share 50%): a, b, c; drift in 2 of the last 2 checks; "
@@ -275,3 +290,14 @@ def test_a_cooldown_shorter_than_an_hour_still_holds() -> None:
 def test_no_columns_checked_is_no_share() -> None:
     ruling = decide(DriftPolicy(), [], 0, None, NO_HISTORY, NOW_MS)
     assert (ruling.decision, ruling.drift_share) == ("no_drift", 0.0)
+
+
+def test_performance_text_since_promotion() -> None:
+    perf = PerformanceResult("accuracy", 0.912, 0.909, 0.01, False, baseline="promotion", version="3", rows=500)
+    assert performance_text(perf) == (
+        "accuracy -0.3 pt since promotion of v3 (0.9120 -> 0.9090; within the tolerated 1.0 pt)"
+    )
+    rmse = PerformanceResult("rmse", 2.0, 2.5, 0.25, True, baseline="first labelled window", version="1")
+    assert performance_text(rmse) == (
+        "rmse -0.5 since its first labelled window of v1 (2.0000 -> 2.5000; beyond the tolerated 0.25)"
+    )

@@ -1,0 +1,70 @@
+"""The retrain trigger's economics (pure) and its history read from a real MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlflow_finops.policy import TriggerPolicy
+from mlflow_finops.retrain.trigger import PastRetrain, weigh
+
+SIGNAL = "accuracy -3.0 pt since promotion of v2 (0.9000 -> 0.8700; beyond the tolerated 1.0 pt)"
+
+
+def test_first_retrain_with_a_loss_goes_ahead_and_says_the_cost_is_unknown() -> None:
+    v = weigh(TriggerPolicy(), signal=SIGNAL, loss=0.03, history=[])
+    assert v.retrain and v.expected_gain == pytest.approx(0.03) and v.expected_cost_usd is None
+    assert v.expected_value_usd == pytest.approx(0.03)  # 3 pt x $0.01
+    assert v.reason == f"{SIGNAL}; expected gain 3.0 pt worth $0.030; cost not known before the first retrain: retrain"
+
+
+def test_gain_worth_less_than_cost_skips_with_the_numbers() -> None:
+    history = [PastRetrain(0.001, 0.004), PastRetrain(0.0, 0.004)]
+    v = weigh(TriggerPolicy(value_per_point_usd=0.01), signal=SIGNAL, loss=0.005, history=history)
+    # (0.001 + 0 + 0.005) / 3 = 0.002 -> 0.2 pt x $0.01 = $0.002 < $0.004
+    assert not v.retrain and v.decision == "skip"
+    assert v.expected_gain == pytest.approx(0.002) and v.expected_cost_usd == pytest.approx(0.004)
+    assert v.reason == (f"{SIGNAL}; expected gain 0.2 pt worth $0.0020 < expected cost $0.0040 "
+                        "(last 2 retrains): skip")
+
+
+def test_gain_worth_the_cost_retrains() -> None:
+    v = weigh(TriggerPolicy(value_per_point_usd=0.01), signal=SIGNAL, loss=0.03,
+              history=[PastRetrain(0.02, 0.0002)])
+    assert v.retrain and v.expected_gain == pytest.approx(0.025)
+    assert "expected gain 2.5 pt worth $0.025 >= expected cost $0.00020 (last 1 retrain): retrain" in v.reason
+
+
+def test_equal_value_and_cost_retrains() -> None:
+    v = weigh(TriggerPolicy(value_per_point_usd=1.0), signal=SIGNAL, loss=None, history=[PastRetrain(0.01, 1.0)])
+    assert v.retrain and v.expected_value_usd == pytest.approx(1.0)
+
+
+def test_retrains_that_bought_nothing_stop_drift_only_retrains() -> None:
+    v = weigh(TriggerPolicy(), signal="12 of 27 columns drifted", loss=None,
+              history=[PastRetrain(0.0, 0.001)] * 3)
+    assert not v.retrain and v.expected_gain == 0
+    assert v.reason.endswith("expected gain 0.0 pt (last 3 retrains bought nothing): skip")
+
+
+def test_no_labels_and_no_history_leaves_it_to_drift() -> None:
+    v = weigh(TriggerPolicy(), signal="12 of 27 columns drifted", loss=None, history=[])
+    assert v.retrain and v.expected_gain is None
+    assert v.reason == "12 of 27 columns drifted; no labels and no retrain history to weigh: drift decides: retrain"
+
+
+def test_history_is_limited_to_the_newest_n() -> None:
+    history = [PastRetrain(0.0, 1.0)] * 2 + [PastRetrain(0.5, 0.0)] * 5
+    v = weigh(TriggerPolicy(history=2), signal=SIGNAL, loss=0.0, history=history)
+    assert v.history == 2 and v.expected_gain == 0 and not v.retrain
+
+
+def test_a_measured_gain_outweighs_an_earlier_fruitless_retrain() -> None:
+    """The loss measured now pulls the expectation up: a useless past does not block a real loss forever."""
+    v = weigh(TriggerPolicy(), signal=SIGNAL, loss=0.2, history=[PastRetrain(0.0, 0.01)])
+    assert v.retrain and v.expected_gain == pytest.approx(0.1)
+
+
+def test_prior_cost_from_the_policy_before_the_first_retrain() -> None:
+    v = weigh(TriggerPolicy(value_per_point_usd=0.001), signal=SIGNAL, loss=0.01, history=[], prior_cost_usd=0.5)
+    assert not v.retrain and v.expected_cost_usd == 0.5
+    assert "expected gain 1.0 pt worth $0.0010 < expected cost $0.50 (no retrain yet): skip" in v.reason
