@@ -20,28 +20,21 @@ import html
 import io
 import json
 import logging
-import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
-from mlflow.entities import Run, ViewType
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from ..charting import html_page, html_table, write_charts
 from ..money import format_usd
-from ..names import (
-    METRIC_COST_USD,
-    METRIC_PREFIX,
-    REPORTS_EXPERIMENT,
-    TAG_MODEL,
-    TAG_NESTED_IN,
-    TAG_REPORT,
-    TAG_TEAM,
-)
+from ..names import REPORTS_EXPERIMENT, TAG_MODEL, TAG_REPORT, TAG_TEAM
 from ..store import PAGE_SIZE, iter_runs, quote
+from . import rollup
+from .rollup import FIGURES, GROUP_LEVELS, GroupCost, ReportError, RunCost
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..charting import Chart
@@ -65,102 +58,6 @@ __all__ = [
 ]
 
 GroupBy = Literal["experiment", "model", "team", "run"]
-GROUP_LEVELS: tuple[str, ...] = ("experiment", "model", "team")
-NONE_KEY = "(none)"
-# Metrics that are not about model quality: never picked as "the model metric".
-_NOT_QUALITY = (METRIC_PREFIX, "system/")
-_PREFERRED = ("accuracy", "f1", "f1_score", "roc_auc", "auc", "r2", "r2_score", "rmse", "mae", "mse", "loss")
-_LOWER_IS_BETTER = re.compile(r"(loss|error|rmse|mse|mae|mape|logloss|perplexity|latency|wer|cer)", re.I)
-
-
-class ReportError(ValueError):
-    """Bad report arguments (unknown experiment, empty period, bad date): the CLI exits 2."""
-
-
-@dataclass(frozen=True)
-class RunCost:
-    """The figures of one run a report needs. Cost fields are None for an untracked run."""
-
-    run_id: str
-    run_name: str
-    experiment_id: str
-    experiment: str
-    start_time: float  # unix seconds
-    end_time: float | None
-    status: str
-    team: str | None
-    model: str | None
-    nested_in: str | None
-    cost_usd: float | None = None
-    usage_cost_usd: float | None = None
-    allocation_cost_usd: float | None = None
-    idle_cost_usd: float | None = None
-    cpu_core_hours: float | None = None
-    gpu_hours: float | None = None
-    energy_kwh: float | None = None
-    co2e_kg: float | None = None
-    cpu_efficiency: float | None = None
-    cpu_allocated_core_hours: float | None = None
-    wall_hours: float | None = None
-    metric: float | None = None
-
-    @property
-    def tracked(self) -> bool:
-        return self.cost_usd is not None
-
-    @property
-    def counted(self) -> bool:
-        """Part of the sums: tracked and not a nested run."""
-        return self.tracked and self.nested_in is None
-
-    def key(self, by: str) -> str:
-        if by == "experiment":
-            return self.experiment
-        if by == "model":
-            return self.model or NONE_KEY
-        if by == "team":
-            return self.team or NONE_KEY
-        return self.run_id
-
-    @property
-    def label(self) -> str:
-        return self.run_name or self.run_id[:8]
-
-
-_FIGURES = ("cost_usd", "usage_cost_usd", "allocation_cost_usd", "idle_cost_usd", "cpu_core_hours",
-            "gpu_hours", "energy_kwh", "co2e_kg", "cpu_efficiency", "cpu_allocated_core_hours", "wall_hours")
-
-
-@dataclass
-class GroupCost:
-    """Sums over the counted runs of one experiment / model / team."""
-
-    level: str
-    key: str
-    runs: int = 0
-    untracked: int = 0
-    nested: int = 0
-    cost_usd: float = 0.0
-    idle_cost_usd: float = 0.0
-    cpu_core_hours: float = 0.0
-    gpu_hours: float = 0.0
-    energy_kwh: float = 0.0
-    co2e_kg: float = 0.0
-    cpu_allocated_core_hours: float = 0.0
-    best_metric: float | None = None
-    best_run_id: str | None = None
-    best_run_cost_usd: float | None = None
-
-    @property
-    def cpu_efficiency(self) -> float | None:
-        if self.cpu_allocated_core_hours <= 0:
-            return None
-        return self.cpu_core_hours / self.cpu_allocated_core_hours
-
-    def to_dict(self) -> dict[str, object]:
-        d = asdict(self)
-        d["cpu_efficiency"] = self.cpu_efficiency
-        return d
 
 
 @dataclass
@@ -189,44 +86,16 @@ class CostReport:
     def nested(self) -> list[RunCost]:
         return [r for r in self.runs if r.tracked and r.nested_in is not None]
 
-    def total(self, level: str = "total") -> GroupCost:
-        g = GroupCost(level, "total")
-        for r in self.runs:
-            self._add(g, r)
-        return g
+    def total(self) -> GroupCost:
+        return rollup.total(self.runs, self.goal)
 
     def groups(self, by: str) -> list[GroupCost]:
         """Roll-up per experiment / model / team, most expensive first."""
-        if by not in GROUP_LEVELS:
-            raise ReportError(f"cannot group by {by!r} (expected one of: {', '.join(GROUP_LEVELS)})")
-        out: dict[str, GroupCost] = {}
-        for r in self.runs:
-            key = r.key(by)
-            self._add(out.setdefault(key, GroupCost(by, key)), r)
-        return sorted(out.values(), key=lambda g: (-g.cost_usd, g.key))
-
-    def _add(self, g: GroupCost, r: RunCost) -> None:
-        if not r.tracked:
-            g.untracked += 1
-            return
-        if r.nested_in is not None:
-            g.nested += 1
-            return
-        g.runs += 1
-        for name in ("cost_usd", "idle_cost_usd", "cpu_core_hours", "gpu_hours", "energy_kwh", "co2e_kg",
-                     "cpu_allocated_core_hours"):
-            setattr(g, name, getattr(g, name) + (getattr(r, name) or 0.0))
-        if r.metric is not None and (g.best_metric is None or self._better(r.metric, g.best_metric)):
-            g.best_metric, g.best_run_id, g.best_run_cost_usd = r.metric, r.run_id, r.cost_usd
-
-    def _better(self, a: float, b: float) -> bool:
-        return a > b if self.goal == "max" else a < b
+        return rollup.groups(self.runs, by, self.goal)
 
     def sorted_runs(self) -> list[RunCost]:
         """Tracked runs by cost (most expensive first), then untracked ones, newest first."""
-        tracked = sorted((r for r in self.runs if r.tracked), key=lambda r: -(r.cost_usd or 0.0))
-        untracked = sorted(self.untracked, key=lambda r: -r.start_time)
-        return tracked + untracked
+        return rollup.sorted_runs(self.runs)
 
     # -------------------------------------------------------------- output
     def summary(self) -> dict[str, object]:
@@ -269,7 +138,7 @@ class CostReport:
         metric_col = f"metric:{self.metric}" if self.metric else "metric"
         if by == "run":
             cols = ["run_id", "run_name", "experiment", "model", "team", "start_time", "status", "tracked",
-                    "nested_in", *_FIGURES, metric_col]
+                    "nested_in", *FIGURES, metric_col]
             w.writerow(cols)
             for r in self.sorted_runs():
                 d = _run_dict(r, self.metric)
@@ -432,16 +301,16 @@ def build_report(
     metric_values: dict[str, dict[str, float]] = {}
     for run in iter_runs(client, list(names), " AND ".join(clauses), view_type=view, page_size=page_size,
                          on_page=counted_page):
-        row, quality = _run_cost(run, names)
+        row, quality = rollup.run_cost(run, names)
         rows.append(row)
         if row.tracked and quality:
             raw_metrics.update(quality.keys())
             metric_values[row.run_id] = quality
-    chosen = metric or _pick_metric(raw_metrics)
-    chosen_goal = goal or (("min" if _LOWER_IS_BETTER.search(chosen) else "max") if chosen else "max")
+    chosen = metric or rollup.pick_metric(raw_metrics)
+    chosen_goal = goal or rollup.metric_goal(chosen)
     if chosen:
         rows = [
-            _with_metric(r, metric_values.get(r.run_id, {}).get(chosen)) if r.tracked else r for r in rows
+            rollup.with_metric(r, metric_values.get(r.run_id, {}).get(chosen)) if r.tracked else r for r in rows
         ]
     report = CostReport(
         runs=rows,
@@ -477,56 +346,6 @@ def _experiment_names(client: MlflowClient, wanted: Sequence[str], view: int) ->
         token = page.token
         if not token:
             return out
-
-
-def _run_cost(run: Run, names: dict[str, str]) -> tuple[RunCost, dict[str, float]]:
-    m = run.data.metrics
-    tags = run.data.tags
-    info = run.info
-    cost = m.get(METRIC_COST_USD)
-    tracked = cost is not None and math.isfinite(cost)
-    figures = {}
-    if tracked:
-        figures = {name: _finite(m.get(METRIC_PREFIX + name)) for name in _FIGURES}
-        figures["cost_usd"] = float(cost)
-    row = RunCost(
-        run_id=info.run_id,
-        run_name=info.run_name or tags.get("mlflow.runName", ""),
-        experiment_id=info.experiment_id,
-        experiment=names.get(info.experiment_id, info.experiment_id),
-        start_time=(info.start_time or 0) / 1000.0,
-        end_time=info.end_time / 1000.0 if info.end_time else None,
-        status=info.status,
-        team=tags.get(TAG_TEAM),
-        model=tags.get(TAG_MODEL),
-        nested_in=tags.get(TAG_NESTED_IN),
-        **figures,
-    )
-    quality = {k: v for k, v in m.items() if not k.startswith(_NOT_QUALITY) and math.isfinite(v)}
-    return row, quality
-
-
-def _with_metric(r: RunCost, value: float | None) -> RunCost:
-    from dataclasses import replace
-
-    return replace(r, metric=value)
-
-
-def _finite(v: float | None) -> float | None:
-    return float(v) if v is not None and math.isfinite(v) else None
-
-
-def _pick_metric(counts: Counter[str]) -> str | None:
-    """The model metric most tracked runs share; well-known quality names win ties."""
-    if not counts:
-        return None
-    top = max(counts.values())
-    common = [k for k, n in counts.items() if n == top]
-    for name in _PREFERRED:
-        for k in common:
-            if k.lower() == name or k.lower().endswith(("_" + name, "/" + name)):
-                return k
-    return sorted(common)[0]
 
 
 # ===================================================================== rendering
@@ -568,7 +387,7 @@ def _run_dict(r: RunCost, metric: str | None) -> dict[str, object]:
         "tracked": r.tracked,
         "nested_in": r.nested_in,
     }
-    d.update({f: getattr(r, f) for f in _FIGURES})
+    d.update({f: getattr(r, f) for f in FIGURES})
     d["metric"] = r.metric
     if metric:
         d["metric_name"] = metric
