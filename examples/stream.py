@@ -41,3 +41,24 @@ def window(index: int, rows: int = 20_000, seed: int = 0) -> pd.DataFrame:
     noise = rng.normal(scale=0.3, size=rows)
     y = (X @ w + offset + noise > 0).astype(int)
     return pd.DataFrame(X, columns=FEATURES).assign(**{TARGET: y})
+
+
+def synthetic(windows: int = 8, rows: int = 20_000, reference_rows: int = 20_000, seed: int = 0
+              ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """This stream as (reference = window 0, windows 1..``windows``)."""
+    return window(0, reference_rows, seed), [window(w, rows, seed) for w in range(1, windows + 1)]
+
+
+def cut(data: pd.DataFrame, reference_rows: int, window_rows: int, windows: int | None = None
+        ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """Any data set in time order as (reference, windows): the first ``reference_rows`` rows, then
+    consecutive windows of ``window_rows`` (as many whole ones as fit, or the first ``windows``)."""
+    fit = (len(data) - reference_rows) // window_rows
+    if windows is None:
+        windows = fit
+    if reference_rows < 1 or window_rows < 1 or windows < 1 or windows > fit:
+        raise ValueError(f"{len(data):,} rows hold a {reference_rows:,}-row reference and {max(fit, 0)} whole "
+                         f"window(s) of {window_rows:,} rows; asked for {windows}")
+    ref = data.iloc[:reference_rows].reset_index(drop=True)
+    starts = range(reference_rows, reference_rows + windows * window_rows, window_rows)
+    return ref, [data.iloc[s : s + window_rows].reset_index(drop=True) for s in starts]
