@@ -21,7 +21,7 @@ from .drift.schedule import run_schedule as run_drift_schedule
 from .policy import Policy
 from .scoring import gain
 
-__all__ = ["hand_over", "run_schedule"]
+__all__ = ["hand_over", "trigger", "run_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +36,37 @@ def hand_over(
     its verdict goes on the check's run and on ``out.trigger``. Never blocks on a
     Ray job (``wait=False``); a retrain problem is logged and never stops the drift checks.
     """
-    from .retrain import RetrainSupervisor, request_retrain
-    from .retrain.trigger import record_verdict, weigh_retrain
+    from .retrain import RetrainSupervisor
 
     try:
-        decision = out.decision
-        if out.retrain and decision is not None:
-            verdict = out.trigger = weigh_retrain(policy, model, signal=signal_text(decision), loss=loss_of(decision))
-            log.info("retrain trigger %s: %s", model, verdict.reason)
-            if decision.run_id is not None:
-                from mlflow import MlflowClient
-
-                record_verdict(MlflowClient(), decision.run_id, verdict)
-            if verdict.retrain:
-                request_retrain(policy, model, drift_run_id=decision.run_id, reason=verdict.reason)
+        trigger(policy, model, out)
         for result in RetrainSupervisor(policy).run_pending(model, wait=False):
             if on_retrain:
                 on_retrain(result)
     except Exception:  # a retrain problem must not stop the drift checks
         log.exception("retraining %s failed", model)
+
+
+def trigger(policy: Policy, model: str, out: CheckOutcome) -> Any:
+    """Weigh a retrain signal; file the request when it is worth it. The verdict (None: no signal).
+
+    The verdict goes on ``out.trigger`` and, with its numbers, on the check's run.
+    """
+    from .retrain import request_retrain
+    from .retrain.trigger import record_verdict, weigh_retrain
+
+    decision = out.decision
+    if not out.retrain or decision is None:
+        return None
+    verdict = out.trigger = weigh_retrain(policy, model, signal=signal_text(decision), loss=loss_of(decision))
+    log.info("retrain trigger %s: %s", model, verdict.reason)
+    if decision.run_id is not None:
+        from mlflow import MlflowClient
+
+        record_verdict(MlflowClient(), decision.run_id, verdict)
+    if verdict.retrain:
+        request_retrain(policy, model, drift_run_id=decision.run_id, reason=verdict.reason)
+    return verdict
 
 
 def signal_text(decision: DriftDecision) -> str:

@@ -96,7 +96,8 @@ def performance_text(perf: PerformanceResult) -> str:
 def points(metric: str, value: float, signed: bool = True) -> str:
     """A change of a [0, 1] metric in points (0.01 = 1 pt); other metrics in their own units."""
     if metric in _BOUNDED:
-        return f"{value * 100:+.1f} pt" if signed else f"{value * 100:.1f} pt"
+        pt = round(value * 100, 1) + 0.0  # no "-0.0 pt"
+        return f"{pt:+.1f} pt" if signed else f"{pt:.1f} pt"
     return f"{value:+.4g}" if signed else f"{value:.4g}"
 
 

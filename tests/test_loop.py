@@ -1,0 +1,113 @@
+"""The loop's trigger end to end on a real SQLite store and real Evidently: drift is not harm,
+a measured loss is weighed against what past retrains bought and cost, and the verdict is readable."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from drift_support import _template_db, drift_store  # noqa: F401
+from mlflow import MlflowClient
+from sklearn.linear_model import LogisticRegression
+
+from mlflow_finops.drift.schedule import run_scheduled_check
+from mlflow_finops.loop import trigger
+from mlflow_finops.names import METRIC_COST_USD, TAG_MODEL, TAG_RETRAIN_STATE, TAG_TRIGGER, TAG_TRIGGER_REASON
+from mlflow_finops.policy import load_policy
+from mlflow_finops.retrain.requests import open_requests, retrain_experiment_name
+
+FEATURES = ["x0", "x1", "x2", "x3"]
+
+
+def window(n: int, seed: int, *, shift: float = 0.0, flip: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({c: rng.normal(shift if c in ("x2", "x3") else 0.0, 1.0, n) for c in FEATURES})
+    df.insert(0, "row_id", np.arange(n) + seed * 10_000)  # an id: dropped, never judged nor learned
+    y = (df.x0 + df.x1 > 0).astype(int)
+    df["y"] = 1 - y if flip else y
+    return df
+
+
+@pytest.fixture
+def loop_env(drift_store: str, tmp_path: Path):  # noqa: F811
+    (tmp_path / "incoming").mkdir()
+    ref = window(2000, seed=1)
+    ref.to_parquet(tmp_path / "ref.parquet")
+    (tmp_path / "finops.toml").write_text(
+        '[drift]\nmin_rows = 100\n[trigger]\ntolerated_loss = 0.03\n[models.churn]\nreference = "ref.parquet"\ncurrent = "incoming"\n'
+        'schedule = "0 * * * *"\nregistered_model = "churn-reg"\ntarget = "y"\ndrop = ["row_id"]\n'
+    )
+    with mlflow.start_run():
+        model = LogisticRegression().fit(ref[FEATURES], ref.y)
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name="churn-reg",
+                                        serialization_format="cloudpickle")
+    MlflowClient().set_registered_model_alias("churn-reg", "champion", str(info.registered_model_version))
+    return tmp_path, load_policy(tmp_path / "finops.toml")
+
+
+def _drop(tmp: Path, name: str, df: pd.DataFrame) -> None:
+    path = tmp / "incoming" / name
+    df.to_parquet(path)
+    stamp = datetime.now().timestamp() - 600 + len(list((tmp / "incoming").iterdir()))
+    os.utime(path, (stamp, stamp))
+
+
+def _check(tmp: Path, policy, name: str, df: pd.DataFrame, gates: dict):
+    _drop(tmp, name, df)
+    out = run_scheduled_check(policy, "churn", gates)
+    assert out.status == "checked", out.message
+    return out, trigger(policy, "churn", out)
+
+
+def test_drift_without_harm_spends_nothing_and_a_real_loss_is_weighed(loop_env) -> None:
+    tmp, policy = loop_env
+    gates: dict = {}
+    first, verdict = _check(tmp, policy, "w1.parquet", window(600, seed=2), gates)
+    assert verdict is None and first.decision.decision == "no_drift"
+    assert "row_id" not in first.decision.columns  # dropped: not judged
+    perf = first.decision.performance
+    assert perf is not None and perf.baseline == "first labelled window" and perf.version == "1"
+    assert "accuracy +0.0 pt since its first labelled window of v1" in first.decision.reason
+
+    # x2, x3 shift far: Evidently sees drift in half the columns, but the model does not use them
+    drifted, verdict = _check(tmp, policy, "w2.parquet", window(600, seed=3, shift=3.0), gates)
+    d = drifted.decision
+    assert set(d.drifted_columns) == {"x2", "x3"} and d.drift_share == pytest.approx(0.5)
+    assert verdict is None and d.decision == "no_drift"  # drift is not harm
+    assert "2 of 4 columns drifted" in d.reason and "within the tolerated 3.0 pt" in d.reason
+
+    # the labels turn: the champion loses ~all its accuracy, nothing is known of retrains yet -> retrain
+    turned, verdict = _check(tmp, policy, "w3.parquet", window(600, seed=4, flip=True), gates)
+    assert turned.decision.decision == "retrain" and verdict is not None and verdict.retrain
+    assert verdict.loss > 0.5 and verdict.expected_gain == pytest.approx(verdict.loss)
+    assert "cost not known before the first retrain: retrain" in verdict.reason
+    client = MlflowClient()
+    tags = client.get_run(turned.decision.run_id).data.tags
+    assert tags[TAG_TRIGGER] == "retrain" and tags[TAG_TRIGGER_REASON] == verdict.reason
+    metrics = client.get_run(turned.decision.run_id).data.metrics
+    assert metrics["trigger/loss"] == pytest.approx(verdict.loss)
+    exp = client.get_experiment_by_name(retrain_experiment_name("churn"))
+    assert len(open_requests(client, exp.experiment_id)) == 1
+
+
+def test_a_loss_is_skipped_when_past_retrains_bought_less_than_they_cost(loop_env) -> None:
+    tmp, policy = loop_env
+    client = MlflowClient()
+    exp_id = client.create_experiment(retrain_experiment_name("churn"))
+    for _ in range(3):  # three retrains that cost $1 each and were never promoted
+        run = client.create_run(exp_id, tags={TAG_MODEL: "churn", TAG_RETRAIN_STATE: "not_promoted"})
+        client.log_metric(run.info.run_id, METRIC_COST_USD, 1.0)
+        client.set_terminated(run.info.run_id)
+    gates: dict = {}
+    _check(tmp, policy, "w1.parquet", window(600, seed=2), gates)  # the baseline
+    turned, verdict = _check(tmp, policy, "w2.parquet", window(600, seed=4, flip=True), gates)
+    assert turned.decision.decision == "retrain" and verdict is not None and not verdict.retrain
+    assert verdict.expected_cost_usd == pytest.approx(1.0) and verdict.expected_gain == pytest.approx(verdict.loss / 4)
+    assert "< expected cost $1.00 (last 3 retrains): skip" in verdict.reason
+    assert client.get_run(turned.decision.run_id).data.tags[TAG_TRIGGER] == "skip"
+    assert open_requests(client, exp_id) == []
