@@ -7,6 +7,7 @@ module import: a process that never talks to Ray never pays for it.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -28,6 +29,8 @@ __all__ = [
     "local_cluster_processes",
 ]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_JOBS_ADDRESS = "http://127.0.0.1:8265"
 DEFAULT_GCS_PORT = 6379
 
@@ -41,7 +44,17 @@ def jobs_address(configured: str | None = None) -> str:
     if configured:
         return configured
     env = os.environ.get("RAY_ADDRESS", "")
-    return env if env.startswith(("http://", "https://")) else DEFAULT_JOBS_ADDRESS
+    if env.startswith(("http://", "https://")):
+        return env
+    global _warned_default
+    if not _warned_default:  # never used silently: it may be anybody's cluster
+        _warned_default = True
+        log.warning("no Ray address configured ([retrain] ray_address, $RAY_ADDRESS): using the Ray cluster "
+                    "at %s, whoever started it", DEFAULT_JOBS_ADDRESS)
+    return DEFAULT_JOBS_ADDRESS
+
+
+_warned_default = False
 
 
 def ray_auth_headers() -> dict[str, str]:

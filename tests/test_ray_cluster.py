@@ -67,3 +67,16 @@ def test_free_resources_read_from_a_real_cluster(ray_cluster) -> None:
 
     cpus, gpus = cluster_free_resources(ray_cluster.dashboard_url)
     assert cpus >= 1 and gpus == 0
+
+
+def test_the_default_cluster_is_never_used_silently(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from mlflow_finops import ray_cluster
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_cluster, "_warned_default", False)
+    with caplog.at_level("WARNING", logger="mlflow_finops.ray_cluster"):
+        assert ray_cluster.jobs_address() == ray_cluster.DEFAULT_JOBS_ADDRESS
+        assert ray_cluster.jobs_address() == ray_cluster.DEFAULT_JOBS_ADDRESS
+        assert ray_cluster.jobs_address("http://10.0.0.1:8265") == "http://10.0.0.1:8265"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "127.0.0.1:8265, whoever started it" in warnings[0]
