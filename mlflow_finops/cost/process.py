@@ -169,11 +169,12 @@ class ProcessTreeSampler:
             return reading
         return replace(reading, gpus=tuple(self.gpu.read(reading.pids)))
 
-    def charge_from(self, start: float, usage: RunUsage) -> None:
+    def charge_from(self, start: float, usage: RunUsage, cpu_s: float = 0.0, rss_bytes: int = 0) -> None:
         """Charge the run from ``start`` (its process's start), not from the first reading:
-        all the tree's CPU, and memory growing from nothing at ``start``."""
-        self.cpu_baseline_s = 0.0
-        usage.local.last_time, usage.local.last_rss = start, 0
+        all the tree's CPU, and memory growing from nothing at ``start``; or, in a long-lived
+        worker, from a mark: its tree's CPU ``cpu_s`` and RSS ``rss_bytes`` at ``start``."""
+        self.cpu_baseline_s = cpu_s
+        usage.local.last_time, usage.local.last_rss = start, rss_bytes
 
     def fold(self, reading: TreeReading, usage: RunUsage) -> None:
         if self.cpu_baseline_s is None:

@@ -37,6 +37,7 @@ from ..names import (
     ENV_RAY_DISCOVERY_S,
     ENV_RAY_READ_LOCAL,
     METRIC_RAY_CPU_CORE_HOURS,
+    RETRAIN_ACTOR_CLASS,
     TAG_RAY_JOB_ID,
     TAG_RAY_LOST_NODES,
     TAG_RAY_NODES,
@@ -296,7 +297,7 @@ class RayClusterSampler:
         if not all_tasks:
             task_filters.append(("state", "=", "RUNNING"))
         for t in list_tasks(address, filters=task_filters, limit=STATE_API_LIMIT, raise_on_missing_output=False):
-            if t.node_id and t.worker_pid:
+            if t.node_id and t.worker_pid and not (t.name or "").startswith(f"{RETRAIN_ACTOR_CLASS}."):
                 out.setdefault(t.node_id, set()).add(int(t.worker_pid))
         for a in list_actors(
             address,
@@ -304,7 +305,7 @@ class RayClusterSampler:
             limit=STATE_API_LIMIT,
             raise_on_missing_output=False,
         ):
-            if a.node_id and a.pid and a.class_name != "NodeProbe":
+            if a.node_id and a.pid and a.class_name not in ("NodeProbe", RETRAIN_ACTOR_CLASS):
                 out.setdefault(a.node_id, set()).add(int(a.pid))
         return out
 

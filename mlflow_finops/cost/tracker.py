@@ -75,7 +75,7 @@ from .samplers import GB, RunUsage, Sampler
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["CostTracker", "autolog", "track_cost", "active_tracker"]
+__all__ = ["CostTracker", "CpuMark", "autolog", "track_cost", "active_tracker", "charge_runs_from"]
 
 DEFAULT_INTERVAL_S = 10.0
 # A failing sample is retried after 2, 4, then 8 intervals (at most MAX_BACKOFF_S, unless the
@@ -170,7 +170,13 @@ class CostTracker:
     def start(self) -> "CostTracker":
         cpu0 = time.thread_time()
         self._t0 = time.time()
-        if env_flag(ENV_CHARGE_PROCESS_START, False):
+        self._mark = _charge_mark
+        if self._mark is not None:
+            # A long-lived worker (the warm retrain actor): everything its process used since
+            # the previous run's last reading (or its start) is this run's, idle upkeep included.
+            self._t0 = self._mark.time
+            self._tree.charge_from(self._t0, self._usage, self._mark.cpu_s, self._mark.rss_bytes)
+        elif env_flag(ENV_CHARGE_PROCESS_START, False):
             # A process that exists only for this run (a retrain job): its start-up (imports,
             # loading data and models) is part of the run's cost too.
             self._t0 = min(self._t0, self._tree.root.create_time())
@@ -214,6 +220,11 @@ class CostTracker:
             self._thread.join(timeout=5)
         self._safe_sample(final=True)  # always: the counters are cumulative, it recovers what failed before
         final = self._last
+        if self._mark is not None:  # the next run starts where this one's last reading ended
+            local = self._usage.local
+            self._mark.time = local.last_time or self._mark.time
+            self._mark.cpu_s = (self._tree.cpu_baseline_s or 0.0) + local.cpu_s
+            self._mark.rss_bytes = local.last_rss
         for run_id in list(self._segments):
             self.close_segment(run_id)
         tags: dict[str, str] = {}
@@ -422,6 +433,26 @@ class _AutologConfig:
     interval_s: float | None
     prices: PriceCatalog
     log_timeseries: bool
+
+
+@dataclass
+class CpuMark:
+    """Where a long-lived process's tracked runs left off: the wall time, its tree's cumulative
+    CPU seconds and RSS at the last run's final reading (at first: its start, 0, 0)."""
+
+    time: float
+    cpu_s: float = 0.0
+    rss_bytes: int = 0
+
+
+_charge_mark: CpuMark | None = None
+
+
+def charge_runs_from(mark: CpuMark | None) -> None:
+    """Charge every run tracked from now on in this process from ``mark``, which each run moves
+    to its own final reading: a warm worker's runs split its whole CPU between them (None: off)."""
+    global _charge_mark
+    _charge_mark = mark
 
 
 _state_lock = threading.RLock()

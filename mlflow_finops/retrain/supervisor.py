@@ -1,4 +1,4 @@
-"""Budget-limited retraining as Ray jobs: the I/O around the state machine of :mod:`.state`.
+"""Budget-limited retraining on Ray: the I/O around the state machine of :mod:`.state`.
 
 :class:`RetrainSupervisor.process` takes one request (see :mod:`.requests`) one
 step further. It reads the request's tags, and when the request may start, the
@@ -9,11 +9,14 @@ the step back:
 1. past its deadline: ``dropped``;
 2. no money left, or less than the expected cost: ``out_of_budget``, no job;
 3. the window closed for the request's priority: ``waiting``;
-4. else a Ray job through ``JobSubmissionClient`` running ``ray_jobs/retrain.py``
-   with the cap ``min(per_job_usd, remaining)``; the job stops itself at the
-   cap, and the supervisor calls ``stop_job`` at ``cap x (1 + cap_tolerance)``
-   as a hard backstop, and after ``max_job_minutes`` (a hung job spends
-   nothing, so no cap would ever stop it);
+4. else a retrain with the cap ``min(per_job_usd, remaining)``, on the policy's
+   ``runner``: the warm Ray actor (``actor``, :mod:`.worker`: no start-up to pay
+   per retrain) or a Ray job through ``JobSubmissionClient`` running
+   ``ray_jobs/retrain.py`` (``job``). The retrain stops itself at the cap, and
+   the supervisor stops it at ``cap x (1 + cap_tolerance)`` as a hard backstop,
+   and after ``max_job_minutes`` (a hung retrain spends nothing, so no cap would
+   ever stop it); an actor's retrain that does not stop within ``STOP_GRACE_S``
+   is ended by killing the actor (Ray's ``stop_job`` escalates to SIGKILL itself);
 5. once the job ended, :func:`~.state.job_ended` decides: the job's verdict,
    ``capped``, or a retry with exponential backoff while budget remains.
 
@@ -21,13 +24,14 @@ Being in MLflow, every state survives a scheduler restart: a step never needs
 the process that took the step before it.
 
 Several schedulers may process the same request: each attempt is claimed in
-MLflow (``finops-claims/retrain-<run id>-<attempt>``, with a lease) before its
-Ray job is submitted, and the job's ``submission_id`` is built from the run id
-and the attempt, so Ray itself refuses a second job for one attempt. A
-submission that fails is recorded like a failed job (retry or failed, with the
-cluster's address and the error as the reason).
+MLflow (``finops-claims/retrain-<run id>-<attempt>``, with a lease) before it
+is submitted, and its ``submission_id`` (the actor's token) is built from the run
+id and the attempt, so Ray (or the actor) refuses a second one for one attempt.
+Which runner took the attempt is its ``finops.retrain_runner`` tag, so any later
+step follows it there. A submission that fails is recorded like a failed job
+(retry or failed, with the cluster's address and the error as the reason).
 
-The Ray job receives no credentials: its environment holds the ``MLFLOW_*``
+The retrain receives no credentials: its environment holds the ``MLFLOW_*``
 settings whose names do not look secret (no TOKEN, PASSWORD, SECRET, USERNAME,
 KEY, CREDENTIAL, AUTH), with ``user:password@`` removed from every URI. A job
 authenticates to MLflow with the cluster nodes' own credentials (their
@@ -42,7 +46,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.tracking import MlflowClient
@@ -59,6 +63,7 @@ from ..names import (
     TAG_PRIORITY,
     TAG_RAY_SUBMISSION_ID,
     TAG_REASON,
+    TAG_RETRAIN_RUNNER,
     TAG_RETRAIN_STATE,
     TAG_RETRY_AT,
     TAG_RUN_ID,
@@ -83,6 +88,7 @@ from .state import (
     submit_failed,
 )
 from .windows import window_state
+from .worker import ActorRunner, RunnerStatus
 
 _log = logging.getLogger(__name__)
 
@@ -93,12 +99,13 @@ __all__ = [
     "retrain_experiment_name",
     "jobs_address",
     "job_env",
+    "JobsRunner",
 ]
 
 ATTEMPT_LEASE_S = 300.0  # claim -> Ray submit (retried ~60 s on a starting cluster) -> tags written
 SUBMIT_RETRY_S = 60.0  # a cluster that just started has no job agent yet: retry that long
 _SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "USERNAME", "KEY", "CREDENTIAL", "AUTH")
-_ENDED = ("SUCCEEDED", "FAILED", "STOPPED")  # Ray job statuses after which nothing more runs
+STOP_GRACE_S = 10.0  # an actor's retrain still running this long after its stop: the actor is killed
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,63 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class Runner(Protocol):
+    """Where an attempt runs, by its token (the submission id): a Ray job or the warm actor."""
+
+    kind: str  # the attempt's finops.retrain_runner tag
+    stops_hard: bool  # stop() ends it for sure (else kill() is the backstop)
+
+    def submit(self, token: str, *, run_id: str, model: str, policy_path: str, cap_usd: float | None,
+               env: Mapping[str, str]) -> None: ...
+
+    def status(self, token: str) -> RunnerStatus | None: ...
+
+    def stop(self, token: str) -> None: ...
+
+    def kill(self, token: str) -> None: ...
+
+
+class JobsRunner:
+    """Each attempt a Ray job running ``python -m ray_jobs.retrain`` (``runner = "job"``)."""
+
+    kind = "job"
+    stops_hard = True  # Ray's stop_job sends SIGTERM, then SIGKILL
+
+    def __init__(self, rp: RetrainPolicy):
+        self.rp = rp
+        self._jobs: Any = None
+
+    @property
+    def jobs(self) -> Any:
+        if self._jobs is None:  # made on first use: a cluster starting up refuses it for a while
+            self._jobs = jobs_client(self.rp)
+        return self._jobs
+
+    def submit(self, token: str, *, run_id: str, model: str, policy_path: str, cap_usd: float | None,
+               env: Mapping[str, str]) -> None:
+        entrypoint = (
+            f"{sys.executable} -m ray_jobs.retrain --run-id {run_id} --model {model}"
+            + (f" --policy {policy_path}" if policy_path else "")
+            + (f" --cap-usd {cap_usd:.10f}" if cap_usd is not None else "")
+        )
+        metadata = {TAG_MODEL: model, TAG_RUN_ID: run_id}
+        if cap_usd is not None:
+            metadata[TAG_CAP_USD] = f"{cap_usd:.10f}"
+        self.jobs.submit_job(entrypoint=entrypoint, submission_id=token, runtime_env={"env_vars": dict(env)},
+                             entrypoint_num_cpus=self.rp.entrypoint_num_cpus, metadata=metadata)
+
+    def status(self, token: str) -> RunnerStatus:
+        info = self.jobs.get_job_info(token)
+        return RunnerStatus(str(info.status), ((info.message or "").splitlines()[-1:] or [""])[0],
+                            info.start_time, _float((info.metadata or {}).get(TAG_CAP_USD)))
+
+    def stop(self, token: str) -> None:
+        self.jobs.stop_job(token)
+
+    def kill(self, token: str) -> None:  # stop() is hard already
+        self.stop(token)
+
+
 class RetrainSupervisor:
     """Moves retrain requests forward: budget, window, Ray job, supervision, retries."""
 
@@ -155,6 +219,8 @@ class RetrainSupervisor:
         self.client = client or MlflowClient()
         self.now = now
         self.sleep = sleep
+        self._stopped_at: dict[str, float] = {}  # token -> when this process stopped it (monotonic)
+        self._killed: set[str] = set()  # tokens whose actor this process killed
 
     # -------------------------------------------------------------- queries
     def pending(self, model: str | None = None) -> list[Any]:
@@ -227,13 +293,21 @@ class RetrainSupervisor:
     def cancel(self, run_id: str, reason: str) -> RetrainOutcome:
         """Drop an open request (it will not run); a submitted or running job is stopped first."""
         tags = self.client.get_run(run_id).data.tags
-        if _state(tags) in (RetrainState.SUBMITTED, RetrainState.RUNNING) and tags.get(TAG_RAY_SUBMISSION_ID):
+        token = tags.get(TAG_RAY_SUBMISSION_ID)
+        if _state(tags) in (RetrainState.SUBMITTED, RetrainState.RUNNING) and token:
             mp = self.policy.models.get(tags.get(TAG_MODEL, ""))
             rp = self.policy.retrain.merged(mp.retrain if mp else None)
+            runner = self._runner(tags.get(TAG_RETRAIN_RUNNER, JobsRunner.kind), rp)
             try:
-                jobs_client(rp).stop_job(tags[TAG_RAY_SUBMISSION_ID])
+                runner.stop(token)
+                deadline = time.monotonic() + STOP_GRACE_S
+                while not runner.stops_hard and not self._status(runner, token, False).ended:
+                    if time.monotonic() > deadline:
+                        runner.kill(token)
+                        break
+                    self.sleep(min(rp.poll_s, 0.5))
             except Exception as exc:
-                _log.warning("could not stop Ray job %s: %s", tags[TAG_RAY_SUBMISSION_ID], exc)
+                _log.warning("could not stop retrain %s (%s runner): %s", token, runner.kind, exc)
         return self._apply(run_id, cancelled(reason))
 
     # --------------------------------------------------------------- budget
@@ -301,36 +375,23 @@ class RetrainSupervisor:
             self.sleep(rp.poll_s)
 
     def _submit(self, run_id: str, model: str, rp: RetrainPolicy, step: Step, attempt: int) -> Step | None:
-        """Submit attempt ``attempt`` as a Ray job and record it; the failure step when Ray refused it."""
+        """Submit attempt ``attempt`` to the policy's runner and record it; the failure step when refused."""
         cap = step.cap_usd
         policy_path = os.path.abspath(self.policy.source) if self.policy.source else ""
-        entrypoint = (
-            f"{sys.executable} -m ray_jobs.retrain --run-id {run_id} --model {model}"
-            + (f" --policy {policy_path}" if policy_path else "")
-            + (f" --cap-usd {cap:.10f}" if cap is not None else "")
-        )
         env = job_env(os.environ, self.client.tracking_uri)
-        submission_id = f"finops-retrain-{run_id[:12]}-{attempt}"
-        metadata = {TAG_MODEL: model, TAG_RUN_ID: run_id}
-        if cap is not None:
-            metadata[TAG_CAP_USD] = f"{cap:.10f}"
+        token = f"finops-retrain-{run_id[:12]}-{attempt}"
         address = jobs_address(rp)
+        runner = self._runner(rp.runner, rp)
         deadline = time.monotonic() + SUBMIT_RETRY_S
         while True:
             try:
-                jobs = jobs_client(rp)
-                jobs.submit_job(
-                    entrypoint=entrypoint,
-                    submission_id=submission_id,
-                    runtime_env={"env_vars": env},
-                    entrypoint_num_cpus=rp.entrypoint_num_cpus,
-                    metadata=metadata,
-                )
+                runner.submit(token, run_id=run_id, model=model, policy_path=policy_path, cap_usd=cap, env=env)
                 break
             except Exception as exc:
-                if "already exists" in str(exc):  # this attempt's job runs: the one that submitted it died
-                    _log.warning("retrain %s: Ray job %s already exists; following it", run_id, submission_id)
-                    cap = _float(jobs.get_job_info(submission_id).metadata.get(TAG_CAP_USD))
+                if "already exists" in str(exc):  # this attempt runs: the one that submitted it died
+                    _log.warning("retrain %s: %s %s already exists; following it", run_id, runner.kind, token)
+                    followed = runner.status(token)
+                    cap = followed.cap_usd if followed is not None else cap
                     break
                 if "try again later" in str(exc) and time.monotonic() < deadline:
                     self.sleep(2.0)
@@ -340,7 +401,8 @@ class RetrainSupervisor:
                                      max_attempts=rp.max_attempts, backoff_s=rp.backoff_s)
         new_tags = {
             TAG_RETRAIN_STATE: step.state.value,
-            TAG_RAY_SUBMISSION_ID: submission_id,
+            TAG_RAY_SUBMISSION_ID: token,
+            TAG_RETRAIN_RUNNER: runner.kind,
             TAG_ATTEMPTS: str(attempt),
             TAG_REASON: step.tag_reason,
             TAG_STOPPED_FOR_TIME: "false",  # this attempt's own time limit
@@ -349,25 +411,25 @@ class RetrainSupervisor:
             new_tags[TAG_CAP_USD] = f"{cap:.10f}"
         self._tag(run_id, new_tags)
         self.client.update_run(run_id, status="RUNNING")
-        _log.info("retrain %s of %s submitted as Ray job %s (cap %s)", run_id, model, submission_id,
+        _log.info("retrain %s of %s submitted to the %s runner as %s (cap %s)", run_id, model, runner.kind, token,
                   format_usd(cap))
         return None
 
     def _supervise(self, run_id: str, model: str, rp: RetrainPolicy, wait: bool) -> RetrainOutcome:
-        """Watch the request's Ray job (stopping it at the backstops); once it ended, judge it."""
+        """Watch the request's attempt (stopping it at the backstops); once it ended, judge it."""
         tags = self.client.get_run(run_id).data.tags
         submission_id = tags[TAG_RAY_SUBMISSION_ID]
         cap = float(tags[TAG_CAP_USD]) if TAG_CAP_USD in tags else None
-        jobs = jobs_client(rp)
+        runner = self._runner(tags.get(TAG_RETRAIN_RUNNER, JobsRunner.kind), rp)
         stopped_for_cap = tags.get(TAG_STOPPED_FOR_CAP) == "true"  # by an earlier step (wait=False)
         stopped_for_time = tags.get(TAG_STOPPED_FOR_TIME) == "true"
         while True:
-            info = jobs.get_job_info(submission_id)
-            status = str(info.status)
-            if status in _ENDED:
+            info = self._status(runner, submission_id, stopped_for_cap or stopped_for_time)
+            status = info.status
+            if info.ended:
                 break
             cost, job_state = self._cost_and_state(run_id)
-            minutes = (time.time() * 1000 - (info.start_time or time.time() * 1000)) / 60_000
+            minutes = (time.time() * 1000 - (info.start_ms or time.time() * 1000)) / 60_000
             todo = backstop(
                 cost_usd=cost, cap_usd=cap, cap_tolerance=rp.cap_tolerance,
                 minutes=minutes, max_job_minutes=rp.max_job_minutes,
@@ -375,19 +437,25 @@ class RetrainSupervisor:
                 stopped_for_cap=stopped_for_cap, stopped_for_time=stopped_for_time,
             )
             if todo.stop_for_cap:
-                _log.warning("retrain %s spent %s past its cap %s: stopping Ray job %s",
-                             run_id, format_usd(cost), format_usd(cap), submission_id)
-                jobs.stop_job(submission_id)
+                _log.warning("retrain %s spent %s past its cap %s: stopping %s %s",
+                             run_id, format_usd(cost), format_usd(cap), runner.kind, submission_id)
+                runner.stop(submission_id)
                 stopped_for_cap = True
                 self._tag(run_id, {TAG_STOPPED_FOR_CAP: "true"})
             if todo.stop_for_time:
-                _log.warning("retrain %s: Ray job %s still %s after %.1f min (max_job_minutes %g): stopping it",
-                             run_id, submission_id, status, minutes, rp.max_job_minutes)
-                jobs.stop_job(submission_id)
+                _log.warning("retrain %s: %s %s still %s after %.1f min (max_job_minutes %g): stopping it",
+                             run_id, runner.kind, submission_id, status, minutes, rp.max_job_minutes)
+                runner.stop(submission_id)
                 stopped_for_time = True
                 self._tag(run_id, {TAG_STOPPED_FOR_TIME: "true"})
+            if (stopped_for_cap or stopped_for_time) and not runner.stops_hard:
+                stopped_at = self._stopped_at.setdefault(submission_id, time.monotonic())
+                if time.monotonic() - stopped_at > STOP_GRACE_S and submission_id not in self._killed:
+                    runner.kill(submission_id)
+                    self._killed.add(submission_id)
+                    continue
             if not wait:
-                return self._outcome(run_id, RetrainState.SUBMITTED, f"Ray job {submission_id} is {status}")
+                return self._outcome(run_id, RetrainState.SUBMITTED, f"{runner.kind} {submission_id} is {status}")
             self.sleep(rp.poll_s)
 
         tags = self.client.get_run(run_id).data.tags
@@ -400,15 +468,30 @@ class RetrainSupervisor:
             cap_usd=cap,
             stopped_for_cap=stopped_for_cap,
             stopped_for_time=stopped_for_time,
-            message=((info.message or "").splitlines()[-1:] or [""])[0],
+            message=info.message,
         )
         budget = None
         if end.failed:
-            _log.error("retrain %s of %s: Ray job %s %s: %s", run_id, model, submission_id, status, end.message)
+            _log.error("retrain %s of %s: %s %s %s: %s", run_id, model, runner.kind, submission_id, status,
+                       end.message)
             budget = self.budget(model, rp)
         step = job_ended(end, self.now(), max_attempts=rp.max_attempts, backoff_s=rp.backoff_s,
                          max_job_minutes=rp.max_job_minutes, budget=budget)
         return self._apply(run_id, step)
+
+    # -------------------------------------------------------------- runners
+    def _runner(self, kind: str, rp: RetrainPolicy) -> Runner:
+        return ActorRunner(rp, jobs_address(rp)) if kind == ActorRunner.kind else JobsRunner(rp)
+
+    def _status(self, runner: Runner, token: str, stopped: bool) -> RunnerStatus:
+        """The attempt's status; one its actor does not know (killed, died, exited) has ended:
+        STOPPED when it was being stopped, else FAILED."""
+        status = runner.status(token)
+        if status is not None:
+            return status
+        if stopped or token in self._killed:
+            return RunnerStatus("STOPPED", "the retrain actor was killed: it did not stop when asked")
+        return RunnerStatus("FAILED", "the retrain actor running it is gone (it died or was killed)")
 
     # -------------------------------------------------------------- helpers
     def _retrain_policy(self, model: str) -> RetrainPolicy:
