@@ -152,6 +152,9 @@ class DriftPolicy(_Section):
     persistence_n: int = Field(1, ge=1, le=MAX_COUNT)
     correction: CorrectionName = Field("none", description="Multiple-testing correction of p-value tests.")
     performance: PerformancePolicy | None = None
+    html_report: Literal["retrain", "always", "never"] = Field(
+        "retrain", description="When a check logs Evidently's HTML report: on a retrain decision, always, or never."
+    )
     retrain_on: RetrainSignal = Field(
         "harm",
         description="harm: the model's measured loss decides when labels are there, drift while they lag; "

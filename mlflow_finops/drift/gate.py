@@ -64,7 +64,8 @@ class Judgement:
     sampled_rows_reference: int = 0
     sampled_rows_current: int = 0
     performance: PerformanceResult | None = None
-    snapshots: list[tuple[str, Any]] = field(default_factory=list)  # (artifact name, Evidently snapshot)
+    # what the HTML reports would show: (artifact name, reference sample, current sample, columns)
+    reports: list[tuple[str, pd.DataFrame, pd.DataFrame, list[Any]]] = field(default_factory=list)
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -273,7 +274,16 @@ class DriftGate:
     ) -> tuple[DriftDecision, list[tuple[str, Any]]]:
         judged = self._judge(cur)
         ruling = decide(self.policy, judged.drifted_columns, len(judged.columns), judged.performance, history, now_ms)
-        return self._decision(ruling, judged, len(cur), infinite, window_key, t0), judged.snapshots
+        decision = self._decision(ruling, judged, len(cur), infinite, window_key, t0)
+        want = self.policy.html_report == "always" or (self.policy.html_report == "retrain" and decision.retrain)
+        return decision, self._render_reports(judged) if want and self.log_to_mlflow else []
+
+    @staticmethod
+    def _render_reports(judged: Judgement) -> list[tuple[str, Any]]:
+        """Evidently's HTML reports of the check's samples (its widgets cost ~0.15 s a column)."""
+        from .evidently_judge import run_report
+
+        return [(name, run_report(ref, cur, plans)[1]) for name, ref, cur, plans in judged.reports]
 
     def _decision(
         self, ruling: Ruling, judged: Judgement, rows_current: int, infinite: Infinite, window_key: str | None,
@@ -329,7 +339,7 @@ class DriftGate:
                 bar.step("performance")
                 performance = self._performance(cur)
         return Judgement(
-            columns, measured.sampled_rows_reference, measured.sampled_rows_current, performance, measured.snapshots
+            columns, measured.sampled_rows_reference, measured.sampled_rows_current, performance, measured.reports
         )
 
     def _performance(self, cur: pd.DataFrame) -> PerformanceResult | None:

@@ -35,14 +35,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from ..policy import DriftPolicy
 from ..stattests import StatTestKind, stat_test_kind
-from .evidently_judge import resolve_method, run_report
+from .evidently_judge import resolve_method, score_columns
 from .profile import ReferenceProfile
 from .results import ColumnType
 
@@ -72,13 +72,14 @@ class ColumnPlan:
 
 @dataclass
 class Measurement:
-    """Evidently's scores per column, which were refined, the rows it saw, and its reports."""
+    """Evidently's scores per column, which were refined, the rows it saw, and what its reports would show."""
 
     scores: dict[str, float] = field(default_factory=dict)
     refined: set[str] = field(default_factory=set)
     sampled_rows_reference: int = 0
     sampled_rows_current: int = 0
-    snapshots: list[tuple[str, Any]] = field(default_factory=list)  # (artifact name, Evidently snapshot)
+    # what an HTML report of this check would show: (artifact name, reference sample, current sample, columns)
+    reports: list[tuple[str, pd.DataFrame, pd.DataFrame, list[ColumnPlan]]] = field(default_factory=list)
 
 
 def policy_choice(policy: DriftPolicy, column: str, ctype: ColumnType) -> tuple[str | None, float | None]:
@@ -187,10 +188,9 @@ def measure(
         ref_s = sample(reference, n_ref, cols, random_state + 1)
         cur_s = sample(cur, n_cur, cols, random_state + 2)
         step(f"Evidently drift tests: {len(cols)} columns on {len(ref_s):,} x {len(cur_s):,} rows")
-        scores, snap = run_report(ref_s, cur_s, group)
-        out.scores.update(scores)
-        out.snapshots.append(
-            ("drift_report" if not out.snapshots else f"drift_report_{len(out.snapshots) + 1}", snap)
+        out.scores.update(score_columns(ref_s, cur_s, group))
+        out.reports.append(
+            ("drift_report" if not out.reports else f"drift_report_{len(out.reports) + 1}", ref_s, cur_s, group)
         )
         for g in group:
             seen[g.column] = (ref_s[g.column], cur_s[g.column])
@@ -207,10 +207,8 @@ def measure(
         n_cur = min(len(cur), REFINE_FACTOR * max(pl.sample_cur for pl in near))
         cols = [pl.column for pl in near]
         step(f"refining {len(cols)} near-threshold column(s) on {n_ref:,} x {n_cur:,} rows")
-        scores, snap = run_report(
-            sample(reference, n_ref, cols, random_state + 3), sample(cur, n_cur, cols, random_state + 4), near
-        )
-        out.scores.update(scores)
-        out.snapshots.append(("drift_report_refined", snap))
+        ref_s, cur_s = sample(reference, n_ref, cols, random_state + 3), sample(cur, n_cur, cols, random_state + 4)
+        out.scores.update(score_columns(ref_s, cur_s, near))
+        out.reports.append(("drift_report_refined", ref_s, cur_s, near))
         out.refined = set(cols)
     return out

@@ -59,11 +59,23 @@ def test_no_drift_then_drift_are_logged_as_runs(drift_store: str) -> None:
     assert runs[0].data.tags["finops.decision"] == "no_drift"
     # the check's own cost, tracked into its run
     assert "finops/cost_usd" in metrics
-    # Evidently's HTML report is an artifact
+    # Evidently's HTML report is an artifact of the retrain decision, and only of it (html_report = "retrain")
     client = MlflowClient()
     local = client.download_artifacts(run.info.run_id, "drift/drift_report.html", str(Path.cwd() / "dl"))
     html = Path(local).read_text()
     assert "<html" in html.lower() and "x0" in html
+    assert [a.path for a in client.list_artifacts(calm.run_id, "drift")] == ["drift/columns.json"]
+
+
+def test_html_report_always_or_never(drift_store: str) -> None:
+    ref = frame(500, seed=1)
+    client = MlflowClient()
+    always = DriftGate(ref, model="always", min_rows=100, html_report="always").check(frame(300, seed=2))
+    assert always.decision == "no_drift"
+    assert "drift/drift_report.html" in [a.path for a in client.list_artifacts(always.run_id, "drift")]
+    never = DriftGate(ref, model="never", min_rows=100, html_report="never").check(frame(300, seed=3, shift=2.0))
+    assert never.retrain
+    assert "drift/drift_report.html" not in [a.path for a in client.list_artifacts(never.run_id, "drift")]
 
 
 def test_insufficient_data_is_said_and_logged(drift_store: str) -> None:
