@@ -8,6 +8,9 @@ column; turning scores into verdicts is :mod:`mlflow_finops.stattests` and
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import pandas as pd
@@ -23,6 +26,38 @@ __all__ = [
 ]
 
 _SMALL_REFERENCE = 1000  # Evidently: <= this many reference values -> p-value tests, else distances
+_INTEGER_CARDINALITY_LIMIT = 10  # evidently.core.datasets: integer columns with <= this many values are categorical
+
+
+class _LazyPackage(types.ModuleType):
+    """The ``evidently`` package before its ``__init__`` ran; it runs it when first asked for a name."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self.__class__ = types.ModuleType  # complete once, then behave as the real package
+        self.__spec__.loader.exec_module(self)  # type: ignore[union-attr]
+        return getattr(self, name)
+
+
+def _light_evidently() -> None:
+    """Let Evidently's stat-test modules load without the package's ``__init__``.
+
+    That ``__init__`` imports every metric, test, descriptor and UI module
+    (~4 of the ~6 CPU-s an ``import evidently`` takes here); a check needs only
+    the stat tests. The package module is registered empty and completes
+    itself on the first name asked of it, so ``from evidently import Report``
+    (the HTML report) and any later import of Evidently work as usual.
+    """
+    if "evidently" in sys.modules:
+        return
+    spec = importlib.util.find_spec("evidently")
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        return  # let the real import say what is wrong
+    module = _LazyPackage("evidently")
+    module.__spec__, module.__loader__, module.__file__ = spec, spec.loader, spec.origin
+    module.__path__, module.__package__ = list(spec.submodule_search_locations), "evidently"
+    sys.modules["evidently"] = module
 
 
 class ColumnSpec(Protocol):
@@ -41,16 +76,34 @@ class ColumnSpec(Protocol):
 
 
 def infer_type(s: pd.Series) -> str:
-    """``numerical`` or ``categorical`` as Evidently infers them; another type's name (``datetime``...)."""
-    from evidently.core.datasets import infer_column_type
-    from evidently.legacy.core import ColumnType as EvidentlyType
+    """``numerical`` or ``categorical`` as Evidently infers them; another type's name (``datetime``...).
 
-    inferred = infer_column_type(s)
-    if inferred == EvidentlyType.Numerical:
+    Evidently 0.7's rule (``evidently.core.datasets.infer_column_type``),
+    restated: importing that module loads all of Evidently (~4 CPU-s) for a
+    rule of a few lines. ``tests/drift/test_evidently_judge.py`` checks that
+    both agree on every kind of column.
+    """
+    dtype = s.dtype.name
+    if dtype.startswith("float"):
         return "numerical"
-    if inferred == EvidentlyType.Categorical:
+    if dtype.startswith("int"):
+        return "categorical" if s.nunique() <= _INTEGER_CARDINALITY_LIMIT else "numerical"
+    if dtype in ("string", "str"):
+        return "text" if s.nunique() > s.count() * 0.5 else "categorical"
+    if dtype == "object":
+        values = s.dropna()
+        if values.count() == 0:
+            return "unknown"
+        if isinstance(values.iloc[0], str) and isinstance(values.iloc[-1], str):
+            return "text" if s.nunique() > s.count() * 0.5 else "categorical"
+        if isinstance(values.iloc[0], (list, tuple)) and isinstance(values.iloc[-1], (list, tuple)):
+            return "list"
+        return "unknown"
+    if dtype in ("bool", "category"):
         return "categorical"
-    return str(inferred.value)
+    if dtype.startswith("datetime"):
+        return "datetime"
+    return "unknown"
 
 
 def default_method(ctype: ColumnType, n_reference: int, distinct_over: Callable[[int], bool]) -> str:
@@ -85,6 +138,7 @@ def resolve_method(
 
     ``method``/``threshold`` are the policy's choice (None: Evidently's default).
     """
+    _light_evidently()
     from evidently.legacy.calculations.stattests.registry import get_registered_stattest
     from evidently.legacy.core import ColumnType as EvidentlyType
 
@@ -115,6 +169,8 @@ def score_columns(ref: pd.DataFrame, cur: pd.DataFrame, specs: Sequence[ColumnSp
     the rows). The report is built only when a person will look at it.
     """
     import numpy as np
+
+    _light_evidently()
     from evidently.legacy.calculations.stattests.registry import get_stattest
     from evidently.legacy.core import ColumnType as EvidentlyType
 
