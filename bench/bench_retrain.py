@@ -37,10 +37,21 @@ accuracy difference (target <= 1 point lost).
 The incremental part also measures, in this process on the same data, what a
 fresh interpreter pays to import the job, the job's own ``update`` for both
 paths, and one ``mlflow.sklearn.log_model``, to show where the CPU goes.
+**fixed**: the fixed cost of one retrain (all the run is charged but its update)
+on each runner: a ``Pipeline(StandardScaler, SGDClassifier)`` champion (skops),
+``--fixed-rows`` new rows, ``partial_fit`` (5 epochs); ``--fixed-repeats``
+retrains as Ray jobs (``runner = "job"``), then as many on the warm actor
+(``runner = "actor"``: the first cold, on a new actor, the others warm), the
+champion alias reset to v1 in between. Fixed = the run's ``finops/cpu_core_hours``
+in CPU-s minus the update's own CPU-s (``job.update`` timed in this process on
+the same data, best of 3). Also the warm actor's idle upkeep (CPU-s per idle
+minute, charged to the next retrain). Target: <= 3 CPU-s warm.
+
 ``BENCH_JOB_LOGS=1`` prints each Ray job's log tail.
 
-    .venv/bin/python bench/bench_retrain.py                  # both parts, ~7 min on 2 cores
+    .venv/bin/python bench/bench_retrain.py                  # all parts, ~9 min on 2 cores
     .venv/bin/python bench/bench_retrain.py --part cap
+    .venv/bin/python bench/bench_retrain.py --part fixed [--fixed-repeats 4]
     .venv/bin/python bench/bench_retrain.py --part incremental [--champions sgd,hgb] [--champion-format cloudpickle]
 """
 
@@ -131,7 +142,7 @@ def retrain(policy_path: Path, model: str, timeout_s: float = 300.0) -> dict:
     wall = time.time() - t0
     run = MlflowClient().get_run(run_id)
     job_status = None
-    if out.ray_job_id:
+    if out.ray_job_id and run.data.tags.get("finops.retrain_runner", "job") == "job":
         from ray.job_submission import JobSubmissionClient
 
         jobs = JobSubmissionClient(policy.retrain.ray_address)
@@ -160,6 +171,7 @@ def retrain(policy_path: Path, model: str, timeout_s: float = 300.0) -> dict:
         "rows": m.get("retrain/rows_new"),
         "round_trip_s": wall,
         "job_status": job_status,
+        "runner": tags.get("finops.retrain_runner"),
     }
 
 
@@ -264,13 +276,14 @@ def breakdown(d: Path, champion, path: str) -> dict:
     from mlflow_finops.frames import read_frame
     from mlflow_finops.policy import RetrainPolicy
     from mlflow_finops.retrain.job import new_data, update
+    from mlflow_finops.retrain.ledger import Ledger
 
     out = {}
     c = _cpu_s()  # a fresh interpreter importing the job module: what every job pays first
     subprocess.run([sys.executable, "-c", "import ray, ray_jobs.retrain"], check=True,
                    cwd=Path(__file__).resolve().parent.parent)
     out["job_imports"] = _cpu_s() - c
-    data, _, _ = new_data(str(d / "incoming" / "*.parquet"), 0.0)
+    data = new_data(str(d / "incoming" / "*.parquet"), Ledger()).frame
     n_hold = max(1, int(len(data) * RetrainPolicy().holdout_fraction))
     train = data.iloc[:-n_hold]
     X, y = train.drop(columns=["y"]), train["y"]
@@ -293,6 +306,77 @@ def breakdown(d: Path, champion, path: str) -> dict:
                                  skops_trusted_types=trusted)
         out["log_model_no_infer"] = _cpu_s() - c
     return out
+
+
+# -------------------------------------------------------------------------- fixed
+def part_fixed(args: argparse.Namespace, jobs: str, root: Path, gcs: str) -> dict:
+    import threading
+
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_finops.names import RETRAIN_ACTOR_NAME, RETRAIN_ACTOR_NAMESPACE
+    from mlflow_finops.policy import RetrainPolicy
+    from mlflow_finops.retrain.job import new_data, update
+    from mlflow_finops.retrain.ledger import Ledger
+
+    os.environ["RAY_ADDRESS"] = gcs  # the actor runner's ray.init: this cluster's GCS
+    d = root / "fixed"
+    (d / "incoming").mkdir(parents=True)
+    ref = stream(20_000, 0.0, 31)
+    ref.to_parquet(d / "ref.parquet")
+    champion = sgd_pipeline().fit(ref.drop(columns="y"), ref["y"])
+    register_champion(champion, ["bench-fixed-job", "bench-fixed-actor"])
+    stream(args.fixed_rows, 0.5, 32).to_parquet(d / "incoming" / "w1.parquet")
+    text = RETRAIN_DEFAULTS.format(jobs=jobs)
+    text += model_section("fixed-job", "partial_fit", 'runner = "job"\n')
+    text += model_section("fixed-actor", "partial_fit", 'runner = "actor"\nwarm_idle_s = 600\n')
+    (d / "finops.toml").write_text(text)
+
+    data = new_data(str(d / "incoming" / "*.parquet"), Ledger()).frame
+    train = data.iloc[:-max(1, int(len(data) * RetrainPolicy().holdout_fraction))]
+    X, y = train.drop(columns=["y"]), train["y"]
+    update_s = []
+    for _ in range(3):
+        c = _cpu_s()
+        update(champion, X, y, "partial_fit", RetrainPolicy(), threading.Event(), None, "y")
+        update_s.append(_cpu_s() - c)
+    upd = min(update_s)
+    print(f"\n== fixed cost per retrain: SGD partial_fit, {args.fixed_rows:,} new rows x {N_FEATURES}; "
+          f"the update alone {upd:.2f} CPU-s (best of 3 here)", flush=True)
+    client = MlflowClient()
+    res: dict[str, list[dict]] = {"job": [], "actor": []}
+    for runner in ("job", "actor"):
+        for i in range(args.fixed_repeats):
+            r = retrain(d / "finops.toml", f"fixed-{runner}")
+            client.set_registered_model_alias(f"bench-fixed-{runner}", "champion", "1")  # same start next time
+            if r["state"] not in ("promoted", "not_promoted"):
+                raise SystemExit(f"fixed-{runner}: {r['state']}: {r['reason']}")
+            r["fixed_s"] = r["cpu_s"] - upd
+            res[runner].append(r)
+            label = runner if runner == "job" else ("actor, cold" if i == 0 else "actor, warm")
+            print(f"{i + 1} {label:>11}: {r['state']:>12} run {r['cpu_s']:.2f} CPU-s, fixed {r['fixed_s']:.2f} CPU-s, "
+                  f"cost ${r['cost']:.8f}, round trip {r['round_trip_s']:.1f} s", flush=True)
+    pid = ray.get(ray.get_actor(RETRAIN_ACTOR_NAME, namespace=RETRAIN_ACTOR_NAMESPACE).pid.remote())
+    import psutil
+
+    def used() -> float:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+
+    c, t = used(), time.time()
+    time.sleep(args.idle_s)
+    upkeep = (used() - c) / (time.time() - t) * 60
+    job_fixed = float(np.median([r["fixed_s"] for r in res["job"]]))
+    warm = [r["fixed_s"] for r in res["actor"][1:]]
+    warm_fixed = float(np.median(warm)) if warm else float("nan")
+    print(f"fixed cost: Ray job {job_fixed:.2f} CPU-s (median of {len(res['job'])}); actor cold "
+          f"{res['actor'][0]['fixed_s']:.2f}, warm {warm_fixed:.2f} CPU-s (median of {len(warm)}; target <= 3: "
+          f"{'met' if warm_fixed <= 3 else 'MISSED'}); the idle warm actor uses {upkeep:.3f} CPU-s per minute "
+          f"(measured over {args.idle_s:.0f} s; charged to its next retrain)")
+    ray.kill(ray.get_actor(RETRAIN_ACTOR_NAME, namespace=RETRAIN_ACTOR_NAMESPACE))
+    ray.shutdown()  # this process was a Ray driver (the actor runner's connection): the cluster can go
+    return {"update_s": upd, "job": res["job"], "actor": res["actor"], "upkeep_per_min": upkeep}
 
 
 # -------------------------------------------------------------------- incremental
@@ -378,7 +462,7 @@ def _compare(args: argparse.Namespace, d: Path, kind: str, champion) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["cap", "incremental", "all"], default="all")
+    ap.add_argument("--part", choices=["cap", "incremental", "fixed", "all"], default="all")
     ap.add_argument("--repeats", type=int, default=3, help="capped runs")
     ap.add_argument("--cap-rows", type=int, default=200_000)
     ap.add_argument("--cap-epochs", type=int, default=40)
@@ -386,6 +470,9 @@ def main() -> int:
     ap.add_argument("--ref-rows", type=int, default=1_000_000)
     ap.add_argument("--window-rows", type=int, default=10_000)
     ap.add_argument("--inc-repeats", type=int, default=2)
+    ap.add_argument("--fixed-rows", type=int, default=5_000)
+    ap.add_argument("--fixed-repeats", type=int, default=3, help="retrains per runner")
+    ap.add_argument("--idle-s", type=float, default=30.0, help="how long the warm actor's idle upkeep is measured")
     ap.add_argument("--champions", type=lambda v: v.split(","), default=list(CHAMPIONS),
                     help="Champion kinds for the incremental part, comma-separated: sgd,hgb")
     ap.add_argument("--champion-format", choices=["skops", "cloudpickle"], default="skops",
@@ -421,6 +508,8 @@ def main() -> int:
             part_cap(args, jobs, tmp)
         if args.part in ("incremental", "all"):
             part_incremental(args, jobs, tmp)
+        if args.part in ("fixed", "all"):
+            part_fixed(args, jobs, tmp, cluster.address)
     finally:
         cluster.shutdown()
     print(f"\ntotal {time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}")

@@ -12,7 +12,8 @@ the step back:
 4. else a retrain with the cap ``min(per_job_usd, remaining)``, on the policy's
    ``runner``: the warm Ray actor (``actor``, :mod:`.worker`: no start-up to pay
    per retrain) or a Ray job through ``JobSubmissionClient`` running
-   ``ray_jobs/retrain.py`` (``job``). The retrain stops itself at the cap, and
+   ``ray_jobs/retrain.py`` (``job``; also when this process cannot join the
+   cluster as a Ray driver, which the actor needs). The retrain stops itself at the cap, and
    the supervisor stops it at ``cap x (1 + cap_tolerance)`` as a hard backstop,
    and after ``max_job_minutes`` (a hung retrain spends nothing, so no cap would
    ever stop it); an actor's retrain that does not stop within ``STOP_GRACE_S``
@@ -88,7 +89,7 @@ from .state import (
     submit_failed,
 )
 from .windows import window_state
-from .worker import ActorRunner, RunnerStatus
+from .worker import ActorRunner, ClusterUnreachable, RunnerStatus
 
 _log = logging.getLogger(__name__)
 
@@ -387,6 +388,9 @@ class RetrainSupervisor:
             try:
                 runner.submit(token, run_id=run_id, model=model, policy_path=policy_path, cap_usd=cap, env=env)
                 break
+            except ClusterUnreachable as exc:  # the Jobs API may still take it
+                _log.warning("retrain %s: the warm actor is out of reach (%s); running it as a Ray job", run_id, exc)
+                runner = JobsRunner(rp)
             except Exception as exc:
                 if "already exists" in str(exc):  # this attempt runs: the one that submitted it died
                     _log.warning("retrain %s: %s %s already exists; following it", run_id, runner.kind, token)

@@ -40,7 +40,7 @@ from ..policy import RetrainPolicy
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["RetrainWorker", "RetrainStopped", "ActorRunner", "RunnerStatus", "connect"]
+__all__ = ["RetrainWorker", "RetrainStopped", "ActorRunner", "RunnerStatus", "ClusterUnreachable", "connect"]
 
 ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 MAX_CONCURRENCY = 4  # one retrain + status/stop calls answered while it runs
@@ -48,6 +48,11 @@ CALL_TIMEOUT_S = 30.0  # a status or stop call
 CREATE_TIMEOUT_S = 180.0  # the first submit waits for the actor's start-up (its imports)
 KEEP_ENDED = 100  # retrains whose status the actor remembers after they ended
 _SUCCEEDED = ("promoted", "not_promoted")  # as a job's exit code 0; any other verdict is a Ray FAILED
+
+
+class ClusterUnreachable(RuntimeError):
+    """This process cannot join the cluster as a Ray driver, which the actor needs (a Ray job
+    needs only the Jobs API's HTTP): the supervisor runs the attempt as a Ray job instead."""
 
 
 class RetrainStopped(BaseException):
@@ -229,7 +234,7 @@ def connect(jobs_address: str) -> None:
 
     The GCS address is ``$RAY_ADDRESS`` when it is one (not HTTP), else the cluster this host
     runs (``ray start`` / Ray's test clusters write it down: ``"auto"``); the connected cluster's
-    dashboard must be the one at ``jobs_address`` (same port), or this raises.
+    dashboard must be the one at ``jobs_address`` (same port). :class:`ClusterUnreachable` if not.
     """
     import ray
 
@@ -237,11 +242,14 @@ def connect(jobs_address: str) -> None:
         return  # connected already (by us, checked; or by the caller's own ray.init)
     with _no_http_ray_address():
         address = os.environ.get("RAY_ADDRESS") or "auto"
-        ctx = ray.init(address=address, namespace=RETRAIN_ACTOR_NAMESPACE, log_to_driver=False)
+        try:
+            ctx = ray.init(address=address, namespace=RETRAIN_ACTOR_NAMESPACE, log_to_driver=False)
+        except Exception as exc:
+            raise ClusterUnreachable(f"cannot join Ray at {address} as a driver: {exc}") from exc
     dashboard = str(getattr(ctx, "dashboard_url", "") or "")
     if dashboard and _port(dashboard) != _port(jobs_address):
         ray.shutdown()
-        raise RuntimeError(
+        raise ClusterUnreachable(
             f"Ray at {address} has its dashboard at {dashboard}, not {jobs_address}: "
             "set RAY_ADDRESS to the GCS address of that cluster"
         )
@@ -258,7 +266,8 @@ class ActorRunner:
         self.jobs_address = jobs_address
 
     def actor(self, create: bool = False) -> Any:
-        """The actor (None when none is alive), created when ``create`` (cold: its start-up is its first retrain's cost)."""
+        """The actor (None when none is alive); ``create``: made when none is (cold: its start-up
+        is its first retrain's cost)."""
         import ray
 
         connect(self.jobs_address)

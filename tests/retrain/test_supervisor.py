@@ -1,4 +1,6 @@
-"""Budget-limited incremental retraining as real Ray jobs on the session's Ray cluster."""
+"""Budget-limited incremental retraining as real Ray jobs (``runner = "job"``) on the session's Ray cluster.
+
+The warm actor (``runner = "actor"``) has its own tests: test_worker.py."""
 
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ registered_model = "{model}-{tag}"
 [models.{model}.drift]
 min_rows = 100
 [models.{model}.retrain]
+runner = "job"
 ray_address = "{jobs}"
 sample_interval_s = 0.5
 poll_s = 0.5
@@ -303,7 +306,7 @@ def test_a_worse_challenger_is_not_promoted(tmp_path: Path, ray_cluster, sqlite_
 def test_one_ray_job_per_attempt(tmp_path: Path, ray_cluster, sqlite_uri: str) -> None:
     (tmp_path / "finops.toml").write_text(
         f'[models.churn]\nregistered_model = "churn-once"\n[models.churn.retrain]\n'
-        f'ray_address = "{ray_cluster.dashboard_url}"\npoll_s = 0.5\n'
+        f'runner = "job"\nray_address = "{ray_cluster.dashboard_url}"\npoll_s = 0.5\n'
     )
     policy = load_policy(tmp_path / "finops.toml")
     c = MlflowClient()
@@ -352,7 +355,7 @@ def test_a_submission_failure_leaves_the_request_with_its_reason(tmp_path: Path,
     nobody = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there: connection refused
     (tmp_path / "finops.toml").write_text(
         f'[models.churn]\nregistered_model = "churn-nosub"\n[models.churn.retrain]\n'
-        f'ray_address = "{nobody}"\nmax_attempts = 2\nbackoff_s = 0\n'
+        f'runner = "job"\nray_address = "{nobody}"\nmax_attempts = 2\nbackoff_s = 0\n'
     )
     policy = load_policy(tmp_path / "finops.toml")
     run_id = request_retrain(policy, "churn")

@@ -59,8 +59,9 @@ def actor_cluster(ray_cluster, monkeypatch: pytest.MonkeyPatch):
 def on_actor(tmp_path: Path, retrain: str = "", warm_idle_s: float = 120):
     """The policy written by setup_champion, retraining on the actor."""
     path = tmp_path / "finops.toml"
-    path.write_text(path.read_text().replace(
-        "warm_start_steps = 30", f'warm_start_steps = 30\nrunner = "actor"\nwarm_idle_s = {warm_idle_s}\n{retrain}'))
+    text = path.read_text().replace('runner = "job"', 'runner = "actor"')
+    extra = f"warm_start_steps = 30\nwarm_idle_s = {warm_idle_s}\n{retrain}"
+    path.write_text(text.replace("warm_start_steps = 30", extra))
     return load_policy(path)
 
 
