@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -43,3 +44,31 @@ def copied_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     mlflow.set_tracking_uri(uri)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def rest_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """MLflow's own tracking server app (the REST handlers ``mlflow server`` serves) on 127.0.0.1,
+    in a thread of this process, over a copied SQLite store: an HTTP store in milliseconds."""
+    from mlflow.server import app, handlers
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_request(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    root = tmp_path_factory.mktemp("rest-store")
+    shutil.copy(template_db(), root / "mlflow.db")
+    previous = handlers._tracking_store
+    handlers._tracking_store = None  # the app keeps its store in a global: point it at this test's
+    handlers._get_tracking_store(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
+    mlflow.set_tracking_uri(None)  # (which also set this process's tracking URI)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
+    thread = threading.Thread(target=server.serve_forever, name="mlflow-rest-store", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        handlers._tracking_store = previous
