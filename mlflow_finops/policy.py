@@ -412,7 +412,7 @@ class RetrainPolicy(_Section):
     partial_fit_epochs: int = Field(5, ge=1, le=MAX_COUNT, description="Passes over the new data with partial_fit.")
     batch_rows: int = Field(2048, ge=1, le=10**9, description="Rows per partial_fit call.")
     runner: RetrainRunner = Field(
-        "job", description="actor: a warm Ray actor runs each retrain as a task; job: one Ray job per retrain."
+        "actor", description="actor: a warm Ray actor runs each retrain as a task; job: one Ray job per retrain."
     )
     warm_idle_s: float = Field(
         600.0, ge=0, le=MAX_HOURS * 3600, description="A warm retrain actor exits after this long without work."
