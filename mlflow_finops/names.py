@@ -92,7 +92,7 @@ TAG_DRIFT_RUN_ID = "finops.drift_run_id"
 TAG_RETRAIN_RUN_ID = "finops.retrain_run_id"
 TAG_MODEL_VERSION = "finops.model_version"
 TAG_PARENT_VERSION = "finops.parent_version"
-TAG_TRAINED_UNTIL = "finops.trained_until"
+TAG_LEARNED = "finops.learned"  # a version's ledger (JSON path): every file and row it learned
 TAG_REFERENCE = "finops.reference"
 # a version's metric on its first labelled window, the baseline of its loss when no retrain promoted it
 TAG_BASELINE_PREFIX = "finops.baseline."

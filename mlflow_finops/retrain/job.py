@@ -1,13 +1,18 @@
 """The retrain job's own work, run inside a Ray job by ``python -m ray_jobs.retrain``.
 
-Loads ``models:/<registered>@champion``, updates it with the data that arrived
-since that version was trained (files of ``[models.NAME].current`` modified
-after it), holding out the newest rows: ``partial_fit`` where the final
-estimator has it, ``warm_start`` growth for ensembles that support it, else a
-full refit on reference + new data. Stops cooperatively when the run's cost
-reaches the cap. Registers the challenger (alias ``@challenger``) and moves
-``@champion`` only if it beats the champion by the policy's margin on the
-policy's metric (:mod:`mlflow_finops.scoring`, the drift gate's own rule).
+Loads ``models:/<registered>@champion``, updates it with the rows of
+``[models.NAME].current`` that the champion has not learned (its ledger,
+:mod:`.ledger`: files known by content hash, a learned prefix of rows each),
+holding out the newest rows, which stay unlearned: ``partial_fit`` where the
+final estimator has it, ``warm_start`` growth for ensembles that support it,
+else a full refit on the champion's reference + the new rows. It learns exactly
+the policy's feature columns (``features``, or every column but ``target`` and
+``drop``), in the champion's order. Stops cooperatively when the run's cost
+reaches the cap. Registers the challenger (alias ``@challenger``) with its
+ledger (``finops.learned``: a JSON file beside the references, also the run's
+``learned.json``) and moves ``@champion`` only if it beats the champion by the
+policy's margin on the policy's metric (:mod:`mlflow_finops.scoring`, the drift
+gate's own rule); the promoted version's drift reference is the rows it learned.
 
 The job writes ``running`` and then its verdict into the request's state tag
 (:class:`~mlflow_finops.retrain.state.RetrainState`); the supervisor reads it.
@@ -16,6 +21,7 @@ The job writes ``running`` and then its verdict into the request's state tag
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import threading
@@ -27,11 +33,12 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from ..cost.tracker import active_tracker, autolog
-from ..frames import data_files, read_frame
+from ..frames import DataInputError, data_files, read_frame
 from ..money import format_usd
 from ..names import (
     TAG_CHAMPION_VERSION,
     TAG_DRIFT_RUN_ID,
+    TAG_LEARNED,
     TAG_MODEL_VERSION,
     TAG_NEW_DATA_FILES,
     TAG_PARENT_VERSION,
@@ -39,13 +46,13 @@ from ..names import (
     TAG_REFERENCE,
     TAG_RETRAIN_RUN_ID,
     TAG_RETRAIN_STATE,
-    TAG_TRAINED_UNTIL,
     TAG_UPDATE_PATH,
     TAG_VERSION_COST_USD,
     tag,
 )
 from ..policy import ModelPolicy, Policy, PolicyError, RetrainPolicy, load_policy
 from ..scoring import score
+from .ledger import Ledger, LedgerError, Piece, Seen, learn, pending
 from .promotion import Evaluation
 from .state import RetrainState
 
@@ -53,15 +60,21 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CapReached",
+    "ColumnError",
     "JobConfig",
     "Evaluation",
+    "NewData",
     "load_config",
+    "file_sha256",
+    "champion_ledger",
     "new_data",
+    "feature_columns",
     "update_path",
     "update",
     "evaluate",
     "register",
     "promote",
+    "ledger_path",
     "run_job",
 ]
 
@@ -72,6 +85,10 @@ METRIC_ROWS_HOLDOUT = "retrain/rows_holdout"
 
 class CapReached(Exception):
     """The run's cost reached its cap: stop training, promote nothing."""
+
+
+class ColumnError(ValueError):
+    """A column the retrain needs is not in the data, or the policy's columns are not the champion's."""
 
 
 @dataclass(frozen=True)
@@ -108,15 +125,87 @@ def load_config(policy_path: str | None, model: str) -> JobConfig:
     return JobConfig(policy, model, mp, policy.retrain.merged(mp.retrain), base)
 
 
-def new_data(pattern: str, since_s: float) -> tuple[pd.DataFrame, list[str], float]:
-    """Data files of ``pattern`` (a folder or glob) modified after ``since_s``, concatenated in time order.
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The file's content hash: what identifies a data file in a ledger, whatever its name or mtime."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    Returns the frame, the files, and the newest file's modification time (``since_s`` when none).
+
+def champion_ledger(cfg: JobConfig, version: Any) -> Ledger:
+    """What the champion learned: its ``finops.learned`` ledger, else (a version trained by a
+    person) the policy's reference file, whole, else nothing.
+
+    :class:`LedgerError` or :class:`DataInputError` when the ledger or reference cannot be read:
+    learning everything again would learn windows twice.
     """
-    files = [str(f) for f in data_files(pattern) if os.path.getmtime(f) > since_s]
-    if not files:
-        return pd.DataFrame(), [], since_s
-    return pd.concat([read_frame(f) for f in files], ignore_index=True), files, max(map(os.path.getmtime, files))
+    where = version.tags.get(TAG_LEARNED)
+    if where:
+        try:
+            with open(where, encoding="utf-8") as f:
+                return Ledger.from_json(f.read())
+        except OSError as exc:
+            raise LedgerError(f"champion v{version.version}'s ledger {where}: {exc.strerror or exc}") from None
+        except LedgerError as exc:
+            raise LedgerError(f"champion v{version.version}'s ledger {where}: {exc}") from None
+    if not cfg.model_policy.reference:
+        return Ledger()
+    ref = cfg.path(cfg.model_policy.reference)
+    rows = len(read_frame(ref))
+    return Ledger.of_reference(file_sha256(ref), os.path.getsize(ref), rows, os.path.basename(ref))
+
+
+@dataclass(frozen=True)
+class NewData:
+    """The rows the ledger lacks, in file order (``data_files``), and where each file's rows start."""
+
+    frame: pd.DataFrame
+    pieces: tuple[Piece, ...]
+
+
+def new_data(pattern: str, ledger: Ledger) -> NewData:
+    """Rows of the data files of ``pattern`` (a folder or glob) that ``ledger`` has not learned.
+
+    Files come in :func:`~mlflow_finops.frames.data_files` order (oldest first); a file is
+    read only when it has rows to learn.
+    """
+    paths: dict[str, str] = {}
+    seen = []
+    for f in data_files(pattern):
+        digest = file_sha256(f)
+        paths.setdefault(digest, str(f))
+        seen.append(Seen(digest, f.stat().st_size, f.name))
+    frames, pieces = [], []
+    for s, start in pending(ledger, seen):
+        full = read_frame(paths[s.sha256])
+        if len(full) > start:
+            frames.append(full.iloc[start:])
+            pieces.append(Piece(s.sha256, s.size, s.name, len(full), start))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return NewData(frame, tuple(pieces))
+
+
+def feature_columns(mp: ModelPolicy, columns: Any, champion: Any, where: str) -> list[str]:
+    """The columns the model learns, in the champion's order when it knows its own
+    (``feature_names_in_``), else the policy's or the data's; :class:`ColumnError` naming what
+    is missing from ``where`` or differs between the policy and the champion."""
+    present = set(columns)
+    excluded = {mp.target, *mp.drop}
+    wanted = list(mp.features) or [c for c in columns if c not in excluded]
+    learned = [str(c) for c in getattr(champion, "feature_names_in_", [])]
+    need = learned or wanted
+    missing = [c for c in dict.fromkeys([*need, *mp.features]) if c not in present]
+    if missing:
+        raise ColumnError(f"{where} has no feature column {', '.join(map(repr, missing))}")
+    if learned and set(learned) != set(wanted):
+        extra = [c for c in wanted if c not in learned]
+        lacking = [c for c in learned if c not in wanted]
+        parts = ([f"the champion did not learn {', '.join(map(repr, extra))} (add it to drop)"] if extra else []) + (
+            [f"the policy leaves out {', '.join(map(repr, lacking))}, which the champion learned"] if lacking else [])
+        raise ColumnError("features differ from the champion's: " + "; ".join(parts))
+    return need
 
 
 def update_path(model: Any, strategy: str) -> str:
@@ -156,16 +245,16 @@ def update(model: Any, X: pd.DataFrame, y: pd.Series, path: str, rp: RetrainPoli
             est.set_params(**{size_param: est.get_params()[size_param] + rp.warm_start_step})
             est.fit(Xt, y)
         return challenger
-    # refit: from scratch on what the model knew (the reference) plus the new data
+    # refit: from scratch on what the model knew (the reference) plus the new data, X's columns only
     from sklearn.base import clone
 
     frames = [X.assign(**{target: y.values})]
     if reference is not None:
-        frames.insert(0, reference)
+        frames.insert(0, reference[[*X.columns, target]])
     full = pd.concat(frames, ignore_index=True)
     if stop.is_set():
         raise CapReached()
-    return clone(model).fit(full.drop(columns=[target]), full[target])
+    return clone(model).fit(full[list(X.columns)], full[target])
 
 
 def evaluate(champion: Any, challenger: Any, X: pd.DataFrame, y: pd.Series, rp: RetrainPolicy) -> Evaluation:
@@ -209,22 +298,33 @@ def register(client: MlflowClient, challenger: Any, name: str, tags: dict[str, s
     return version
 
 
+def ledger_path(base: str, name: str, version: str) -> str:
+    """Where a version's ledger lives: beside the references, on the file system retrains share."""
+    return os.path.join(base, "references", f"{name}-v{version}.learned.json")
+
+
 def promote(client: MlflowClient, name: str, version: str, learned: pd.DataFrame, base: str) -> str:
-    """Make ``version`` the champion; what it learned from becomes the drift gate's reference (its path)."""
+    """Make ``version`` the champion; the rows it learned become the drift gate's reference (its path)."""
     ref_dir = os.path.join(base, "references")
     os.makedirs(ref_dir, exist_ok=True)
     ref_path = os.path.join(ref_dir, f"{name}-v{version}.parquet")
-    learned.to_parquet(ref_path)
+    learned.reset_index(drop=True).to_parquet(ref_path)
     client.set_model_version_tag(name, version, TAG_REFERENCE, ref_path)
     client.set_registered_model_alias(name, CHAMPION, version)
     return ref_path
 
 
 def _connect_ray() -> None:
-    """Fan-out to Ray (if the training uses it) is charged to this run, on every node."""
+    """Fan-out to Ray (if the training uses it) is charged to this run, on every node.
+
+    Joins the cluster of ``$RAY_ADDRESS`` (a Ray job's driver has it) unless connected already;
+    without one, starts none: a retrain called in-process tracks its own process tree.
+    """
     try:
         import ray
 
+        if ray.is_initialized() or not os.environ.get("RAY_ADDRESS"):
+            return
         ray.init(log_to_driver=False)
     except Exception as exc:
         log.info("not connected to Ray (%s); tracking this process tree only", exc)
@@ -233,47 +333,83 @@ def _connect_ray() -> None:
 def run_job(cfg: JobConfig, run_id: str, cap_usd: float | None = None) -> RetrainState:
     """The whole retrain inside the request's run ``run_id``; the state it ended in.
 
-    ``no_new_data``, ``failed`` (new data without the target column), ``capped``,
-    ``promoted`` or ``not_promoted``; each is also the run's state tag.
+    ``no_new_data``, ``failed`` (no target or feature column, an unreadable ledger or file),
+    ``capped``, ``promoted`` or ``not_promoted``; each is also the run's state tag.
+    Holds no state between calls: a long-lived process may call it again and again.
     """
     rp, mp, name = cfg.retrain, cfg.model_policy, cfg.registered
     current = cfg.path(mp.current or "")
     client = MlflowClient()
     champion_version = client.get_model_version_by_alias(name, CHAMPION)
     champion = mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
-    since = float(champion_version.tags.get(TAG_TRAINED_UNTIL, champion_version.creation_timestamp / 1000))
-    data, files, newest = new_data(current, since)
     _connect_ray()
     autolog(interval_s=rp.sample_interval_s, policy=cfg.policy)
     with mlflow.start_run(run_id=run_id):
+        try:
+            ledger = champion_ledger(cfg, champion_version)
+            new = new_data(current, ledger)
+        except (LedgerError, DataInputError, OSError) as exc:
+            return _failed(f"cannot tell what the champion learned or read the new data: {exc}")
+        data = new.frame
         if data.empty:
-            mlflow.set_tags({TAG_RETRAIN_STATE: RetrainState.NO_NEW_DATA.value,
-                             TAG_REASON: f"no file in {current} newer than champion v{champion_version.version}"})
-            return RetrainState.NO_NEW_DATA
+            return _no_new_data(f"champion v{champion_version.version} has learned every row of {current}")
         if cfg.target not in data.columns:
-            mlflow.set_tags({TAG_RETRAIN_STATE: RetrainState.FAILED.value,
-                             TAG_REASON: f"new data has no target column {cfg.target!r}"})
-            log.error("new data in %s has no target column %r", current, cfg.target)
-            mlflow.end_run("FAILED")
-            return RetrainState.FAILED
-        n_hold = max(1, int(len(data) * rp.holdout_fraction))
-        train, hold = data.iloc[:-n_hold], data.iloc[-n_hold:]  # newest rows held out
-        X, y = train.drop(columns=[cfg.target]), train[cfg.target]
+            return _failed(f"new data has no target column {cfg.target!r}")
         path = update_path(champion, rp.strategy)
-        reference = read_frame(cfg.path(mp.reference)) if (path == "refit" and mp.reference) else None
+        try:
+            columns = feature_columns(mp, data.columns, champion, "new data")
+            reference = _previous_reference(cfg, champion_version) if path == "refit" else None
+            if reference is not None:
+                feature_columns(mp, reference.columns, champion, "the champion's reference")
+                if cfg.target not in reference.columns:
+                    raise ColumnError(f"the champion's reference has no target column {cfg.target!r}")
+        except (ColumnError, DataInputError) as exc:
+            return _failed(str(exc))
+        n_hold = max(1, int(len(data) * rp.holdout_fraction))
+        if len(data) <= n_hold:  # held-out rows are not learned: they wait for the next retrain
+            return _no_new_data(f"only {len(data)} row(s) of {current} are new to champion "
+                                f"v{champion_version.version}, all needed to judge a challenger")
+        train, hold = data.iloc[:-n_hold], data.iloc[-n_hold:]  # newest rows held out, not learned
+        learned, taken = learn(ledger, new.pieces, len(train))
         mlflow.set_tags({
             TAG_RETRAIN_STATE: RetrainState.RUNNING.value,
             TAG_UPDATE_PATH: path,
             TAG_CHAMPION_VERSION: str(champion_version.version),
-            TAG_NEW_DATA_FILES: str(len(files)),
+            TAG_NEW_DATA_FILES: str(len(new.pieces)),
         })
         mlflow.log_metrics({METRIC_ROWS_NEW: len(train), METRIC_ROWS_HOLDOUT: len(hold)})
 
-        challenger = _train(cfg, champion, X, y, path, reference, cap_usd)
+        challenger = _train(cfg, champion, train[columns], train[cfg.target], path, reference, cap_usd)
         if challenger is None:
             mlflow.end_run("KILLED")
             return RetrainState.CAPPED
-        return _judge(cfg, client, champion, champion_version, challenger, hold, data, path=path, newest=newest)
+        rows = train if reference is None else pd.concat([reference, train], ignore_index=True)
+        update_note = [{"sha256": p.sha256, "name": p.name, "from_row": p.start, "rows_learned": n}
+                       for p, n in zip(new.pieces, taken)]
+        return _judge(cfg, client, champion, champion_version, challenger, hold[columns], hold[cfg.target],
+                      path=path, rows=rows, ledger=learned, update_note=update_note)
+
+
+def _no_new_data(reason: str) -> RetrainState:
+    mlflow.set_tags({TAG_RETRAIN_STATE: RetrainState.NO_NEW_DATA.value, TAG_REASON: reason})
+    return RetrainState.NO_NEW_DATA
+
+
+def _failed(reason: str) -> RetrainState:
+    """End the active run FAILED with ``reason`` (one line a person can act on)."""
+    mlflow.set_tags({TAG_RETRAIN_STATE: RetrainState.FAILED.value, TAG_REASON: reason})
+    log.error("retrain failed: %s", reason)
+    mlflow.end_run("FAILED")
+    return RetrainState.FAILED
+
+
+def _previous_reference(cfg: JobConfig, version: Any) -> pd.DataFrame | None:
+    """What a full refit starts from: the champion's drift reference (the rows it learned),
+    else the policy's reference file, else nothing."""
+    tagged = version.tags.get(TAG_REFERENCE)
+    if tagged and os.path.isfile(tagged):
+        return read_frame(tagged)
+    return read_frame(cfg.path(cfg.model_policy.reference)) if cfg.model_policy.reference else None
 
 
 def _train(cfg: JobConfig, champion: Any, X: pd.DataFrame, y: pd.Series, path: str,
@@ -296,17 +432,17 @@ def _train(cfg: JobConfig, champion: Any, X: pd.DataFrame, y: pd.Series, path: s
 
 
 def _judge(cfg: JobConfig, client: MlflowClient, champion: Any, champion_version: Any, challenger: Any,
-           hold: pd.DataFrame, data: pd.DataFrame, *, path: str, newest: float) -> RetrainState:
-    """Evaluate, register the challenger with its lineage, promote it when better; the verdict."""
+           Xh: pd.DataFrame, yh: pd.Series, *, path: str, rows: pd.DataFrame, ledger: Ledger,
+           update_note: list[dict[str, Any]]) -> RetrainState:
+    """Evaluate on the held-out rows, register the challenger with its lineage and ledger, promote
+    it when better (``rows``, what it learned, becoming the drift reference); the verdict."""
     rp, name = cfg.retrain, cfg.registered
     run_id = mlflow.active_run().info.run_id
-    Xh, yh = hold.drop(columns=[cfg.target]), hold[cfg.target]
     ev = evaluate(champion, challenger, Xh, yh, rp)
     mlflow.log_metrics({f"eval/champion_{ev.metric}": ev.champion, f"eval/challenger_{ev.metric}": ev.challenger})
     version_tags = {
         TAG_RETRAIN_RUN_ID: run_id,
         TAG_UPDATE_PATH: path,
-        TAG_TRAINED_UNTIL: f"{newest:.3f}",
         TAG_PARENT_VERSION: str(champion_version.version),
         tag(ev.metric): f"{ev.challenger:.6f}",
     }
@@ -314,10 +450,18 @@ def _judge(cfg: JobConfig, client: MlflowClient, champion: Any, champion_version
     if drift_run:
         version_tags[TAG_DRIFT_RUN_ID] = drift_run
     version = register(client, challenger, name, version_tags)
+    text = ledger.to_json(model=name, version=version, parent_version=str(champion_version.version),
+                          update=update_note)
+    where = ledger_path(cfg.base, name, version)
+    os.makedirs(os.path.dirname(where), exist_ok=True)
+    with open(where, "w", encoding="utf-8") as f:
+        f.write(text)
+    client.set_model_version_tag(name, version, TAG_LEARNED, where)
+    mlflow.log_text(text, "learned.json")
     verdict = (f"challenger v{version} {ev.metric}={ev.challenger:.4f} vs champion "
                f"v{champion_version.version} {ev.champion:.4f} (margin {ev.margin})")
     if ev.better:
-        promote(client, name, version, data, cfg.base)
+        promote(client, name, version, rows, cfg.base)
     state = RetrainState.PROMOTED if ev.better else RetrainState.NOT_PROMOTED
     mlflow.set_tags({
         TAG_RETRAIN_STATE: state.value,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -15,29 +17,92 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
-from mlflow_finops.policy import RetrainPolicy
-from mlflow_finops.retrain.job import CapReached, evaluate, new_data, update, update_path
+from mlflow_finops.policy import ModelPolicy, RetrainPolicy
+from mlflow_finops.retrain.job import (
+    CapReached,
+    ColumnError,
+    evaluate,
+    feature_columns,
+    file_sha256,
+    new_data,
+    update,
+    update_path,
+)
+from mlflow_finops.retrain.ledger import FileRecord, Ledger, Seen
 
 
-def _write(path: Path, rows: int, mtime: float) -> None:
-    pd.DataFrame({"x": range(rows), "y": [i % 2 for i in range(rows)]}).to_csv(path, index=False)
+def _write(path: Path, rows: int, mtime: float, first: int = 0) -> None:
+    pd.DataFrame({"x": range(first, first + rows), "y": [i % 2 for i in range(rows)]}).to_csv(path, index=False)
     os.utime(path, (mtime, mtime))
 
 
-def test_new_data_lists_data_files_modified_after_since_in_time_order(tmp_path: Path) -> None:
-    _write(tmp_path / "b.csv", 2, 1000.0)
-    _write(tmp_path / "a.csv", 3, 2000.0)
+def test_new_data_reads_the_rows_the_ledger_lacks_in_file_order(tmp_path: Path) -> None:
+    _write(tmp_path / "b.csv", 2, 1000.0, first=10)
+    _write(tmp_path / "a.csv", 3, 2000.0, first=20)
     _write(tmp_path / "old.csv", 5, 500.0)
     (tmp_path / "notes.txt").write_text("not data")
     os.utime(tmp_path / "notes.txt", (3000.0, 3000.0))
-    data, files, newest = new_data(str(tmp_path), 999.0)
-    assert [Path(f).name for f in files] == ["b.csv", "a.csv"]  # by time, the .txt left out
-    assert len(data) == 5 and newest == 2000.0
-    # strictly after: a file modified exactly at `since` was already learned
-    assert [Path(f).name for f in new_data(str(tmp_path), 1000.0)[1]] == ["a.csv"]
-    assert [Path(f).name for f in new_data(str(tmp_path / "*.csv"), 0.0)[1]] == ["old.csv", "b.csv", "a.csv"]
-    empty, none, since = new_data(str(tmp_path), 2000.0)
-    assert empty.empty and none == [] and since == 2000.0
+    new = new_data(str(tmp_path), Ledger())
+    assert [p.name for p in new.pieces] == ["old.csv", "b.csv", "a.csv"]  # oldest first, the .txt left out
+    assert new.frame["x"].tolist() == [0, 1, 2, 3, 4, 10, 11, 20, 21, 22]
+    # old.csv learned whole, b.csv's first row: only what follows is new, whatever the names and times
+    old, b = (Seen(file_sha256(tmp_path / f), (tmp_path / f).stat().st_size, f) for f in ("old.csv", "b.csv"))
+    known = Ledger((FileRecord(old.sha256, old.size, 5, 5, "old.csv"), FileRecord(b.sha256, b.size, 2, 1, "b.csv")))
+    (tmp_path / "b.csv").rename(tmp_path / "b-renamed.csv")
+    os.utime(tmp_path / "old.csv", (4000.0, 4000.0))
+    again = new_data(str(tmp_path / "*.csv"), known)
+    assert [(p.name, p.start, p.rows) for p in again.pieces] == [("b-renamed.csv", 1, 2), ("a.csv", 0, 3)]
+    assert again.frame["x"].tolist() == [11, 20, 21, 22]
+    # a copy of a file is the same data: counted once; a file whose content changed is new
+    (tmp_path / "a-copy.csv").write_bytes((tmp_path / "a.csv").read_bytes())
+    _write(tmp_path / "old.csv", 6, 4000.0)
+    third = new_data(str(tmp_path), known)
+    assert [p.name for p in third.pieces] == ["b-renamed.csv", "a.csv", "old.csv"]
+    assert len(third.frame) == 1 + 3 + 6
+    assert new_data(str(tmp_path / "none-*.csv"), Ledger()).frame.empty
+
+
+def test_file_sha256_is_the_content_hash(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+    assert file_sha256(tmp_path / "f") == hashlib.sha256(b"abc").hexdigest()
+
+
+@pytest.mark.parametrize(
+    "features, drop, champion_cols, data_cols, expected",
+    [
+        ([], ["id"], [], ["id", "a", "b", "y"], ["a", "b"]),  # every column but target and drop
+        (["b"], [], [], ["id", "a", "b", "y"], ["b"]),
+        ([], ["id"], ["b", "a"], ["id", "a", "b", "y"], ["b", "a"]),  # the champion's order
+        (["a", "b"], [], ["b", "a"], ["a", "b", "y"], ["b", "a"]),
+    ],
+)
+def test_feature_columns(features, drop, champion_cols, data_cols, expected) -> None:
+    mp = ModelPolicy(target="y", features=features, drop=drop)
+    assert feature_columns(mp, data_cols, _Fitted(champion_cols), "new data") == expected
+
+
+@pytest.mark.parametrize(
+    "features, drop, champion_cols, data_cols, message",
+    [
+        (["a", "c"], [], [], ["a", "b", "y"], "new data has no feature column 'c'"),
+        ([], [], ["a", "c"], ["a", "y"], "new data has no feature column 'c'"),
+        ([], [], ["a"], ["id", "a", "y"], "the champion did not learn 'id' (add it to drop)"),
+        (["a"], [], ["a", "b"], ["a", "b", "y"], "the policy leaves out 'b', which the champion learned"),
+    ],
+)
+def test_feature_columns_name_what_is_missing_or_differs(features, drop, champion_cols, data_cols,
+                                                         message) -> None:
+    mp = ModelPolicy(target="y", features=features, drop=drop)
+    with pytest.raises(ColumnError, match=re.escape(message)):
+        feature_columns(mp, data_cols, _Fitted(champion_cols), "new data")
+
+
+class _Fitted:
+    """A fitted model as feature_columns sees it (scikit-learn's ``feature_names_in_`` when fitted on a frame)."""
+
+    def __init__(self, columns: list[str]) -> None:
+        if columns:
+            self.feature_names_in_ = np.array(columns, dtype=object)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +130,14 @@ def test_update_stops_at_the_cap_and_grows_a_forest_otherwise() -> None:
     stop.set()
     with pytest.raises(CapReached):
         update(champion, X, y, "warm_start", rp, stop, None, "y")
+
+
+def test_refit_learns_the_reference_and_the_new_rows_on_the_given_columns_only() -> None:
+    X = pd.DataFrame({"x": np.arange(10.0)})
+    y = pd.Series(2 * X["x"])
+    reference = pd.DataFrame({"id": range(5), "x": np.arange(5.0), "y": 2 * np.arange(5.0)})
+    refit = update(LinearRegression().fit(X, y), X, y, "refit", RetrainPolicy(), threading.Event(), reference, "y")
+    assert list(refit.feature_names_in_) == ["x"]  # the reference's id column is not learned
 
 
 def test_evaluate_follows_the_metric_direction_and_the_margin() -> None:

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LinearRegression
 
 from mlflow_finops.retrain.job import _judge, load_config
+from mlflow_finops.retrain.ledger import FileRecord, Ledger
 from mlflow_finops.retrain.state import RetrainState
 
 
@@ -43,11 +44,20 @@ def test_champion_moves_only_for_a_challenger_better_by_more_than_the_margin(
                                         pip_requirements=["scikit-learn"])  # no inference: seconds
     client.set_registered_model_alias("m-reg", "champion", str(info.registered_model_version))
     cfg = load_config(str(tmp_path / "finops.toml"), "m")
+    learned = Ledger((FileRecord("0" * 64, 100, 40, 30, "new.csv"),))
     with mlflow.start_run() as run:
         state = _judge(cfg, client, champion, client.get_model_version_by_alias("m-reg", "champion"), challenger,
-                       data.iloc[30:], data, path="refit", newest=0.0)
+                       X.iloc[30:], data["y"].iloc[30:], path="refit", rows=data.iloc[:30], ledger=learned,
+                       update_note=[])
     assert state == verdict
     tags = client.get_run(run.info.run_id).data.tags
     assert tags["finops.retrain_state"] == verdict.value and tags["finops.model_version"] == "2"
     assert str(client.get_model_version_by_alias("m-reg", "champion").version) == champion_after
     assert str(client.get_model_version_by_alias("m-reg", "challenger").version) == "2"
+    # every challenger has its ledger; only a promoted one a drift reference (the rows it learned)
+    v2 = client.get_model_version("m-reg", "2").tags
+    assert Ledger.from_json(Path(v2["finops.learned"]).read_text()) == learned
+    assert Path(v2["finops.learned"]) == tmp_path / "references" / "m-reg-v2.learned.json"
+    assert ("finops.reference" in v2) == (verdict == RetrainState.PROMOTED)
+    if "finops.reference" in v2:
+        pd.testing.assert_frame_equal(pd.read_parquet(v2["finops.reference"]), data.iloc[:30])
