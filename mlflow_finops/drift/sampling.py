@@ -131,10 +131,10 @@ def plan_columns(profile: ReferenceProfile, cur: pd.DataFrame, policy: DriftPoli
 def sample(df: pd.DataFrame, n: int, cols: list[str], seed: int) -> pd.DataFrame:
     """``n`` rows of ``df[cols]`` drawn without replacement, in their original order; all when n >= len."""
     if n >= len(df):
-        return df[cols]
+        return df if list(df.columns) == list(cols) else df[cols]
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(df), size=n, replace=False))
-    return df[cols].iloc[idx]
+    return df.iloc[idx][cols]  # rows first: never a copy of the whole frame
 
 
 def j_integral(x: np.ndarray) -> float:
