@@ -15,8 +15,9 @@ and stop calls are answered meanwhile (``max_concurrency`` > 1).
 Cost stays exact and complete: each retrain's run is charged everything the actor's process
 used since the previous retrain's run took its last reading (idle upkeep included), the first
 one from the process's start (warming is a cost): :func:`~mlflow_finops.cost.tracker.charge_runs_from`.
-An actor is no Ray driver, so its tracker samples its own process tree only. What the actor
-uses after its last retrain, until it exits, is charged to nobody (its idle tail).
+An actor is no Ray driver, so its tracker samples its own process tree only. What it uses
+after its last retrain until it exits for idleness (its idle tail, ~0.5 CPU-s a minute) is
+added to that retrain's run as it exits; only an actor killed takes its tail with it.
 
 Stopping is cooperative, like the SIGTERM a Ray job gets: :class:`RetrainStopped` is raised in
 the retrain's thread at its next Python instruction, which ends the run with its cost so far.
@@ -109,6 +110,7 @@ class RetrainWorker:
         self._retrains: dict[str, _Retrain] = {}
         self._base_env = dict(os.environ)
         self._last_work = time.monotonic()
+        self._last_run: tuple[str, str, dict[str, str]] | None = None  # run id, policy path, env
         self._closing = False
         threading.Thread(target=self._exit_when_idle, args=(warm_idle_s,), name="finops-idle", daemon=True).start()
 
@@ -159,6 +161,7 @@ class RetrainWorker:
                         r.status, r.message = "STOPPED", "stopped before it started"
                         return
                     r.status, r.start_ms = "RUNNING", int(time.time() * 1000)
+                self._last_run = (run_id, policy_path, env)
                 with self._env(env):
                     state = self._job.run_job(self._job.load_config(policy_path or None, model), run_id, r.cap_usd)
                 status = "SUCCEEDED" if state.value in _SUCCEEDED else "FAILED"
@@ -207,8 +210,23 @@ class RetrainWorker:
                     continue
                 self._closing = True
             _log.info("no retrain for %.0f s (warm_idle_s): the retrain actor exits", warm_idle_s)
+            self._charge_idle_tail()
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
             return
+
+    def _charge_idle_tail(self) -> None:
+        """Add what the actor used since its last retrain's last reading to that retrain's run
+        (resumed: its cost grows by the tail), so the actor's whole CPU is charged."""
+        if self._last_run is None:
+            return
+        from ..cost.tracker import track_cost
+
+        run_id, policy_path, env = self._last_run
+        try:
+            with self._env(env), track_cost(run_id=run_id, policy=policy_path or None, log_timeseries=False):
+                pass
+        except Exception as exc:
+            _log.warning("the retrain actor's idle tail was not charged to run %s: %s", run_id, exc)
 
 
 # ====================================================================== the supervisor's side

@@ -184,7 +184,7 @@ def test_a_retrain_on_the_actor_is_followed_after_its_supervisor_exited(
     assert str(MlflowClient().get_model_version_by_alias(name, "champion").version) == out.model_version
 
 
-def test_the_actor_exits_after_warm_idle_s(tmp_path: Path, actor_cluster) -> None:
+def test_the_actor_exits_after_warm_idle_s(tmp_path: Path, actor_cluster, sqlite_uri: str) -> None:
     (tmp_path / "finops.toml").write_text(
         f'[retrain]\nrunner = "actor"\nwarm_idle_s = 1\nray_address = "{actor_cluster.dashboard_url}"\n')
     rp = load_policy(tmp_path / "finops.toml").retrain
@@ -193,3 +193,19 @@ def test_the_actor_exits_after_warm_idle_s(tmp_path: Path, actor_cluster) -> Non
     t0 = time.monotonic()
     _wait_for("the idle actor's exit", lambda: _actor() is None, 60)
     assert time.monotonic() - t0 < 30
+
+
+def test_the_idle_tail_of_an_exiting_actor_is_charged_to_its_last_retrain(
+    tmp_path: Path, actor_cluster, sqlite_uri: str
+) -> None:
+    setup_champion(tmp_path, actor_cluster, make_pipeline(StandardScaler(), SGDClassifier(random_state=0)),
+                   tag="actor-tail")
+    policy = on_actor(tmp_path, warm_idle_s=3)
+    out = RetrainSupervisor(policy).retrain("churn")
+    assert out.state == "promoted", out.reason
+    before = MlflowClient().get_run(out.run_id)
+    _wait_for("the idle actor's exit", lambda: _actor() is None, 60)
+    after = MlflowClient().get_run(out.run_id)
+    assert cpu_s(after) > cpu_s(before)  # its ~3 s of idle upkeep, added as it exited
+    assert after.data.metrics["finops/cost_usd"] > before.data.metrics["finops/cost_usd"]
+    assert after.info.status == "FINISHED" and after.data.tags["finops.tracking_status"] == "complete"
