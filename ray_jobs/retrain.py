@@ -2,9 +2,9 @@
 
     python -m ray_jobs.retrain --run-id RUN --model NAME [--policy finops.toml] [--cap-usd X]
 
-Updates ``models:/<registered>@champion`` with the data that arrived since it
-was trained, stops at the cost cap, and promotes the challenger only when it is
-better (the work itself: :mod:`mlflow_finops.retrain.job`).
+Updates ``models:/<registered>@champion`` with the rows it has not learned (its
+ledger: files by content hash), stops at the cost cap, and promotes the
+challenger only when it is better (the work itself: :mod:`mlflow_finops.retrain.job`).
 Exit codes: 0 done (promoted or not), 3 stopped at the cost cap, 4 no new data,
 2 bad configuration or data.
 """
