@@ -152,6 +152,7 @@ class Runner(Protocol):
     """Where an attempt runs, by its token (the submission id): a Ray job or the warm actor."""
 
     kind: str  # the attempt's finops.retrain_runner tag
+    noun: str  # what an attempt is called in messages
     stops_hard: bool  # stop() ends it for sure (else kill() is the backstop)
 
     def submit(self, token: str, *, run_id: str, model: str, policy_path: str, cap_usd: float | None,
@@ -168,6 +169,7 @@ class JobsRunner:
     """Each attempt a Ray job running ``python -m ray_jobs.retrain`` (``runner = "job"``)."""
 
     kind = "job"
+    noun = "Ray job"
     stops_hard = True  # Ray's stop_job sends SIGTERM, then SIGKILL
 
     def __init__(self, rp: RetrainPolicy):
@@ -308,7 +310,7 @@ class RetrainSupervisor:
                         break
                     self.sleep(min(rp.poll_s, 0.5))
             except Exception as exc:
-                _log.warning("could not stop retrain %s (%s runner): %s", token, runner.kind, exc)
+                _log.warning("could not stop %s %s: %s", runner.noun, token, exc)
         return self._apply(run_id, cancelled(reason))
 
     # --------------------------------------------------------------- budget
@@ -393,7 +395,7 @@ class RetrainSupervisor:
                 runner = JobsRunner(rp)
             except Exception as exc:
                 if "already exists" in str(exc):  # this attempt runs: the one that submitted it died
-                    _log.warning("retrain %s: %s %s already exists; following it", run_id, runner.kind, token)
+                    _log.warning("retrain %s: %s %s already exists; following it", run_id, runner.noun, token)
                     followed = runner.status(token)
                     cap = followed.cap_usd if followed is not None else cap
                     break
@@ -442,13 +444,13 @@ class RetrainSupervisor:
             )
             if todo.stop_for_cap:
                 _log.warning("retrain %s spent %s past its cap %s: stopping %s %s",
-                             run_id, format_usd(cost), format_usd(cap), runner.kind, submission_id)
+                             run_id, format_usd(cost), format_usd(cap), runner.noun, submission_id)
                 runner.stop(submission_id)
                 stopped_for_cap = True
                 self._tag(run_id, {TAG_STOPPED_FOR_CAP: "true"})
             if todo.stop_for_time:
                 _log.warning("retrain %s: %s %s still %s after %.1f min (max_job_minutes %g): stopping it",
-                             run_id, runner.kind, submission_id, status, minutes, rp.max_job_minutes)
+                             run_id, runner.noun, submission_id, status, minutes, rp.max_job_minutes)
                 runner.stop(submission_id)
                 stopped_for_time = True
                 self._tag(run_id, {TAG_STOPPED_FOR_TIME: "true"})
@@ -459,7 +461,7 @@ class RetrainSupervisor:
                     self._killed.add(submission_id)
                     continue
             if not wait:
-                return self._outcome(run_id, RetrainState.SUBMITTED, f"{runner.kind} {submission_id} is {status}")
+                return self._outcome(run_id, RetrainState.SUBMITTED, f"{runner.noun} {submission_id} is {status}")
             self.sleep(rp.poll_s)
 
         tags = self.client.get_run(run_id).data.tags
@@ -476,7 +478,7 @@ class RetrainSupervisor:
         )
         budget = None
         if end.failed:
-            _log.error("retrain %s of %s: %s %s %s: %s", run_id, model, runner.kind, submission_id, status,
+            _log.error("retrain %s of %s: %s %s %s: %s", run_id, model, runner.noun, submission_id, status,
                        end.message)
             budget = self.budget(model, rp)
         step = job_ended(end, self.now(), max_attempts=rp.max_attempts, backoff_s=rp.backoff_s,

@@ -277,6 +277,7 @@ class ActorRunner:
     """Runs retrains on the warm actor: the supervisor's runner for ``runner = "actor"``."""
 
     kind = "actor"
+    noun = "retrain on the warm actor"
     stops_hard = False  # a thread stuck in C ignores stop(): kill() is the backstop
 
     def __init__(self, rp: RetrainPolicy, jobs_address: str):

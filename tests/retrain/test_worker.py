@@ -164,6 +164,31 @@ def test_an_actor_that_ignores_its_stop_is_killed(tmp_path: Path, actor_cluster,
     assert [str(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'")] == ["1"]
 
 
+def test_a_running_retrain_on_the_actor_is_cancelled_by_a_cooperative_stop(
+    tmp_path: Path, actor_cluster, sqlite_uri: str
+) -> None:
+    _, name = setup_champion(tmp_path, actor_cluster, RandomForestClassifier(n_estimators=20, random_state=0),
+                             tag="actor-cancel")
+    on_actor(tmp_path)
+    text = (tmp_path / "finops.toml").read_text().replace("warm_start_steps = 30", "warm_start_steps = 1000")
+    (tmp_path / "finops.toml").write_text(text)
+    policy = load_policy(tmp_path / "finops.toml")
+    sup = RetrainSupervisor(policy)
+    out = sup.retrain("churn", wait=False)
+    assert out.state == "submitted", out.reason
+    c = MlflowClient()
+    _wait_for("running retrain", lambda: c.get_run(out.run_id).data.tags.get("finops.retrain_state") == "running")
+    pid = ray.get(_actor().pid.remote())
+    assert sup.cancel(out.run_id, "test over").state == "dropped"
+    runner = ActorRunner(policy.retrain, jobs_address(policy.retrain))
+    assert runner.status(out.ray_job_id).status == "STOPPED"  # it stopped by itself: not killed
+    assert ray.get(_actor().pid.remote()) == pid
+    run = c.get_run(out.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["finops.retrain_state"] == "dropped"
+    assert run.data.metrics["finops/cost_usd"] > 0  # the run's cost up to the stop
+    assert [str(v.version) for v in c.search_model_versions(f"name = '{name}'")] == ["1"]
+
+
 def test_a_retrain_on_the_actor_is_followed_after_its_supervisor_exited(
     tmp_path: Path, actor_cluster, sqlite_uri: str
 ) -> None:
