@@ -48,7 +48,12 @@ def _mlflow_call(what: str, fn, *args, **kwargs):
 @click.option("--metric", default=None, help="Model metric to show beside cost (default: the most common one).")
 @click.option("--goal", type=click.Choice(["max", "min"]), default=None,
               help="Whether higher or lower --metric is better (default: guessed from its name).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "html", "focus"]), default="table",
+              help="focus: FOCUS 1.2 cost rows for finance tools (CSV; Parquet when --output ends in .parquet).")
+@click.option("--focus-granularity", type=click.Choice(["run", "day"]), default="run", show_default=True,
+              help="--format focus: one row per run, or per run and UTC day.")
+@click.option("--focus-provider", default="mlflow-finops", show_default=True, metavar="NAME",
+              help="--format focus: ProviderName, PublisherName, InvoiceIssuerName and billing account.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write there instead of stdout.")
 @click.option("--charts", "charts_dir", type=click.Path(file_okay=False), default=None,
               help="Also write every chart as PNG and HTML into this folder.")
@@ -57,13 +62,14 @@ def _mlflow_call(what: str, fn, *args, **kwargs):
 @click.option("--include-deleted", is_flag=True, help="Also count deleted runs and experiments.")
 @click.option("--page-size", default=10_000, show_default=True, type=click.IntRange(1, 50_000),
               help="Runs per search_runs request.")
-def report(policy_path, experiments, model, team, since, until, by, metric, goal, fmt, output, charts_dir,
-           log_to_mlflow, top, include_deleted, page_size) -> None:
+def report(policy_path, experiments, model, team, since, until, by, metric, goal, fmt, focus_granularity,
+           focus_provider, output, charts_dir, log_to_mlflow, top, include_deleted, page_size) -> None:
     """Spend per experiment, model, team and run, with the best model metric beside cost.
 
     Untracked runs (no finops/cost_usd) are listed as untracked, never as $0;
     nested runs are listed but not summed (their cost is in their parent's).
     When the policy has [budgets.*] envelopes their status and burn-down are included.
+    --format focus writes the same runs as FOCUS 1.2 rows (one per counted run, or per run and day).
     """
     from ..spend.budget import budget_status
     from ..spend.report import ReportError, build_report, log_report, parse_when, rich_tables
@@ -88,7 +94,7 @@ def report(policy_path, experiments, model, team, since, until, by, metric, goal
         try:
             rep = _mlflow_call("cannot read runs", build_report, experiments=experiments, model=model, team=team,
                                since=start, until=end, metric=metric, goal=goal, include_deleted=include_deleted,
-                               page_size=page_size, on_page=on_page)
+                               page_size=page_size, on_page=on_page, keep_tags=fmt == "focus")
         except ReportError as exc:
             fail(str(exc))
         budgets = []
@@ -103,6 +109,15 @@ def report(policy_path, experiments, model, team, since, until, by, metric, goal
             console = Console(file=f, width=160) if f else _report_console()
             for part in rich_tables(rep, by=by, top=top, budgets=budgets):
                 console.print(part)
+    elif fmt == "focus":
+        from ..spend.focus import write as write_focus
+
+        try:
+            text = write_focus(rep, output, granularity=focus_granularity, provider=focus_provider)
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc}", EXIT_INTERNAL)
+        if text is not None:
+            click.echo(text, nl=not text.endswith("\n"))
     else:
         text = rep.render(fmt, by=by, budgets=budgets)
         if output:

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from ..charting import html_page, html_table, write_charts
 from ..money import format_usd
-from ..names import REPORTS_EXPERIMENT, TAG_MODEL, TAG_REPORT, TAG_TEAM
+from ..names import REPORTS_EXPERIMENT, TAG_MODEL, TAG_PREFIX, TAG_REPORT, TAG_TEAM
 from ..store import PAGE_SIZE, iter_runs, quote
 from . import rollup
 from .rollup import FIGURES, GROUP_LEVELS, GroupCost, ReportError, RunCost
@@ -72,6 +72,7 @@ class CostReport:
     filters: dict[str, object] = field(default_factory=dict)
     pages: int = 0
     read_seconds: float = 0.0
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # run id -> finops.* tags, when kept
 
     # ---------------------------------------------------------------- sums
     @property
@@ -260,11 +261,13 @@ def build_report(
     include_deleted: bool = False,
     page_size: int = PAGE_SIZE,
     on_page: Callable[[int], None] | None = None,
+    keep_tags: bool = False,
 ) -> CostReport:
     """Read the runs in scope from MLflow and return a :class:`CostReport`.
 
     Filters (model, team, period) go into the ``search_runs`` filter string so
     the store does the selecting; runs are read ``page_size`` at a time.
+    ``keep_tags`` keeps each run's ``finops.*`` tags in ``CostReport.tags`` (the FOCUS export needs them).
     Raises :class:`ReportError` for an unknown experiment or an empty period.
     """
     import time
@@ -299,10 +302,13 @@ def build_report(
     rows: list[RunCost] = []
     raw_metrics: Counter[str] = Counter()
     metric_values: dict[str, dict[str, float]] = {}
+    tags: dict[str, dict[str, str]] = {}
     for run in iter_runs(client, list(names), " AND ".join(clauses), view_type=view, page_size=page_size,
                          on_page=counted_page):
         row, quality = rollup.run_cost(run, names)
         rows.append(row)
+        if keep_tags:
+            tags[row.run_id] = {k: v for k, v in run.data.tags.items() if k.startswith(TAG_PREFIX)}
         if row.tracked and quality:
             raw_metrics.update(quality.keys())
             metric_values[row.run_id] = quality
@@ -321,6 +327,7 @@ def build_report(
         filters={"experiments": list(experiments), "model": model, "team": team},
         pages=pages,
         read_seconds=time.perf_counter() - t0,
+        tags=tags,
     )
     _log.info("report: %d run(s) in %d page(s), %.2fs", len(rows), pages, report.read_seconds)
     return report
