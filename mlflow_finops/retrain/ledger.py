@@ -24,7 +24,8 @@ clocks, so two identical retrains write identical ledgers.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any, Sequence
 
 __all__ = ["FORMAT", "FileRecord", "Seen", "Piece", "Ledger", "LedgerError", "pending", "learn"]
@@ -86,8 +87,13 @@ class Ledger:
         """A champion without a ledger: it learned the policy's reference file, whole."""
         return cls((FileRecord(sha256, size, rows, rows, name),))
 
+    @cached_property
+    def _by_hash(self) -> dict[str, int]:
+        return {f.sha256: i for i, f in enumerate(self.files)}
+
     def get(self, sha256: str) -> FileRecord | None:
-        return next((f for f in self.files if f.sha256 == sha256), None)
+        i = self._by_hash.get(sha256)
+        return None if i is None else self.files[i]
 
     @property
     def rows_learned(self) -> int:
@@ -148,6 +154,7 @@ def learn(ledger: Ledger, pieces: Sequence[Piece], n_train: int) -> tuple[Ledger
     if not 0 <= n_train <= sum(p.new_rows for p in pieces):
         raise ValueError(f"cannot learn {n_train} rows of {sum(p.new_rows for p in pieces)} new ones")
     files = list(ledger.files)
+    where = dict(ledger._by_hash)
     taken: list[int] = []
     left = n_train
     for p in pieces:
@@ -157,9 +164,9 @@ def learn(ledger: Ledger, pieces: Sequence[Piece], n_train: int) -> tuple[Ledger
         if not take:
             continue
         record = FileRecord(p.sha256, p.size, p.rows, p.start + take, p.name)
-        i = next((i for i, f in enumerate(files) if f.sha256 == p.sha256), None)
-        if i is None:
-            files.append(record)
+        if p.sha256 in where:
+            files[where[p.sha256]] = record
         else:
-            files[i] = replace(files[i], learned=record.learned, name=p.name)
+            where[p.sha256] = len(files)
+            files.append(record)
     return Ledger(tuple(files)), taken
