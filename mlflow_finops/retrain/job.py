@@ -202,7 +202,8 @@ def feature_columns(mp: ModelPolicy, columns: Any, champion: Any, where: str) ->
     if learned and set(learned) != set(wanted):
         extra = [c for c in wanted if c not in learned]
         lacking = [c for c in learned if c not in wanted]
-        parts = ([f"the champion did not learn {', '.join(map(repr, extra))} (add it to drop)"] if extra else []) + (
+        fix = "remove it from features" if mp.features else "add it to drop"
+        parts = ([f"the champion did not learn {', '.join(map(repr, extra))} ({fix})"] if extra else []) + (
             [f"the policy leaves out {', '.join(map(repr, lacking))}, which the champion learned"] if lacking else [])
         raise ColumnError("features differ from the champion's: " + "; ".join(parts))
     return need

@@ -88,6 +88,7 @@ def test_feature_columns(features, drop, champion_cols, data_cols, expected) -> 
         ([], [], ["a", "c"], ["a", "y"], "new data has no feature column 'c'"),
         ([], [], ["a"], ["id", "a", "y"], "the champion did not learn 'id' (add it to drop)"),
         (["a"], [], ["a", "b"], ["a", "b", "y"], "the policy leaves out 'b', which the champion learned"),
+        (["a", "b"], [], ["a"], ["a", "b", "y"], "the champion did not learn 'b' (remove it from features)"),
     ],
 )
 def test_feature_columns_name_what_is_missing_or_differs(features, drop, champion_cols, data_cols,
