@@ -17,21 +17,23 @@ import html
 import io
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
     from matplotlib.figure import Figure
 
-__all__ = ["Chart", "new_figure", "render", "html_page", "html_table", "label", "empty", "write_charts", "PALETTE",
-           "MAX_TOOLTIPS"]
+__all__ = ["Chart", "new_figure", "render", "html_page", "html_table", "label", "shorten", "money_axis",
+           "legend_below", "empty", "write_charts", "PALETTE", "MAX_TOOLTIPS", "NAME_CHARS"]
 
 DPI = 100
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf"]
 MAX_TOOLTIPS = 2000  # more points than this: a plain picture (each tooltip adds to the page's weight)
+NAME_CHARS = 40  # a run or experiment name drawn in a chart is cut to this (the HTML keeps it whole)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Chart:
     svg: str
     header: list[str]
     rows: list[list[str]]
+    figure: "Figure | None" = field(default=None, repr=False, compare=False)  # as drawn: layout can be checked
 
     def pair(self) -> tuple[bytes, str]:
         """``(png, html)``: the chart on its own page."""
@@ -70,32 +73,80 @@ def render(fig: "Figure", title: str, header: list[str], rows: list[list[str]],
     svg = svg[svg.find("<svg"):]  # drop the XML prolog and doctype: it is inlined in HTML
     for gid, tips in (tooltips or {}).items():
         svg = _add_tooltips(svg, gid, tips)
-    return Chart(title, buf.getvalue(), svg, header, rows)
+    return Chart(title, buf.getvalue(), svg, header, rows, fig)
 
 
 def _add_tooltips(svg: str, gid: str, tips: list[str]) -> str:
-    """Give the i-th marker of the collection with ``gid`` a ``<title>`` (browser hover text)."""
-    m = re.search(rf'<g id="{re.escape(gid)}">(.*?)</g>\s*</g>', svg, re.S) or re.search(
-        rf'<g id="{re.escape(gid)}">(.*?)</g>', svg, re.S
-    )
-    if not m:
+    """Give the i-th marker of the collection with ``gid`` a ``<title>`` (browser hover text).
+
+    matplotlib writes a collection's markers as ``<use>`` references, or, for one or
+    two markers, as plain ``<path>`` elements: both are handled.
+    """
+    body = _group_body(svg, gid)
+    if body is None:
         return svg
-    body = m.group(1)
-    uses = list(re.finditer(r"<use [^>]*?/>", body))
-    if len(uses) != len(tips):
+    start, end = body
+    inner = re.sub(r"<defs>.*?</defs>", lambda m: " " * len(m.group(0)), svg[start:end], flags=re.S)
+    marks = list(re.finditer(r"<use [^>]*?/>", inner)) or list(re.finditer(r"<path [^>]*?/>", inner))
+    if len(marks) != len(tips):
         return svg  # markers and points do not line up one to one: keep the plain picture
-    out, last = [], 0
-    for use, tip in zip(uses, tips):
-        out.append(body[last:use.start()])
-        out.append(use.group(0)[:-2] + "><title>" + html.escape(tip) + "</title></use>")
-        last = use.end()
-    out.append(body[last:])
-    return svg[: m.start(1)] + "".join(out) + svg[m.end(1):]
+    out, last = [], start
+    for mark, tip in zip(marks, tips):
+        a, b = start + mark.start(), start + mark.end()
+        out.append(svg[last:a])
+        out.append(svg[a:b - 2] + "><title>" + html.escape(tip) + "</title></" + mark.group(0)[1:5].strip() + ">")
+        last = b
+    out.append(svg[last:])
+    return svg[:start] + "".join(out)
 
 
-def label(text: str) -> str:
-    """Text for a matplotlib title or legend: a literal '$' (money), not mathtext."""
-    return text.replace("$", r"\$")
+def _group_body(svg: str, gid: str) -> tuple[int, int] | None:
+    """Where the content of ``<g id="gid">`` starts and ends in ``svg`` (nested groups included)."""
+    m = re.search(rf'<g id="{re.escape(gid)}">', svg)
+    if not m:
+        return None
+    depth = 1
+    for tag in re.finditer(r"<g[\s>]|</g>", svg[m.end():]):
+        depth += -1 if tag.group(0) == "</g>" else 1
+        if depth == 0:
+            return m.end(), m.end() + tag.start()
+    return None
+
+
+def label(text: str, width: int | None = None) -> str:
+    """Text for a matplotlib title or legend: a literal '$' (money), not mathtext; cut to ``width`` chars if given."""
+    return (shorten(text, width) if width else text).replace("$", r"\$")
+
+
+def shorten(text: str, width: int = NAME_CHARS) -> str:
+    """``text`` on one line, at most ``width`` characters, an ellipsis where it was cut.
+
+    A name of 100 characters must not take the plot's room: charts draw the short form
+    and keep the whole name in the HTML (tooltips, data tables).
+    """
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: max(width - 1, 1)].rstrip() + "\u2026"
+
+
+def money_axis(axis: "Axis") -> None:
+    """Tick labels of a cost axis in the one money format (``format_usd``: $0.10, not 0.1)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    from .money import format_usd
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: label(format_usd(v))))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def legend_below(fig: "Figure", ax: "Axes", fontsize: float = 8) -> None:
+    """The axes' legend under the plot, outside it: it never hides data and never narrows the axes."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    # As many columns as fit across the figure: ~0.6 em per character, plus the marker and the gap.
+    column_px = max(len(t) for t in labels) * fontsize * 0.6 * fig.dpi / 72 + 60
+    ncols = max(1, min(len(handles), 3, int(fig.get_figwidth() * fig.dpi // column_px)))
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=fontsize, frameon=False)
 
 
 def empty(ax: "Axes", message: str) -> None:

@@ -11,7 +11,8 @@ import math
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from ..charting import MAX_TOOLTIPS, PALETTE, Chart, empty, label, new_figure, render
+from ..charting import (MAX_TOOLTIPS, NAME_CHARS, PALETTE, Chart, empty, label, legend_below, money_axis,
+                        new_figure, render, shorten)
 from ..money import format_usd
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,6 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["cost_over_time", "cost_vs_metric", "budget_burndown", "pareto_front"]
 
 _TOP_SERIES = 8  # series drawn one by one; the rest are summed as "other"
+_TITLE_CHARS = 70  # a title's own words (a metric name in it) before its figures
+_NOTE_CHARS = 24  # a Pareto point's run name beside it
 
 
 def _utc(ts: float) -> datetime:
@@ -62,15 +65,23 @@ def cost_over_time(points: Iterable[tuple[str, float, float | None]], title: str
         if key not in xs:
             continue
         ax.step(xs[key], ys[key], where="post", color=colors[key], lw=2,
-                label=label(f"{key} ({format_usd(cum[key])})"), marker="o" if len(xs[key]) < 60 else None, ms=3)
+                label=label(f"{shorten(key)} ({format_usd(cum[key])})"), marker="o" if len(xs[key]) < 60 else None,
+                ms=3)
         rows.extend([key, x.strftime("%Y-%m-%d %H:%M:%S"), f"{y:.6g}"] for x, y in zip(xs[key], ys[key]))
     ax.set_ylabel("cumulative cost (USD)")
+    money_axis(ax.yaxis)
     ax.set_xlabel("run start (UTC)")
-    ax.set_title(label(f"{title} — total {format_usd(sum(totals.values()))}"), fontsize=11)
+    ax.set_title(label(f"{shorten(title, _TITLE_CHARS)} — total {format_usd(sum(totals.values()))}"), fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    legend_below(fig, ax)
     fig.autofmt_xdate()
     return render(fig, title, header, rows)
+
+
+def _middle(values: Sequence[float], log: bool) -> float:
+    """The middle of the x range, as the axis shows it (geometric on a log axis)."""
+    lo, hi = min(values), max(values)
+    return math.sqrt(lo * hi) if log else (lo + hi) / 2
 
 
 def pareto_front(points: Sequence[tuple[float, float]], goal: str = "max") -> list[int]:
@@ -113,7 +124,7 @@ def cost_vs_metric(points: Sequence[tuple[str, float | None, float | None, str]]
     for k, s in enumerate(series):
         idx = [i for i, p in enumerate(pts) if p[3] == s]
         coll = ax.scatter([pts[i][1] for i in idx], [pts[i][2] for i in idx], s=28, color=colors[s],
-                          alpha=0.75, label=label(s), edgecolors="none")
+                          alpha=0.75, label=label(s, NAME_CHARS), edgecolors="none")
         if len(pts) <= MAX_TOOLTIPS:
             gid = f"finops-points-{k}"
             coll.set_gid(gid)
@@ -121,16 +132,22 @@ def cost_vs_metric(points: Sequence[tuple[str, float | None, float | None, str]]
     fr = sorted(front, key=lambda i: pts[i][1])
     ax.plot([pts[i][1] for i in fr], [pts[i][2] for i in fr], color="#111", lw=1.2, ls="--", zorder=3,
             marker="D", mfc="none", ms=9, label="Pareto front (best metric for the money)")
-    for i in fr[:12]:
-        ax.annotate(label(pts[i][0]), (pts[i][1], pts[i][2]), textcoords="offset points", xytext=(6, 4), fontsize=7)
     costs = [p[1] for p in pts]
     if len(set(costs)) > 1 and min(costs) > 0 and max(costs) / min(costs) > 50:
         ax.set_xscale("log")
+    mid = _middle(costs, ax.get_xscale() == "log")
+    for i in fr[:12]:
+        right = pts[i][1] > mid  # right half: the name goes to the left of the point, inside the plot
+        note = ax.annotate(label(pts[i][0], _NOTE_CHARS), (pts[i][1], pts[i][2]), textcoords="offset points",
+                           xytext=(-6 if right else 6, 4), ha="right" if right else "left", fontsize=7, clip_on=True)
+        note.set_in_layout(False)  # a name never narrows the plot
     ax.set_xlabel("run cost (USD)")
-    ax.set_ylabel(f"{metric} ({'higher' if goal == 'max' else 'lower'} is better)")
-    ax.set_title(label(f"{title}: {len(fr)} of {len(pts)} runs on the Pareto front"), fontsize=11)
+    money_axis(ax.xaxis)
+    ax.set_ylabel(label(f"{shorten(metric, NAME_CHARS)} ({'higher' if goal == 'max' else 'lower'} is better)"))
+    ax.set_title(label(f"{shorten(title, _TITLE_CHARS)}: {len(fr)} of {len(pts)} runs on the Pareto front"),
+                 fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    legend_below(fig, ax)
     order = sorted(range(len(pts)), key=lambda i: pts[i][1])
     rows = [[pts[i][0], pts[i][3], f"{pts[i][1]:.6g}", f"{pts[i][2]:.6g}", "yes" if i in front else ""] for i in order]
     return render(fig, title, header, rows, tooltips)
@@ -171,12 +188,13 @@ def budget_burndown(statuses: Sequence["BudgetStatus"], title: str = "Budget bur
         ax.axhline(0, color="#b91c1c", lw=1)
         ax.set_xlim(_utc(t0), _utc(t1))
         state = st.state
-        ax.set_title(label(f"{st.name}: {format_usd(st.spent_usd)} of {format_usd(st.amount_usd)} "
+        ax.set_title(label(f"{shorten(st.name, 30)}: {format_usd(st.spent_usd)} of {format_usd(st.amount_usd)} "
                            f"per {st.envelope.period} [{state}]"),
                      fontsize=10, color="#b91c1c" if st.exceeded else ("#b45309" if st.warn else "#222"))
         ax.set_ylabel("remaining (USD)")
+        money_axis(ax.yaxis)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", fontsize=7)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=2, fontsize=7, frameon=False)
         for tick in ax.get_xticklabels():
             tick.set_rotation(25)
             tick.set_fontsize(7)
