@@ -26,6 +26,8 @@ filters. What the columns hold, and why:
   key prefix (``finops.``) is the provider's, values unaltered.
 - **Custom columns** (``x_``): core/GPU hours, energy, CO2e, idle cost, experiment,
   model, team, cost centre, workload, price profile, allocation mode, run status.
+- **Left out**: the conditional columns whose condition never holds here (commitment
+  discounts, capacity reservations, SKUs, regions, invoices, pricing currencies).
 """
 
 from __future__ import annotations

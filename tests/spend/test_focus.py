@@ -150,6 +150,11 @@ def test_parquet_has_focus_types_and_the_same_rows(tracked_store: dict, tmp_path
     assert table.schema.field("Tags").type == pa.string()
     csv_rows = read_csv(invoke("--format", "focus", "--focus-provider", "ML platform"))
     assert table.column("BilledCost").to_pylist() == [float(r["BilledCost"]) for r in csv_rows]
+    days = tmp_path / "days.csv"
+    invoke("--format", "focus", "--focus-granularity", "day", "-o", str(days))
+    day_rows = read_csv(days.read_text(encoding="utf-8"))
+    assert_focus(day_rows)
+    assert sum(float(r["BilledCost"]) for r in day_rows) == pytest.approx(sum(table.column("BilledCost").to_pylist()))
     assert set(table.column("ProviderName").to_pylist()) == {"ML platform"}
     assert table.column("ChargeClass").null_count == table.num_rows
 
