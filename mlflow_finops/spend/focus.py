@@ -265,7 +265,10 @@ def to_parquet(rows: Sequence[Mapping[str, object]], path: str) -> None:
 
 def write(report: "CostReport", output: str | None, *, granularity: Granularity = "run",
           provider: str = PROVIDER) -> str | None:
-    """Write the report's FOCUS rows to ``output`` (Parquet for ``*.parquet``, else CSV); the CSV text when no output."""
+    """Write the report's FOCUS rows to ``output``: Parquet for ``*.parquet``, else CSV.
+
+    Returns the CSV text instead when there is no ``output`` (stdout).
+    """
     rows = focus_rows(report.runs, report.tags, granularity=granularity, provider=provider)
     if output and output.lower().endswith((".parquet", ".pq")):
         to_parquet(rows, output)
