@@ -8,8 +8,8 @@ still asks for pre-1.0 column names (Provider, Publisher, InvoiceIssuer, Resourc
 and downloads the ISO currency list while validating. It cannot join ``[test]``.
 
 The rules checked, from the FOCUS 1.2 column pages and attributes: every mandatory column
-present; column ids PascalCase, custom ones ``x_``-prefixed; non-null where the spec says so for Usage rows; allowed values
-(ChargeCategory, ChargeClass, ChargeFrequency, ServiceCategory, PricingCategory);
+present; column ids PascalCase, custom ones ``x_``-prefixed; non-null where the spec says so
+for Usage rows; allowed values (ChargeCategory, ChargeClass, ChargeFrequency, ServiceCategory, PricingCategory);
 ISO 4217 currency; numeric format (plain decimals: no exponent, sign, unit, comma);
 date/time format ``YYYY-MM-DDTHH:mm:ssZ`` in UTC, start inclusive before end
 exclusive, billing periods whole months; List = Contracted = Billed = Effective cost
