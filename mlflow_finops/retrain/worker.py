@@ -153,40 +153,49 @@ class RetrainWorker:
 
     # ---------------------------------------------------------------- inside
     def _run(self, r: _Retrain, policy_path: str, model: str, run_id: str, env: dict[str, str]) -> None:
-        status, message = "FAILED", ""
         try:
-            with self._one:
-                with self._lock:
-                    if r.stop_requested:
-                        r.status, r.message = "STOPPED", "stopped before it started"
-                        return
-                    r.status, r.start_ms = "RUNNING", int(time.time() * 1000)
-                self._last_run = (run_id, policy_path, env)
+            status, message = self._attempt(r, policy_path, model, run_id, env)
+        except RetrainStopped:  # landed after the retrain's own handlers
+            status, message = "STOPPED", "stopped"
+        while True:  # a stop landing here is the retrain's only one (stop() sends one): the retry succeeds
+            try:
+                self._finish(r, status, message)
+                return
+            except RetrainStopped:
+                continue
+
+    def _attempt(self, r: _Retrain, policy_path: str, model: str, run_id: str,
+                 env: dict[str, str]) -> tuple[str, str]:
+        """The retrain, once the one before it ended: its status in Ray's names, and its last word."""
+        with self._one:
+            with self._lock:
+                if r.stop_requested:
+                    return "STOPPED", "stopped before it started"
+                r.status, r.start_ms = "RUNNING", int(time.time() * 1000)
+            self._last_run = (run_id, policy_path, env)
+            try:
                 with self._env(env):
                     state = self._job.run_job(self._job.load_config(policy_path or None, model), run_id, r.cap_usd)
-                status = "SUCCEEDED" if state.value in _SUCCEEDED else "FAILED"
-                message = f"retrain ended {state.value}"
-        except RetrainStopped:
-            status, message = "STOPPED", "stopped"
-        except Exception as exc:
-            _log.exception("retrain %s failed", r.token)
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            message = f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]
-        finally:
-            with self._lock:
-                if r.status != "STOPPED":
-                    r.status, r.message = ("STOPPED", "stopped") if r.stop_requested else (status, message)
-                self._last_work = time.monotonic()
-                ended = [t for t, x in self._retrains.items() if x.status in ENDED]
-                for t in ended[:-KEEP_ENDED]:
-                    del self._retrains[t]
+            except RetrainStopped:
+                return "STOPPED", "stopped"
+            except Exception as exc:
+                _log.exception("retrain %s failed", r.token)
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                return "FAILED", f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]
+        return ("SUCCEEDED" if state.value in _SUCCEEDED else "FAILED"), f"retrain ended {state.value}"
+
+    def _finish(self, r: _Retrain, status: str, message: str) -> None:
+        with self._lock:
+            r.status, r.message = ("STOPPED" if r.stop_requested else status), message
+            self._last_work = time.monotonic()
+            ended = [t for t, x in self._retrains.items() if x.status in ENDED]
+            for t in ended[:-KEEP_ENDED]:
+                del self._retrains[t]
 
     @contextlib.contextmanager
     def _env(self, env: dict[str, str]) -> Iterator[None]:
-        """The retrain's ``MLFLOW_*`` settings (what a job's runtime env holds), then the actor's own again.
-
-        Charged from the actor's mark, not from its process start (that is the first retrain's only).
-        """
+        """The retrain's ``MLFLOW_*`` settings (what a job's runtime env holds), then the actor's own
+        again; without ``MLFLOW_FINOPS_CHARGE_PROCESS_START``: here a run is charged from the actor's mark."""
         env = {k: v for k, v in env.items() if k != ENV_CHARGE_PROCESS_START}
         os.environ.update(env)
         try:

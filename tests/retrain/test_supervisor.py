@@ -50,6 +50,7 @@ target = "y"
 registered_model = "{model}-{tag}"
 [models.{model}.drift]
 min_rows = 100
+retrain_on = "drift"
 [models.{model}.retrain]
 runner = "job"
 ray_address = "{jobs}"
