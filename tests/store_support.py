@@ -8,12 +8,14 @@ mutant) copies it instead of migrating again.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import mlflow
 import pytest
@@ -46,16 +48,30 @@ def copied_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     mlflow.set_tracking_uri(None)
 
 
-@pytest.fixture(scope="module")
-def rest_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """MLflow's own tracking server app (the REST handlers ``mlflow server`` serves) on 127.0.0.1,
-    in a thread of this process, over a copied SQLite store: an HTTP store in milliseconds."""
-    from mlflow.server import app, handlers
+@contextmanager
+def serve_wsgi(app: Any, name: str) -> Iterator[str]:
+    """``app`` on 127.0.0.1 in a thread of this process, quietly; yields its URL."""
     from werkzeug.serving import WSGIRequestHandler, make_server
 
     class Quiet(WSGIRequestHandler):
         def log_request(self, *args: object, **kwargs: object) -> None:
             pass
+
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def rest_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """MLflow's own tracking server app (the REST handlers ``mlflow server`` serves) on 127.0.0.1,
+    in a thread of this process, over a copied SQLite store: an HTTP store in milliseconds."""
+    from mlflow.server import app, handlers
 
     root = tmp_path_factory.mktemp("rest-store")
     shutil.copy(template_db(), root / "mlflow.db")
@@ -63,12 +79,30 @@ def rest_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     handlers._tracking_store = None  # the app keeps its store in a global: point it at this test's
     handlers._get_tracking_store(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
     mlflow.set_tracking_uri(None)  # (which also set this process's tracking URI)
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
-    thread = threading.Thread(target=server.serve_forever, name="mlflow-rest-store", daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with serve_wsgi(app, "mlflow-rest-store") as url:
+            yield url
     finally:
-        server.shutdown()
-        server.server_close()
         handlers._tracking_store = previous
+
+
+AUTH_USER, AUTH_PASSWORD = "finops-user", "s3cret"
+
+
+@pytest.fixture(scope="module")
+def auth_rest_store(rest_store: str) -> Iterator[str]:
+    """The same store behind HTTP basic auth (as a proxy in front of ``mlflow server`` would put it):
+    a request without ``AUTH_USER:AUTH_PASSWORD`` gets 401. Yields the URL without credentials."""
+    from mlflow.server import app
+
+    expected = "Basic " + base64.b64encode(f"{AUTH_USER}:{AUTH_PASSWORD}".encode()).decode()
+
+    def guarded(environ: dict, start_response: Any) -> Any:
+        if environ.get("HTTP_AUTHORIZATION") != expected:
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="mlflow"'),
+                                                ("Content-Length", "0")])
+            return [b""]
+        return app(environ, start_response)
+
+    with serve_wsgi(guarded, "mlflow-auth-store") as url:
+        yield url

@@ -69,3 +69,10 @@ def test_errors_name_the_variable_or_argument(env: dict, overrides: dict | None,
         PriceCatalog.resolve(PriceCatalog(pue=1.3), env, overrides)
     assert str(err.value) == message
     assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_the_longest_matching_gpu_key_wins_not_the_last_in_sort_order() -> None:
+    prices = PriceCatalog(gpu_hour_usd_by_model={"h100": 2.0, "NVIDIA H100": 3.0, "a100": 1.0})
+    assert prices.gpu_hour_price("NVIDIA H100 80GB HBM3") == 3.0  # "h100" sorts after "NVIDIA H100"
+    assert prices.gpu_hour_price("H100 PCIe") == 2.0
+    assert prices.gpu_hour_price("Tesla T4") == prices.gpu_hour_price(None) == 0.95

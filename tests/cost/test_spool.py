@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+import psutil
 import pytest
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
-from store_support import copied_store, rest_store  # noqa: F401
+from store_support import AUTH_PASSWORD, AUTH_USER, auth_rest_store, copied_store, rest_store  # noqa: F401
 
 from mlflow_finops.cost import delivery as d
 from mlflow_finops.cost.delivery import (
@@ -337,6 +338,11 @@ def test_lease_names_read_back() -> None:
         path = folder / name
         path.write_text("")
         assert d._lease_of(path) == (name[: -len(path.suffix)], None, None, path.stat().st_mtime)
+    # the stem is whatever precedes the last three parts (or, in an old claim, the pid)
+    assert d._lease_of(folder / f"a~b~123~h~{now}.sending") == ("a~b", 123, "h", float(now))
+    older = folder / "a.b.789.sending"
+    older.write_text("")
+    assert d._lease_of(older) == ("a.b", 789, HOST, older.stat().st_mtime)
     assert d._leased("stem", ".sending").startswith(f"stem~{os.getpid()}~{HOST}~")
     assert abs(int(d._leased("s", ".x")[:-2].rsplit("~", 1)[1]) - time.time()) < 5
 
@@ -348,6 +354,9 @@ def test_who_holds_a_lease() -> None:
     assert d._holder_alive(os.getpid(), HOST, now)
     assert not d._holder_alive(dead_pid(), HOST, now)
     assert not d._holder_alive(os.getpid(), HOST, now - 3600)  # this pid started after the lease was taken
+    started = psutil.Process().create_time()
+    assert d._holder_alive(os.getpid(), HOST, started - 1.0)  # a second's slack for clocks
+    assert not d._holder_alive(os.getpid(), HOST, started - 1.5)
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and open(f"/proc/{zombie.pid}/stat").read().split()[2] != "Z":
@@ -533,6 +542,44 @@ def test_sync_recovers_dead_claims_first(client: MlflowClient, copied_store: str
     assert sync_spool() == (1, 0, 0)
     assert history(client, run_id) == [(3.0, 6)]
     assert list(spool_dir().iterdir()) == []
+
+
+def test_a_sync_interrupted_mid_delivery_leaves_its_claim_to_itself(
+    client: MlflowClient, copied_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = spool_file(cost_batch(copied_store, new_run(client), 6))
+
+    def interrupted(batch: Batch) -> None:
+        raise KeyboardInterrupt  # the injected fault: the process is stopped while sending
+
+    t0 = int(time.time())
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(d, "deliver", interrupted)
+        sync_spool()
+    [claim] = spool_dir().iterdir()
+    stem, pid, host, since = claim.name.removesuffix(".sending").split("~")
+    assert (stem, pid, host, claim.suffix) == (path.stem, str(os.getpid()), HOST, ".sending")
+    assert t0 <= int(since) <= time.time()
+    assert sync_spool() == (0, 0, 0)  # its holder lives: nobody else sends it
+    assert list(spool_dir().iterdir()) == [claim]
+
+
+def test_sync_sends_with_the_credentials_of_the_process_that_syncs(auth_rest_store: str) -> None:
+    """The file holds no password; the sync's store (argument, else tracking URI) supplies it."""
+    with_creds = auth_rest_store.replace("http://", f"http://{AUTH_USER}:{AUTH_PASSWORD}@")
+    client = MlflowClient(with_creds)
+    run_id = new_run(client)
+    spool_file(cost_batch(with_creds, run_id, 5))
+    assert AUTH_PASSWORD not in "".join(p.read_text() for p in spool_dir().glob("*.jsonl"))
+    assert sync_spool() == (0, 1, 0)  # no credentials here for that store: refused (401), kept
+    assert sync_spool(with_creds) == (1, 0, 0)
+    spool_file(cost_batch(with_creds, run_id, 6))
+    mlflow.set_tracking_uri(with_creds)
+    try:
+        assert sync_spool() == (1, 0, 0)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert history(client, run_id) == [(2.5, 5), (3.0, 6)]
 
 
 def test_corrupt_lines_go_to_dead_letters_with_reasons(client: MlflowClient, copied_store: str,

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from mlflow_finops.policy import OffPeakRange, WindowPolicy
-from mlflow_finops.retrain.windows import cluster_free_resources, window_state
+from mlflow_finops.retrain.windows import cluster_free_resources, free_resources, judge_window, window_state
 
 MONDAY_3AM = datetime(2026, 1, 5, 3, 0, 30, tzinfo=timezone.utc)
 ONE_MINUTE = WindowPolicy(off_peak=[OffPeakRange(days=["mon"], start="03:00", end="03:01")])
@@ -100,3 +100,19 @@ def test_the_clock_given_is_the_one_judged(busy: str) -> None:
     assert state.off_peak and not state.open
     state = window_state(WindowPolicy(off_peak=ONE_MINUTE.off_peak, min_free_cpus=1), None, MONDAY_3AM)
     assert (state.off_peak, state.reason) == (True, "no Ray cluster to read free resources from")
+
+
+# ------------------------------------------------------------------ the numbers given to the rule
+@pytest.mark.parametrize("free_cpus, free_gpus", [(None, None), (4.0, None), (None, 4.0)])
+def test_either_figure_unknown_closes_a_window_that_needs_the_cluster(free_cpus: float | None,
+                                                                      free_gpus: float | None) -> None:
+    state = judge_window(WindowPolicy(min_free_cpus=1, min_free_gpus=1), MONDAY_3AM, free_cpus, free_gpus)
+    assert (state.open, state.reason) == (False, "the cluster's free resources are unknown")
+
+
+@pytest.mark.parametrize("report, free", [
+    ({}, (0.0, 0.0)),  # no usage reported: nothing free
+    ({"usage": {"CPU": [1.0, 4.0, "extra"], "GPU": [0.25, 1.0, 9]}}, (3.0, 0.75)),  # [used, total, ...]
+])
+def test_free_resources_reads_used_and_total_only(report: dict, free: tuple[float, float]) -> None:
+    assert free_resources({"data": {"clusterStatus": {"loadMetricsReport": report}}}) == free

@@ -168,3 +168,14 @@ def test_groups_of_equal_cost_are_in_key_order() -> None:
 def test_sorted_runs_tracked_by_cost_then_untracked_newest_first() -> None:
     assert [r.run_id for r in rollup.sorted_runs(RUNS)] == ["n2", "n1", "r2", "r1", "r3", "u2", "u1"]
     assert [r.run_id for r in rollup.sorted_runs(iter(RUNS[:2]))] == ["r2", "r1"]
+
+
+def test_the_first_of_equal_runs_stays_best_in_either_direction() -> None:
+    runs = [rc("first", 1.0, metric=0.5), rc("second", 2.0, metric=0.5)]
+    assert rollup.total(runs, "max").best_run_id == "first"
+    assert rollup.total(runs, "min").best_run_id == "first"
+
+
+def test_a_free_run_sorts_after_a_cheap_one() -> None:
+    runs = [rc("free", 0.0), rc("cheap", 0.5), rc("dear", 3.0)]
+    assert [r.run_id for r in rollup.sorted_runs(runs)] == ["dear", "cheap", "free"]

@@ -147,6 +147,7 @@ def test_status_figures_and_the_debug_line(client: MlflowClient, exp: str, caplo
     assert (st.name, st.amount_usd, st.spent_usd, st.remaining_usd) == ("churn", 10, 8.0, 2.0)
     assert st.projected_usd == pytest.approx(8.0 / (15.5 / 30))
     assert st.warn  # 8 >= 0.8 * 10: the threshold itself warns
+    assert st.to_dict()["elapsed_fraction"] == 0.516667  # 15.5 / 30, to the sixth decimal
     assert [r.getMessage() for r in caplog.records if r.name == "mlflow_finops.spend.budget"] == [
         "budget churn: $8.00 of $10.00 over 1 run(s)"]
 
