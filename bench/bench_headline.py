@@ -1,50 +1,49 @@
-"""Headline benchmark (issue 7): drift-gated, budget-limited incremental retraining vs scheduled retraining.
+"""Headline benchmark: is harm- and cost-aware incremental retraining worth it, on real drifting data?
 
-The claim this project exists to prove, measured on the same stream in one run.
-Three policies, each in its own fresh folder with its own SQLite MLflow store
-(``<out>/<policy>/mlflow.db``), each in its own process, one after the other:
+Streams, each cut in time order into a reference window (the first champion's
+training data) and windows that arrive one by one:
 
-- **scheduled**: retrain on a fixed schedule, every window, the way a team does
-  without a gate: a full retrain from scratch (the champion's configuration) on
-  all the data seen so far (reference + every window up to now), in-process
-  under ``mlflow_finops.autolog()``, logged and registered
-  (``mlflow.sklearn.log_model(..., registered_model_name=...)``, alias
-  ``champion``);
-- **never**: the champion trained on the reference, never retrained;
-- **gated**: ``examples/retrain_loop.py`` itself (``run_loop``): per window
-  ``mlflow_finops.run_schedule(policy, once=True)`` runs the Evidently drift
-  gate and, on drift, submits a budget-limited incremental retrain as a real Ray
-  job, which the loop then supervises to its end
-  (``RetrainSupervisor.run_pending(model, wait=True)``: the schedule itself never
-  waits for a job), promoted only when better. It uses a local Ray
-  cluster: one that answers on 127.0.0.1:8265, else the bench starts one with
-  ``mlflow-finops ray up`` (as the example would) before the loop and stops
-  exactly that cluster's processes after it (not ``ray stop``: that stops every
-  Ray cluster of the user on the machine, e.g. a test suite's running beside).
-  That cluster gets its own Ray temp dir (``RAY_TMPDIR``): a job's driver connects
-  to the cluster named in ``<temp dir>/ray/ray_current_cluster``, the one started
-  last there, so with the shared ``/tmp/ray`` and another local cluster started
-  meanwhile, the retrain job's ``ray.init()`` would go to that other cluster.
+- **synthetic**: ``examples/stream.py`` (drift at windows 3 and 6);
+- **rialto**: ``shared/data/rialto.csv.gz`` (82,250 rows, 27 features, 10 classes; daylight and weather);
+- **insects**: ``shared/data/insects_gradual.csv.gz`` (24,150 rows, 33 features, 6 classes; temperature).
 
-Same stream (``examples/stream.py``, seed 0, drift at windows 3 and 6), same
-initial champion (``examples/retrain_loop.py``: ``train_champion``, a
-RandomForest on window 0), same price policy (the example's ``finops.toml``).
+Policies, each in its own process with its own fresh SQLite MLflow store
+(``<out>/<stream>/<policy>/mlflow.db``), one after the other, all starting from
+the same champion (``train_champion`` of ``examples/retrain_loop.py``:
+RandomForestClassifier(60) on the reference) and the same policy file:
 
-Figures per policy: total cost = the sum of ``finops/cost_usd`` over every
-tracked, non-nested run in that policy's store (``build_report``: champion
-training, drift checks, retrains); number of retrains; and the mean
-prequential accuracy over windows 1..N: the champion in production when a
-window arrives, scored on that window before any retrain on it.
-Target: gated cost <= 40% of scheduled, gated mean accuracy within 1 point of
-scheduled and clearly above never.
+- **(a) scheduled**: after every window a full retrain from scratch on everything
+  seen so far, in-process under ``mlflow_finops.autolog()``, logged and registered
+  as the new ``@champion``;
+- **(b) never**: the first champion stays;
+- **(c) gated**: ``run_loop`` of ``examples/retrain_loop.py`` with its defaults (the
+  gate on every window, the project's retrain trigger, incremental retrains as Ray
+  jobs driven to their end, promoted only when better);
+- **(d) every**: an incremental retrain every window, no gate, no trigger: per window
+  ``request_retrain`` then ``RetrainSupervisor.run_pending(model, wait=True)``, the same
+  jobs as (c) on the same kind of cluster;
+- **(e) anchor**: the classic accuracy alarm: a full retrain like (a) when the champion's
+  accuracy on a window is more than 2 points below its baseline: its accuracy on the
+  first window it served (a from-scratch retrain has no held-out score of its own).
 
-Prints the table, writes ``bench/headline.png`` and the section
-``## Headline: drift-gated vs scheduled retraining`` of ``bench/README.md``, and
-logs the table (CSV) and chart to a run of experiment ``finops-bench`` in the
-gated policy's store.
+(c) and (d) use a Ray cluster of their own (free ports, their own ``RAY_TMPDIR``,
+stopped after; ``ray_cluster`` of the example); no policy uses a cluster that
+happens to answer on the default port.
 
-    .venv/bin/python bench/bench_headline.py            # 8 windows x 20,000 rows, ~10 min on 2 cores
-    .venv/bin/python bench/bench_headline.py --windows 4 --rows 5000 --no-readme   # a quick look
+Per stream and policy: total cost = the sum of ``finops/cost_usd`` over every
+tracked, non-nested run of its store; CPU core-s; drift checks; retrains
+(promoted); mean prequential accuracy (the champion in production scored on
+each window before any retrain on it); wall time. Targets per stream: (c) cost
+<= 40% of (a); (c) mean accuracy >= (a) - 0.5 pt; (c) >= (b) + 1 pt; (c) no
+costlier than (e) at equal or better accuracy.
+
+Prints the tables and the targets, writes ``bench/headline-<stream>.png`` (cost
+vs accuracy) and the Headline section of ``bench/README.md``, and logs every
+figure, the CSV and the charts to a run of experiment ``finops-bench`` in
+``<out>/bench.db``.
+
+    .venv/bin/python bench/bench_headline.py                                     # all streams, all policies
+    .venv/bin/python bench/bench_headline.py --streams insects --scale 0.25 --windows 3 --no-readme   # a quick look
 """
 
 from __future__ import annotations
@@ -52,9 +51,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # drivers of our loopback clusters stay on loopback
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import csv  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -66,26 +65,76 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Iterator  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO / "examples"))
 
-POLICIES = ("scheduled", "never", "gated")
+POLICIES = ("scheduled", "never", "gated", "every", "anchor")
+LETTER = dict(zip(POLICIES, "abcde"))
 LABELS = {
-    "scheduled": "(a) scheduled full retrain, every window",
+    "scheduled": "(a) full retrain every window",
     "never": "(b) never retrain",
-    "gated": "(c) drift-gated incremental (Ray)",
+    "gated": "(c) the loop (gate + trigger, incremental on Ray)",
+    "every": "(d) incremental every window (Ray)",
+    "anchor": "(e) full retrain when accuracy drops > 2 pt",
 }
-SECTION = "## Headline: drift-gated vs scheduled retraining"
+COLORS = {"scheduled": "#c44e52", "never": "#8c8c8c", "gated": "#4c72b0", "every": "#55a868", "anchor": "#dd8452"}
+ANCHOR_DROP = 0.02  # (e): a drop of more than 2 points below the baseline
+SECTION = "## Headline: is retraining worth its cost? (five policies, three streams)"
 BEGIN, END = "<!-- headline:begin (written by bench/bench_headline.py) -->", "<!-- headline:end -->"
-COST_SHARE_TARGET, ACC_POINTS_TARGET = 0.40, 1.0
+COST_SHARE_TARGET = 0.40  # (c) <= 40% of (a)
+ACC_BELOW_A_POINTS = 0.5  # (c) >= (a) - 0.5 pt
+ACC_OVER_B_POINTS = 1.0  # (c) >= (b) + 1 pt
 
 
-# ------------------------------------------------------------------ one policy, in its own process
+@dataclass(frozen=True)
+class Stream:
+    """A data set and how it is cut: a reference, then ``windows`` windows of ``window_rows``."""
+
+    name: str
+    file: str | None  # in DATA; None = the synthetic stream
+    reference_rows: int
+    window_rows: int
+    windows: int
+    target: str = "target"
+    drift_points: tuple[int, ...] = ()
+
+    def scaled(self, scale: float, windows: int | None) -> "Stream":
+        from dataclasses import replace
+
+        return replace(self, reference_rows=max(200, int(self.reference_rows * scale)),
+                       window_rows=max(200, int(self.window_rows * scale)),
+                       windows=min(windows or self.windows, self.windows))
+
+    def load(self):
+        """(reference, windows) in time order."""
+        from stream import DRIFT_POINTS, cut, synthetic
+
+        from mlflow_finops.frames import read_frame
+
+        if self.file is None:
+            assert self.drift_points == DRIFT_POINTS
+            return synthetic(self.windows, self.window_rows, self.reference_rows)
+        return cut(read_frame(DATA / self.file), self.reference_rows, self.window_rows, self.windows)
+
+    def describe(self) -> str:
+        return (f"{self.reference_rows:,}-row reference + {self.windows} windows of {self.window_rows:,} rows"
+                + (f", drift at windows {' and '.join(map(str, self.drift_points))}" if self.drift_points else ""))
+
+
+STREAMS = {
+    "synthetic": Stream("synthetic", None, 10_000, 10_000, 8, target="churned", drift_points=(3, 6)),
+    "rialto": Stream("rialto", "rialto.csv.gz", 8_000, 8_000, 9),
+    "insects": Stream("insects", "insects_gradual.csv.gz", 2_400, 2_400, 9),
+}
+
+
+# ------------------------------------------------------------------ one policy on one stream, in its own process
 def _setup_store(folder: Path) -> None:
     import mlflow
 
@@ -96,57 +145,93 @@ def _setup_store(folder: Path) -> None:
     mlflow.set_tracking_uri(uri)
 
 
-def run_policy(name: str, folder: Path, windows: int, rows: int, n_estimators: int) -> dict:
-    """Run one policy on the stream in ``folder``; returns its per-window figures."""
+def run_policy(name: str, stream: Stream, folder: Path, n_estimators: int) -> dict:
+    """Run policy ``name`` on ``stream`` in ``folder``; its per-window figures."""
+    import functools
+
     import mlflow
     import pandas as pd
-    from mlflow.tracking import MlflowClient
 
     import mlflow_finops
     import retrain_loop as ex
-    from stream import FEATURES, TARGET, window
 
     _setup_store(folder)
-    root = folder / "finops-demo"
+    root = folder / "loop"
+    reference, windows = stream.load()
+    factory = functools.partial(ex.new_model, n_estimators)
     t0 = time.perf_counter()
-    out: dict = {"policy": name, "windows": windows, "rows": rows, "n_estimators": n_estimators}
+    out: dict = {"policy": name, "stream": stream.name, "n_estimators": n_estimators, "reasons": [], "triggers": []}
     if name == "gated":
-        res = ex.run_loop(root, windows, rows, n_estimators=n_estimators, echo=lambda s: print(s, flush=True))
-        out["accuracy"] = res.accuracy
-        out["decisions"] = res.decisions
-        out["retrains"] = res.retrains
-    else:
-        policy = ex.prepare(root)  # the same policy file: same prices and tags
+        res = ex.run_loop(root, reference, windows, target=stream.target, model_factory=factory,
+                          drift_points=stream.drift_points, echo=lambda s: print(s, flush=True))
+        out.update(accuracy=res.accuracy, decisions=res.decisions, retrains=res.retrains, reasons=res.reasons,
+                   triggers=res.triggers, features=res.features)
+        out["wall_s"] = time.perf_counter() - t0
+        return out
+
+    features = ex.resolve_features(reference, stream.target, None, ())
+    out.update(features=features, accuracy=[], decisions=[], retrains=[])
+
+    def setup(ray_address: str | None):
+        policy = ex.prepare(root, ex.policy_text(model=ex.MODEL, registered=ex.REGISTERED, experiment=ex.EXPERIMENT,
+                                                 target=stream.target, features=features, drop=(),
+                                                 ray_address=ray_address))
+        reference.to_parquet(root / "reference.parquet")
         mlflow_finops.autolog(interval_s=1.0)
-        print("training the champion on window 0 ...", flush=True)
-        ex.train_champion(root, policy, n_estimators)
-        seen = [window(0)]  # what train_champion trained on
-        client = MlflowClient()
-        out["accuracy"], out["decisions"], out["retrains"] = [], [], []
-        for w in range(1, windows + 1):
-            df = window(w, rows)
-            acc = ex.champion_accuracy(df)
-            out["accuracy"].append(acc)
-            seen.append(df)
-            done: list[dict] = []
-            if name == "scheduled":
-                t = time.perf_counter()
-                mlflow.set_experiment("finops-demo/training")
-                with mlflow.start_run(run_name=f"scheduled-retrain-w{w}", tags={"finops.model": ex.MODEL}) as run:
-                    data = pd.concat(seen, ignore_index=True)
-                    model = ex.new_model(n_estimators).fit(data[FEATURES], data[TARGET])
-                    info = mlflow.sklearn.log_model(
-                        model, name="model", registered_model_name=ex.REGISTERED,
-                        skops_trusted_types=["sklearn.tree._tree.Tree"],
-                    )
-                    mlflow.log_metric("train/rows", len(data))
-                client.set_registered_model_alias(ex.REGISTERED, "champion", str(info.registered_model_version))
-                done.append({"state": "promoted", "run_id": run.info.run_id, "rows": len(data),
-                             "seconds": time.perf_counter() - t})
-            out["decisions"].append("scheduled" if name == "scheduled" else "-")
-            out["retrains"].append(done)
-            what = f"full retrain on {done[0]['rows']:,} rows, {done[0]['seconds']:.1f} s" if done else "-"
-            print(f"{w:>6}  {acc:>12.3f}  {what}", flush=True)
+        print(f"training the champion on the reference ({len(reference):,} rows) ...", flush=True)
+        ex.train_champion(policy, reference, target=stream.target, features=features, model_factory=factory,
+                          model=ex.MODEL, registered=ex.REGISTERED, experiment=ex.EXPERIMENT)
+        return policy, ex.ChampionScorer(ex.REGISTERED, features, stream.target)
+
+    if name == "every":
+        with ex.ray_cluster(echo=lambda s: print(s, flush=True)) as jobs:
+            policy, scorer = setup(jobs)
+            for w, df in enumerate(windows, start=1):
+                df.to_parquet(root / "incoming" / f"window-{w:02d}.parquet")
+                acc = scorer(df)
+                mlflow_finops.request_retrain(policy, ex.MODEL, reason=f"every window: window {w}")
+                done = [{"state": str(r.state), "cost_usd": r.cost_usd, "ray_job_id": r.ray_job_id,
+                         "run_id": r.run_id, "model_version": r.model_version}
+                        for r in mlflow_finops.RetrainSupervisor(policy).run_pending(ex.MODEL, wait=True)]
+                out["accuracy"].append(acc)
+                out["decisions"].append("every")
+                out["retrains"].append(done)
+                what = "; ".join(f"retrain {d['state']} (${d['cost_usd'] or 0:.6f})" for d in done) or "-"
+                print(f"{w:>6}  {acc:>12.3f}  {what}", flush=True)
+        out["wall_s"] = time.perf_counter() - t0
+        return out
+
+    policy, scorer = setup(None)  # (a), (b), (e): no Ray
+    seen = [reference]
+    baseline: float | None = None  # (e): the champion's accuracy on the first window it served
+    for w, df in enumerate(windows, start=1):
+        acc = scorer(df)
+        out["accuracy"].append(acc)
+        seen.append(df)
+        retrain = name == "scheduled"
+        if name == "anchor":
+            if baseline is None:
+                baseline = acc
+            elif acc < baseline - ANCHOR_DROP:
+                retrain = True
+        done: list[dict] = []
+        if retrain:
+            t = time.perf_counter()
+            mlflow.set_experiment(ex.EXPERIMENT + "/training")
+            with mlflow.start_run(run_name=f"{name}-retrain-w{w}", tags={"finops.model": ex.MODEL}) as run:
+                data = pd.concat(seen, ignore_index=True)
+                model = factory().fit(data[features], data[stream.target])
+                version = ex.log_champion(model, ex.REGISTERED)
+                mlflow.log_metric("train/rows", len(data))
+            done.append({"state": "promoted", "run_id": run.info.run_id, "rows": len(data), "model_version": version,
+                         "seconds": time.perf_counter() - t})
+            if name == "anchor":
+                baseline = None  # the new champion's baseline: its accuracy on the next window
+        out["decisions"].append(name if retrain else "-")
+        out["retrains"].append(done)
+        what = f"full retrain on {done[0]['rows']:,} rows, {done[0]['seconds']:.1f} s" if done else "-"
+        base = f" (baseline {baseline:.3f})" if name == "anchor" and baseline is not None else ""
+        print(f"{w:>6}  {acc:>12.3f}  {what}{base}", flush=True)
     out["wall_s"] = time.perf_counter() - t0
     return out
 
@@ -173,7 +258,6 @@ def store_costs(folder: Path) -> dict:
         "cpu_core_hours": total.cpu_core_hours,
         "runs_counted": len(report.counted),
         "runs_untracked": len(report.untracked),
-        "runs_nested": len(report.nested),
         "checks": sum(1 for r in report.counted if "monitoring" in r.experiment),
         **{f"cost_{k}_usd": v for k, v in parts.items()},
     }
@@ -182,8 +266,10 @@ def store_costs(folder: Path) -> dict:
 def summarize(results: dict[str, dict]) -> list[dict]:
     rows = []
     for name in POLICIES:
+        if name not in results:
+            continue
         r = results[name]
-        jobs = [d for w in r["retrains"] for d in w if d.get("ray_job_id") or name == "scheduled"]
+        jobs = [d for w in r["retrains"] for d in w if d.get("ray_job_id") or name in ("scheduled", "anchor")]
         rows.append({
             "policy": name,
             "label": LABELS[name],
@@ -195,6 +281,7 @@ def summarize(results: dict[str, dict]) -> list[dict]:
             "checks": r["costs"]["checks"],
             "retrains": len(jobs),
             "promoted": sum(1 for d in jobs if d.get("state") == "promoted"),
+            "retrain_windows": [w for w, done in enumerate(r["retrains"], start=1) if done],
             "mean_accuracy": sum(r["accuracy"]) / len(r["accuracy"]),
             "accuracy": r["accuracy"],
             "runs_counted": r["costs"]["runs_counted"],
@@ -204,94 +291,98 @@ def summarize(results: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def verdict(rows: list[dict]) -> dict:
+def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
+    """(target, figure, met) per target; met None when a policy it needs was not run."""
     by = {r["policy"]: r for r in rows}
-    a, b, c = by["scheduled"], by["never"], by["gated"]
-    share = c["cost_usd"] / a["cost_usd"] if a["cost_usd"] else float("nan")
-    gap = (a["mean_accuracy"] - c["mean_accuracy"]) * 100
-    over_never = (c["mean_accuracy"] - b["mean_accuracy"]) * 100
-    return {
-        "cost_share": share,
-        "cost_ok": share <= COST_SHARE_TARGET,
-        "acc_gap_points": gap,
-        "acc_ok": gap <= ACC_POINTS_TARGET,
-        "over_never_points": over_never,
-        "over_never_ok": over_never >= ACC_POINTS_TARGET,  # "clearly above": at least one point
-    }
+    c = by.get("gated")
+    out: list[tuple[str, str, bool | None]] = []
+
+    def need(*names: str) -> bool:
+        return c is not None and all(n in by for n in names)
+
+    if need("scheduled"):
+        a = by["scheduled"]
+        share = c["cost_usd"] / a["cost_usd"] if a["cost_usd"] else float("nan")
+        out.append(("(c) cost <= 40% of (a)", f"{share:.1%}", share <= COST_SHARE_TARGET))
+        gap = (c["mean_accuracy"] - a["mean_accuracy"]) * 100
+        out.append(("(c) mean accuracy >= (a) - 0.5 pt", f"{gap:+.2f} pt", gap >= -ACC_BELOW_A_POINTS))
+    if need("never"):
+        over = (c["mean_accuracy"] - by["never"]["mean_accuracy"]) * 100
+        out.append(("(c) mean accuracy >= (b) + 1 pt", f"{over:+.2f} pt", over >= ACC_OVER_B_POINTS))
+    if need("anchor"):
+        e = by["anchor"]
+        d_acc = (c["mean_accuracy"] - e["mean_accuracy"]) * 100
+        share = c["cost_usd"] / e["cost_usd"] if e["cost_usd"] else float("nan")
+        out.append(("(c) no costlier than (e) at equal or better accuracy",
+                    f"cost {share:.0%} of (e), accuracy {d_acc:+.2f} pt", c["cost_usd"] <= e["cost_usd"] and d_acc >= 0))
+    return out
 
 
-def table_text(rows: list[dict], windows: int) -> str:
-    head = ("| policy | total cost (USD) | of which: champion / drift checks / retrains | CPU core-s | "
-            "drift checks | retrains (promoted) | mean accuracy | per window 1.." + str(windows) + " | wall |")
-    lines = [head, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def _ok(met: bool | None) -> str:
+    return "met" if met else "**missed**"
+
+
+def table_text(rows: list[dict]) -> str:
+    n = len(rows[0]["accuracy"])
+    lines = ["| policy | total cost | champion / checks / retrains | CPU core-s | drift checks | retrains (promoted) "
+             f"| retrained after window | mean accuracy | per window 1..{n} | wall |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(
             f"| {r['label']} | ${r['cost_usd']:.6f} | ${r['cost_champion_usd']:.6f} / ${r['cost_checks_usd']:.6f} / "
             f"${r['cost_retrains_usd']:.6f} | {r['cpu_core_s']:.0f} | {r['checks']} | {r['retrains']} ({r['promoted']}) | "
-            f"{r['mean_accuracy']:.4f} | {' '.join(f'{x:.3f}' for x in r['accuracy'])} | {r['wall_s']:.0f} s |"
+            f"{' '.join(map(str, r['retrain_windows'])) or '-'} | {r['mean_accuracy']:.4f} | "
+            f"{' '.join(f'{x:.3f}' for x in r['accuracy'])} | {r['wall_s']:.0f} s |"
         )
     return "\n".join(lines)
 
 
-def to_csv(rows: list[dict]) -> str:
+def targets_text(ts: list[tuple[str, str, bool | None]]) -> str:
+    return "\n".join(["| target | figure | |", "| --- | --- | --- |",
+                      *(f"| {t} | {fig} | {_ok(m)} |" for t, fig, m in ts)])
+
+
+def to_csv(all_rows: dict[str, list[dict]]) -> str:
     buf = io.StringIO()
-    fields = ["policy", "label", "cost_usd", "cost_champion_usd", "cost_checks_usd", "cost_retrains_usd",
+    fields = ["stream", "policy", "label", "cost_usd", "cost_champion_usd", "cost_checks_usd", "cost_retrains_usd",
               "cpu_core_s", "checks", "retrains", "promoted", "mean_accuracy", "accuracy_per_window",
               "runs_counted", "runs_untracked", "wall_s"]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
-    for r in rows:
-        w.writerow({**{k: r[k] for k in fields if k in r},
-                    "accuracy_per_window": " ".join(f"{x:.4f}" for x in r["accuracy"])})
+    for stream, rows in all_rows.items():
+        for r in rows:
+            w.writerow({**{k: r[k] for k in fields if k in r}, "stream": stream,
+                        "accuracy_per_window": " ".join(f"{x:.4f}" for x in r["accuracy"])})
     return buf.getvalue()
 
 
-def chart(rows: list[dict], path: Path, v: dict) -> None:
+def chart(stream: Stream, rows: list[dict], path: Path) -> None:
+    """Cost vs mean accuracy per policy, and accuracy window by window."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 4.2), dpi=110)
+    fig = Figure(figsize=(12, 4.3), dpi=110)
     FigureCanvasAgg(fig)
-    ax1, ax2, ax3 = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.4]})
-    names = ["(a) scheduled", "(b) never", "(c) gated"]
-    colors = ["#c44e52", "#8c8c8c", "#4c72b0"]
-    x = range(len(rows))
-    bottom = [0.0] * len(rows)
-    for key, label, hatch in (("cost_champion_usd", "champion", ""), ("cost_checks_usd", "drift checks", ".."),
-                              ("cost_retrains_usd", "retrains", "//")):
-        vals = [r[key] * 1000 for r in rows]
-        ax1.bar(x, vals, bottom=bottom, color=colors, hatch=hatch, edgecolor="white", label=label)
-        bottom = [b + y for b, y in zip(bottom, vals)]
-    for i, r in enumerate(rows):
-        ax1.text(i, bottom[i], f"${r['cost_usd'] * 1000:.2f}m", ha="center", va="bottom", fontsize=8)
-    ax1.set_xticks(list(x), names, fontsize=8)
-    ax1.set_ylabel("total cost, milli-USD (finops/cost_usd)")
-    ax1.set_title(f"cost: (c) = {v['cost_share']:.0%} of (a)", fontsize=10)
-    from matplotlib.patches import Patch
-
-    ax1.legend(handles=[Patch(facecolor="white", edgecolor="k", hatch=h, label=lab)
-                        for h, lab in (("", "champion"), ("..", "drift checks"), ("//", "retrains"))],
-               fontsize=7, loc="upper center")
-    ax1.set_ylim(0, max(bottom) * 1.3)
-    accs = [r["mean_accuracy"] for r in rows]
-    ax2.bar(x, accs, color=colors)
-    for i, a in enumerate(accs):
-        ax2.text(i, a, f"{a:.3f}", ha="center", va="bottom", fontsize=8)
-    lo = min(accs)
-    ax2.set_ylim(max(0.0, lo - 0.05), min(1.0, max(accs) + 0.02))
-    ax2.set_xticks(list(x), names, fontsize=8)
-    ax2.set_ylabel("mean prequential accuracy")
-    ax2.set_title(f"accuracy: (c) {-v['acc_gap_points']:+.2f} pt vs (a)", fontsize=10)
-    for r, c, n in zip(rows, colors, names):
-        ax3.plot(range(1, len(r["accuracy"]) + 1), r["accuracy"], marker="o", color=c, label=n)
-    for d in (3, 6):
-        if d <= len(rows[0]["accuracy"]):
-            ax3.axvline(d, color="k", lw=0.6, ls=":")
-    ax3.set_xticks(range(1, len(rows[0]["accuracy"]) + 1))
-    ax3.set_xlabel("window (drift at 3 and 6)")
-    ax3.set_ylabel("accuracy of the champion in production")
-    ax3.legend(fontsize=7)
-    ax3.set_title("per window, before any retrain on it", fontsize=10)
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    for r in rows:
+        ax1.scatter(r["cost_usd"] * 1000, r["mean_accuracy"], s=60, color=COLORS[r["policy"]], zorder=3)
+        ax1.annotate(f"({LETTER[r['policy']]}) {r['policy']}\n{r['retrains']} retrains",
+                     (r["cost_usd"] * 1000, r["mean_accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax1.set_xlabel("total cost, milli-USD (sum of finops/cost_usd)")
+    ax1.set_ylabel("mean prequential accuracy")
+    ax1.set_xlim(left=0, right=max(r["cost_usd"] for r in rows) * 1000 * 1.35)
+    ax1.grid(alpha=0.3)
+    ax1.set_title(f"{stream.name}: cost vs accuracy (up and left is better)", fontsize=10)
+    for r in rows:
+        ax2.plot(range(1, len(r["accuracy"]) + 1), r["accuracy"], marker="o", ms=3, color=COLORS[r["policy"]],
+                 label=LABELS[r["policy"]])
+    for d in stream.drift_points:
+        ax2.axvline(d, color="k", lw=0.6, ls=":")
+    ax2.set_xticks(range(1, len(rows[0]["accuracy"]) + 1))
+    ax2.set_xlabel("window" + (f" (drift at {', '.join(map(str, stream.drift_points))})" if stream.drift_points else ""))
+    ax2.set_ylabel("accuracy of the champion in production")
+    ax2.legend(fontsize=7)
+    ax2.set_title("per window, before any retrain on it", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -301,184 +392,191 @@ def write_readme(readme: Path, block: str) -> None:
     generated = f"{BEGIN}\n{block.strip()}\n{END}"
     if BEGIN in text and END in text:
         text = text[: text.index(BEGIN)] + generated + text[text.index(END) + len(END):]
-    elif SECTION in text:
-        i = text.index(SECTION) + len(SECTION)
-        text = text[:i] + "\n\n" + generated + "\n" + text[i:]
-    else:  # the headline goes first: before the first section (after a title and its intro, if any)
+    else:  # the headline goes first: before the first section
         m = re.search(r"^## ", text, flags=re.M)
         i = m.start() if m else len(text)
         text = text[:i] + f"{SECTION}\n\n{generated}\n\n" + text[i:]
     readme.write_text(text)
 
 
-def readme_block(rows: list[dict], v: dict, args: argparse.Namespace, load: tuple[float, float]) -> str:
-    by = {r["policy"]: r for r in rows}
-    a, c = by["scheduled"], by["gated"]
-    ok = lambda b: "met" if b else "**missed**"  # noqa: E731
-    checks_share = c["cost_checks_usd"] / c["cost_usd"] if c["cost_usd"] else float("nan")
-    per_check = c["cost_checks_usd"] / c["checks"] if c["checks"] else float("nan")
-    per_full = a["cost_retrains_usd"] / a["retrains"] if a["retrains"] else float("nan")
-    per_inc = c["cost_retrains_usd"] / c["retrains"] if c["retrains"] else float("nan")
-    cmd = "    .venv/bin/python bench/bench_headline.py"
-    if (args.windows, args.rows, args.n_estimators) != (8, 20_000, 60):
-        cmd += f" --windows {args.windows} --rows {args.rows} --n-estimators {args.n_estimators}"
-    return f"""\
-`bench/bench_headline.py`: the same stream (`examples/stream.py`, seed 0, {args.windows} windows of
-{args.rows:,} rows after a 20,000-row reference window, drift at windows 3 and 6), the same
-initial champion (`RandomForestClassifier({args.n_estimators}, n_jobs=2)` on the reference,
-`train_champion` of `examples/retrain_loop.py`) and the same price policy, three policies, each
-in its own process and fresh SQLite store, one after the other. **(a)** a full retrain from
-scratch on everything seen so far after every window, in-process under `autolog()`, logged and
-registered as the new champion; **(b)** never retrain; **(c)** the example's loop itself
-(`run_loop`): per window `run_schedule(policy, once=True)` = the Evidently drift gate and, on
-drift, a budget-limited incremental retrain (warm start: +2 x 20 trees on the data since the
-champion) as a real Ray job on a local cluster (`mlflow-finops ray up`, 2 CPUs), promoted only
-when better on the newest held-out slice. Cost = sum of `finops/cost_usd` over every tracked,
-non-nested run of the policy's store; accuracy = the champion in production when a window
-arrives, scored on that window before any retrain on it, averaged over windows 1..{args.windows}.
-Machine: {os.cpu_count()} cores, load average {load[0]:.1f} before / {load[1]:.1f} after, {datetime.now():%Y-%m-%d}.
-
-{cmd}
-
-{table_text(rows, args.windows)}
-
-![cost and accuracy per policy](headline.png)
-
-| target | figure | |
-| --- | --- | --- |
-| (c) cost <= 40% of (a) | {v['cost_share']:.1%} | {ok(v['cost_ok'])} |
-| (c) mean accuracy within 1 point of (a) | {-v['acc_gap_points']:+.2f} points | {ok(v['acc_ok'])} |
-| (c) clearly above (b) | {v['over_never_points']:+.2f} points | {ok(v['over_never_ok'])} |
-
-Where (c)'s money goes: drift checks {checks_share:.0%} of its cost ({c['checks']} checks,
-${per_check:.6f} each); an incremental retrain ${per_inc:.6f} on average vs ${per_full:.6f} for one
-of (a)'s full retrains (growing with the data: {a['retrains']} fits on {(20_000 + args.rows) / 1000:g}k..{(20_000 + args.windows * args.rows) / 1000:g}k rows).
-Not in any policy's figure: what runs outside a tracked run (process start and imports,
-the drift gate's construction, the scheduler, the prequential scoring) and the Ray cluster's own
-processes while idle.
-"""
+def trigger_notes(results: dict[str, dict]) -> str:
+    """(c)'s gate and trigger, window by window: what the lead of the trigger tunes from."""
+    g = results.get("gated")
+    if not g:
+        return ""
+    lines = []
+    for w, (dec, reason, trig) in enumerate(zip(g["decisions"], g["reasons"], g["triggers"]), start=1):
+        lines.append(f"  {w}. {dec}: {reason}" + (f" -- trigger {trig}" if trig else ""))
+    return "\n".join(lines)
 
 
-# ------------------------------------------------------------------ the local Ray cluster of policy (c)
-JOBS = "http://127.0.0.1:8265"
+def readme_block(streams: list[Stream], all_rows: dict[str, list[dict]], all_results: dict[str, dict],
+                 all_targets: dict[str, list], cmd: str, load: tuple[float, float], minutes: float) -> str:
+    parts = [f"""\
+`bench/bench_headline.py`, five policies on each stream, each policy in its own process and fresh
+SQLite store, one after the other, all from the same first champion (`RandomForestClassifier(60,
+n_jobs=2)` on the stream's reference, `train_champion` of `examples/retrain_loop.py`) and the same
+policy file (the example's: prices, tags, budget, `[retrain]` warm start +2 x 20 trees, no `[drift]`
+or `[trigger]` keys, so the project's defaults). **(a)** a full retrain from scratch on everything
+seen after every window, in-process under `autolog()`, registered as the new champion; **(b)**
+never; **(c)** `run_loop` of the example: the drift gate on every window (the champion's loss since
+promotion on the labelled window; drift only while labels lag), the project's retrain trigger, and
+incremental retrains as Ray jobs, promoted only when better on the newest held-out rows; **(d)**
+the same incremental retrain requested after every window (`request_retrain` +
+`run_pending(wait=True)`), no gate; **(e)** the classic alarm: a full retrain like (a) when the
+champion's accuracy on a window is more than 2 points below its accuracy on the first window it
+served. (c) and (d) each start their own 2-CPU Ray cluster on free ports with their own
+`RAY_TMPDIR` and stop it after. Cost = sum of `finops/cost_usd` over every tracked, non-nested
+run of the policy's store; accuracy = the champion in production scored on each window before
+any retrain on it (prequential), averaged. Machine: {os.cpu_count()} cores, load average
+{load[0]:.1f} before / {load[1]:.1f} after, {datetime.now():%Y-%m-%d}, {minutes:.0f} min in all.
 
+    {cmd}
+"""]
+    for s in streams:
+        if s.name not in all_rows:
+            continue
+        parts.append(f"""\
+### {s.name}: {s.describe()}
 
-def _jobs_api_answers() -> bool:
-    import requests
+{table_text(all_rows[s.name])}
 
-    from mlflow_finops.ray_cluster import ray_auth_headers
+![{s.name}: cost vs accuracy](headline-{s.name}.png)
 
-    try:
-        return requests.get(JOBS + "/api/version", headers=ray_auth_headers(), timeout=2).ok
-    except requests.RequestException:
-        return False
-
-
-@contextlib.contextmanager
-def local_ray() -> Iterator[str]:
-    """The cluster policy (c) submits its retrain jobs to (the example's Jobs API address).
-
-    If one answers on 127.0.0.1:8265 it is used as it is (the example does the same). Else
-    ``mlflow-finops ray up`` starts one, as the example would, and ``mlflow-finops ray down``
-    stops it afterwards (that cluster's processes only, not other Ray clusters on the machine).
-    """
-    if _jobs_api_answers():
-        yield "an existing cluster on 127.0.0.1:8265"
-        return
-    # Its own temp dir: a Ray job's driver gets RAY_ADDRESS from <temp dir>/ray/ray_current_cluster,
-    # the cluster started last there, which under the shared /tmp/ray can be another one on the machine.
-    tmp = tempfile.mkdtemp(prefix="rhl-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    exe = str(Path(sys.executable).parent / "mlflow-finops")
-    subprocess.run([exe, "ray", "up", "--num-cpus", "2"], check=True, env={**os.environ, "RAY_TMPDIR": tmp})
-    deadline = time.monotonic() + 120
-    while not _jobs_api_answers() and time.monotonic() < deadline:  # the dashboard comes up last
-        time.sleep(1.0)
-    try:
-        yield "a cluster started for this bench (GCS 127.0.0.1:6379)"
-    finally:
-        down = subprocess.run([exe, "ray", "down"], capture_output=True, text=True)
-        print(f"the bench's Ray cluster: {down.stdout.strip()}", flush=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+{targets_text(all_targets[s.name])}
+""")
+        notes = trigger_notes(all_results[s.name])
+        if notes:
+            parts.append(f"(c)'s gate and trigger, window by window:\n\n```\n{notes}\n```\n")
+    parts.append("""\
+Not in any policy's figure: what runs outside a tracked run (process start and imports, the
+gate's construction, the scheduler, the prequential scoring) and the Ray cluster's own processes
+while idle.
+""")
+    return "\n".join(parts)
 
 
 # ------------------------------------------------------------------ driver
+def _choose(text: str | None, known: tuple[str, ...], what: str) -> list[str]:
+    if not text:
+        return list(known)
+    by_letter = {LETTER.get(k, k): k for k in known}
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        name = item if item in known else by_letter.get(item)
+        if name is None:
+            raise SystemExit(f"unknown {what} {item!r}: choose from {', '.join(known)}")
+        out.append(name)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--windows", type=int, default=8)
-    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--streams", help=f"comma-separated, of {', '.join(STREAMS)} (default: all)")
+    ap.add_argument("--policies", help="comma-separated names or letters a-e (default: all)")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every stream's row counts (a quick look: 0.25)")
+    ap.add_argument("--windows", type=int, help="at most this many windows per stream")
     ap.add_argument("--n-estimators", type=int, default=60, help="the champion's forest size (the example's: 60)")
-    ap.add_argument("--out", default=None, help="folder for the three stores (default: a temp folder, kept)")
-    ap.add_argument("--only", choices=POLICIES, action="append", help=argparse.SUPPRESS)
-    ap.add_argument("--no-readme", action="store_true", help="don't write bench/README.md and bench/headline.png")
+    ap.add_argument("--out", default=None, help="folder for the stores (default: a temp folder, kept)")
+    ap.add_argument("--no-readme", action="store_true", help="don't write bench/README.md and bench/headline-*.png")
     ap.add_argument("--run-policy", choices=POLICIES, help=argparse.SUPPRESS)  # the child process
+    ap.add_argument("--stream", choices=list(STREAMS), help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     if args.run_policy:
-        res = run_policy(args.run_policy, Path(args.folder), args.windows, args.rows, args.n_estimators)
+        stream = STREAMS[args.stream].scaled(args.scale, args.windows)
+        res = run_policy(args.run_policy, stream, Path(args.folder), args.n_estimators)
         Path(args.json).write_text(json.dumps(res))
         return
 
+    streams = [STREAMS[s].scaled(args.scale, args.windows) for s in _choose(args.streams, tuple(STREAMS), "stream")]
+    policies = _choose(args.policies, POLICIES, "policy")
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-headline-")).absolute()
     out.mkdir(parents=True, exist_ok=True)
     print(f"stores under {out}", flush=True)
+    t_all = time.perf_counter()
     load0 = os.getloadavg()[0]
-    results: dict[str, dict] = {}
-    for name in args.only or POLICIES:
-        folder = out / name
-        shutil.rmtree(folder, ignore_errors=True)
-        print(f"\n=== {LABELS[name]} ===", flush=True)
-        cmd = [sys.executable, __file__, "--run-policy", name, "--folder", str(folder), "--json",
-               str(out / f"{name}.json"), "--windows", str(args.windows), "--rows", str(args.rows),
-               "--n-estimators", str(args.n_estimators)]
-        t = time.perf_counter()
-        with local_ray() if name == "gated" else contextlib.nullcontext("-") as ray_cluster:
-            if name == "gated":
-                print(f"Ray: {ray_cluster}", flush=True)
-            subprocess.run(cmd, check=True)
-        res = json.loads((out / f"{name}.json").read_text())
-        res["costs"] = store_costs(folder)
-        results[name] = res
-        print(f"--- {name}: {time.perf_counter() - t:.0f} s, cost ${res['costs']['cost_usd']:.6f}", flush=True)
-    if args.only:
-        return
+    all_results: dict[str, dict] = {}
+    all_rows: dict[str, list[dict]] = {}
+    all_targets: dict[str, list] = {}
+    for stream in streams:
+        results: dict[str, dict] = {}
+        for name in policies:
+            folder = out / stream.name / name
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"\n=== {stream.name} ({stream.describe()}): {LABELS[name]} ===", flush=True)
+            cmd = [sys.executable, __file__, "--run-policy", name, "--stream", stream.name, "--folder", str(folder),
+                   "--json", str(out / f"{stream.name}-{name}.json"), "--scale", str(args.scale),
+                   "--n-estimators", str(args.n_estimators)]
+            if args.windows:
+                cmd += ["--windows", str(args.windows)]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd)
+            if proc.returncode != 0:
+                print(f"--- {stream.name}/{name}: FAILED (exit {proc.returncode}); left out", flush=True)
+                continue
+            res = json.loads((out / f"{stream.name}-{name}.json").read_text())
+            res["costs"] = store_costs(folder)
+            results[name] = res
+            print(f"--- {stream.name}/{name}: {time.perf_counter() - t:.0f} s, cost ${res['costs']['cost_usd']:.6f}, "
+                  f"mean accuracy {sum(res['accuracy']) / len(res['accuracy']):.4f}", flush=True)
+        if not results:
+            continue
+        rows = summarize(results)
+        ts = targets(rows)
+        all_results[stream.name], all_rows[stream.name], all_targets[stream.name] = results, rows, ts
+        print(f"\n### {stream.name}: {stream.describe()}\n\n{table_text(rows)}\n\n{targets_text(ts)}", flush=True)
+        for t, fig, met in ts:
+            print(f"{stream.name}: {t}: {fig}: {'met' if met else 'missed'}", flush=True)
+        notes = trigger_notes(results)
+        if notes:
+            print(f"\n{stream.name}: (c)'s gate and trigger, window by window:\n{notes}", flush=True)
+        chart(stream, rows, out / f"headline-{stream.name}.png")
     load1 = os.getloadavg()[0]
+    minutes = (time.perf_counter() - t_all) / 60
+    print(f"\nall done in {minutes:.1f} min", flush=True)
+    if not all_rows:
+        return
 
-    rows = summarize(results)
-    v = verdict(rows)
-    print("\n" + table_text(rows, args.windows))
-    print(f"\n(c) cost = {v['cost_share']:.1%} of (a) (target <= {COST_SHARE_TARGET:.0%}: "
-          f"{'met' if v['cost_ok'] else 'missed'}); (c) accuracy {-v['acc_gap_points']:+.2f} points vs (a) "
-          f"(target within {ACC_POINTS_TARGET:g}: {'met' if v['acc_ok'] else 'missed'}); "
-          f"{v['over_never_points']:+.2f} points vs (b)")
-
-    png = out / "headline.png"
-    chart(rows, png, v)
-    csv_text = to_csv(rows)
-    (out / "headline.csv").write_text(csv_text)
+    (out / "headline.csv").write_text(to_csv(all_rows))
+    shown, skip = [], False  # the command line, without where the stores went
+    for a in sys.argv[1:]:
+        if skip or a == "--out" or a.startswith("--out=") or a == "--no-readme":
+            skip = a == "--out"
+            continue
+        shown.append(a)
+    cmd = " ".join([".venv/bin/python bench/bench_headline.py", *shown])
     if not args.no_readme:
-        shutil.copyfile(png, HERE / "headline.png")
-        write_readme(HERE / "README.md", readme_block(rows, v, args, (load0, load1)))
-        print(f"wrote {HERE / 'headline.png'} and the headline section of {HERE / 'README.md'}")
+        for s in all_rows:
+            shutil.copyfile(out / f"headline-{s}.png", HERE / f"headline-{s}.png")
+        (HERE / "headline.csv").write_text(to_csv(all_rows))
+        write_readme(HERE / "README.md", readme_block(streams, all_rows, all_results, all_targets,
+                                                      cmd, (load0, load1), minutes))
+        print(f"wrote {HERE}/headline-*.png, headline.csv and the headline section of {HERE / 'README.md'}")
 
-    # the table and chart, as artifacts of a run in the gated policy's store
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{out / 'gated' / 'mlflow.db'}")
+    uri = f"sqlite:///{out / 'bench.db'}"
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("finops-bench")
     with mlflow.start_run(run_name=f"headline-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}",
                           tags={"bench": "headline", "host": platform.node()}):
-        mlflow.log_params({"windows": args.windows, "rows": args.rows, "n_estimators": args.n_estimators})
-        for r in rows:
-            p = re.sub(r"\W", "_", r["policy"])
-            mlflow.log_metrics({f"{p}/cost_usd": r["cost_usd"], f"{p}/mean_accuracy": r["mean_accuracy"],
-                                f"{p}/retrains": r["retrains"]})
-        mlflow.log_metrics({"gated_cost_share": v["cost_share"], "gated_acc_gap_points": v["acc_gap_points"]})
+        mlflow.log_params({"streams": ",".join(all_rows), "policies": ",".join(policies), "scale": args.scale,
+                           "windows": args.windows or "all", "n_estimators": args.n_estimators})
+        for s, rows in all_rows.items():
+            for r in rows:
+                p = f"{s}/{r['policy']}"
+                mlflow.log_metrics({f"{p}/cost_usd": r["cost_usd"], f"{p}/mean_accuracy": r["mean_accuracy"],
+                                    f"{p}/retrains": r["retrains"], f"{p}/cpu_core_s": r["cpu_core_s"],
+                                    f"{p}/wall_s": r["wall_s"]})
+            for i, (_, _, met) in enumerate(all_targets[s]):
+                mlflow.log_metric(f"{s}/target_{i + 1}_met", float(bool(met)))
+            mlflow.log_artifact(str(out / f"headline-{s}.png"))
         mlflow.log_artifact(str(out / "headline.csv"))
-        mlflow.log_artifact(str(png))
-    print(f"logged to experiment finops-bench of sqlite:///{out / 'gated' / 'mlflow.db'}")
+    print(f"logged to experiment finops-bench of {uri}")
 
 
 if __name__ == "__main__":

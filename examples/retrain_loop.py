@@ -73,8 +73,11 @@ def new_model(n_estimators: int = N_ESTIMATORS) -> RandomForestClassifier:
 
 
 def policy_text(*, model: str, registered: str, experiment: str, target: str, features: Sequence[str],
-                drop: Sequence[str], ray_address: str, extra: str = "") -> str:
-    """The loop's finops.toml: the project's defaults for the gate and the trigger, plus ``extra``."""
+                drop: Sequence[str], ray_address: str | None, extra: str = "") -> str:
+    """The loop's finops.toml: the project's defaults for the gate and the trigger, plus ``extra``.
+
+    Without ``ray_address`` the policy names no Ray cluster (for uses that submit no retrain job).
+    """
     q = json.dumps  # a JSON string or list of strings is a TOML one
     text = f"""\
 # finops.toml written by examples/retrain_loop.py (data only; see README.md for every key).
@@ -94,7 +97,7 @@ experiment = {q(experiment + "/monitoring")}
 registered_model = {q(registered)}
 
 [retrain]
-ray_address = {q(ray_address)}
+{"ray_address = " + q(ray_address) if ray_address else "# no Ray cluster: nothing here submits a retrain job"}
 metric = "accuracy"
 margin = 0.0                       # promote only when strictly better on the newest slice
 sample_interval_s = 1.0
@@ -130,7 +133,8 @@ def ray_cluster(address: str | None = None, num_cpus: int = 2,
     Ours listens on free ports (never a cluster of someone else that answers on the
     default port) and has its own Ray temp dir: a job's driver connects to the
     cluster started last in its temp dir, which under the shared /tmp/ray can be
-    another one. Only the cluster started here is stopped afterwards.
+    another one. While it runs, ``$RAY_ADDRESS`` is its GCS address: this process joins it
+    as a driver for the warm retrain actor. Only the cluster started here is stopped afterwards.
     """
     if address:
         echo(f"Ray: the cluster at {address} (given)")
@@ -142,23 +146,29 @@ def ray_cluster(address: str | None = None, num_cpus: int = 2,
     gcs_port, dashboard_port = free_ports(2)
     echo(f"Ray: starting our own local cluster ({num_cpus} CPUs, GCS 127.0.0.1:{gcs_port}, "
          f"Jobs API http://127.0.0.1:{dashboard_port}, temp dir {tmp}) ...")
-    saved = os.environ.get("RAY_TMPDIR")
+    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     os.environ["RAY_TMPDIR"] = tmp  # inherited by `ray start` and so by every process of the cluster
+    # as `ray start` got it: 127.0.0.1 stays loopback (else ray.init swaps in this host's address,
+    # where a loopback cluster does not listen); read when ray is first imported
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    cluster = None
     try:
         cluster = start_local_cluster(num_cpus, port=gcs_port, dashboard_port=dashboard_port)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
-    try:
+        # this process joins that cluster as a driver (the warm retrain actor's runner): never "auto"
+        os.environ["RAY_ADDRESS"] = cluster.gcs_address
         yield cluster.jobs_url
     finally:
-        n = stop_local_cluster(gcs_port)
-        echo(f"Ray: stopped our cluster (GCS 127.0.0.1:{gcs_port}, {n} processes)")
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if cluster is not None:
+            n = stop_local_cluster(gcs_port)
+            echo(f"Ray: stopped our cluster (GCS 127.0.0.1:{gcs_port}, {n} processes)")
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -249,6 +259,7 @@ class LoopResult:
     accuracy: list[float] = field(default_factory=list)  # the champion in production, on the window, before any retrain
     decisions: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # the gate's reason per window
+    triggers: list[str] = field(default_factory=list)  # the retrain trigger's verdict on a retrain signal, or ""
     retrains: list[list[dict]] = field(default_factory=list)  # per window: the retrain outcomes
 
 
@@ -318,12 +329,16 @@ def run_loop(
             result.accuracy.append(acc)
             result.decisions.append(str(decision))
             result.reasons.append(out.decision.reason if out and out.decision else "")
+            trigger = getattr(out, "trigger", None)
+            result.triggers.append(f"{'retrain' if trigger.retrain else 'skip'}: {trigger.reason}" if trigger else "")
             result.retrains.append([{"state": str(r.state), "cost_usd": r.cost_usd, "ray_job_id": r.ray_job_id,
                                      "run_id": r.run_id, "model_version": r.model_version} for r in latest.values()])
             marker = "  <- drift point" if w in drift_points else ""
             echo(f"{w:>6}  {decision!s:<18} {acc:>12.3f}  {'; '.join(events) or '-'}{marker}")
             if result.reasons[-1]:
                 echo(f"{'':>8}gate: {result.reasons[-1]}")
+            if result.triggers[-1]:
+                echo(f"{'':>8}trigger: {result.triggers[-1]}")
             time.sleep(0.01)
     return result
 
@@ -355,7 +370,8 @@ def main() -> None:
     ap.add_argument("--registered-model", default=REGISTERED)
     ap.add_argument("--experiment", default=EXPERIMENT, help="prefix of the training and monitoring experiments")
     ap.add_argument("--extra-policy", default="", help="TOML added to the policy, or @FILE")
-    ap.add_argument("--ray-address", help="an existing cluster's Jobs API (default: start our own)")
+    ap.add_argument("--ray-address", help="an existing cluster's Jobs API (default: start our own); for the warm "
+                    "actor runner set $RAY_ADDRESS to that cluster's GCS address too")
     ap.add_argument("--root", default="finops-demo", help="the loop's data and policy folder")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
