@@ -17,8 +17,9 @@ demo: $(VENV)/.installed          ## set everything up and run the whole loop (a
 quickstart: $(VENV)/.installed    ## just the cost of two training runs (a minute)
 	$(PY) examples/quickstart.py
 
-test: $(VENV)/.installed          ## run the test suite (installs Chromium for the UI test where it can)
+test: $(VENV)/.installed          ## run the test suite (installs Chromium for the UI test and PostgreSQL where it can)
 	-bash .ci/install-browser $(PY)
+	-bash .ci/install-postgres $(PY)
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed         ## run every benchmark (long; figures go to bench/README.md)

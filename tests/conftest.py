@@ -60,10 +60,11 @@ def sqlite_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 
 
 class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 over a SQLite store, which tests may stop and restart."""
+    """A real `mlflow server` on 127.0.0.1 over SQLite (or ``backend_uri``), which tests may stop and restart."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, backend_uri: str | None = None):
         self.root = root
+        self.backend_uri = backend_uri or f"sqlite:///{root / 'server.db'}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.pid: int | None = None
@@ -73,7 +74,7 @@ class MlflowServer:
         cmd = [
             str(BIN / "mlflow"), "server",
             "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+            "--backend-store-uri", self.backend_uri,
             "--artifacts-destination", str(self.root / "artifacts"),
             "--workers", "1",
         ]
