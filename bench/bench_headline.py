@@ -324,7 +324,7 @@ def _ok(met: bool | None) -> str:
 
 def table_text(rows: list[dict]) -> str:
     n = len(rows[0]["accuracy"])
-    lines = ["| policy | total cost | champion / checks / retrains | CPU core-s | drift checks | retrains (promoted) "
+    lines = ["| policy | total cost | champion / checks / retrains | CPU core-s | drift checks | retrain attempts (promoted) "
              f"| retrained after window | mean accuracy | per window 1..{n} | wall |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -405,8 +405,12 @@ def trigger_notes(results: dict[str, dict]) -> str:
     if not g:
         return ""
     lines = []
-    for w, (dec, reason, trig) in enumerate(zip(g["decisions"], g["reasons"], g["triggers"]), start=1):
-        lines.append(f"  {w}. {dec}: {reason}" + (f" -- trigger {trig}" if trig else ""))
+    for w, (dec, reason, trig, done) in enumerate(zip(g["decisions"], g["reasons"], g["triggers"], g["retrains"]),
+                                                  start=1):
+        verdict, _, rest = trig.partition(":")  # the trigger's reason repeats the gate's signal first
+        weighed = rest[rest.find("expected"):] if "expected" in rest else rest
+        lines.append(f"  {w}. {dec}: {reason}" + (f"\n     trigger: {verdict}: {weighed.strip()}" if trig else "")
+                     + (f"\n     retrain: {', '.join(d['state'] for d in done)}" if done else ""))
     return "\n".join(lines)
 
 
