@@ -3,7 +3,9 @@
 MLflow migrates a new SQLite database when it is first opened (seconds). The
 migrated empty database is kept once per user and MLflow version under the
 temp dir, so that every pytest process (``make mutation`` starts one per
-mutant) copies it instead of migrating again.
+mutant) copies it instead of migrating again. MLflow's SQL store and server
+modules are imported here, at collection: mutmut forks each mutant's pytest
+from a process that collected the tests, so none of them pays those seconds.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
+import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (see the module doc)
 import pytest
+from mlflow.server import app as mlflow_app
+from mlflow.server import handlers
 from mlflow.tracking import MlflowClient
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 
 def template_db() -> Path:
@@ -51,14 +57,13 @@ def copied_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
 @contextmanager
 def serve_wsgi(app: Any, name: str) -> Iterator[str]:
     """``app`` on 127.0.0.1 in a thread of this process, quietly; yields its URL."""
-    from werkzeug.serving import WSGIRequestHandler, make_server
 
     class Quiet(WSGIRequestHandler):
         def log_request(self, *args: object, **kwargs: object) -> None:
             pass
 
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
-    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=name, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
@@ -71,8 +76,6 @@ def serve_wsgi(app: Any, name: str) -> Iterator[str]:
 def rest_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """MLflow's own tracking server app (the REST handlers ``mlflow server`` serves) on 127.0.0.1,
     in a thread of this process, over a copied SQLite store: an HTTP store in milliseconds."""
-    from mlflow.server import app, handlers
-
     root = tmp_path_factory.mktemp("rest-store")
     shutil.copy(template_db(), root / "mlflow.db")
     previous = handlers._tracking_store
@@ -80,7 +83,7 @@ def rest_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     handlers._get_tracking_store(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
     mlflow.set_tracking_uri(None)  # (which also set this process's tracking URI)
     try:
-        with serve_wsgi(app, "mlflow-rest-store") as url:
+        with serve_wsgi(mlflow_app, "mlflow-rest-store") as url:
             yield url
     finally:
         handlers._tracking_store = previous
@@ -93,8 +96,6 @@ AUTH_USER, AUTH_PASSWORD = "finops-user", "s3cret"
 def auth_rest_store(rest_store: str) -> Iterator[str]:
     """The same store behind HTTP basic auth (as a proxy in front of ``mlflow server`` would put it):
     a request without ``AUTH_USER:AUTH_PASSWORD`` gets 401. Yields the URL without credentials."""
-    from mlflow.server import app
-
     expected = "Basic " + base64.b64encode(f"{AUTH_USER}:{AUTH_PASSWORD}".encode()).decode()
 
     def guarded(environ: dict, start_response: Any) -> Any:
@@ -102,7 +103,7 @@ def auth_rest_store(rest_store: str) -> Iterator[str]:
             start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="mlflow"'),
                                                 ("Content-Length", "0")])
             return [b""]
-        return app(environ, start_response)
+        return mlflow_app(environ, start_response)
 
     with serve_wsgi(guarded, "mlflow-auth-store") as url:
         yield url

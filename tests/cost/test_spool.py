@@ -69,6 +69,15 @@ def messages(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> 
     return [r.getMessage() for r in caplog.records if r.name == d.__name__ and r.levelno == level]
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_http_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's own HTTP defaults where delivery sets none: one retry (so a request made with
+    them shows twice), no backoff, 5 s (not minutes of retries when a setting is lost)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
 @pytest.fixture
 def client(copied_store: str) -> MlflowClient:
     return MlflowClient(copied_store)
@@ -98,7 +107,7 @@ def fault_server(fault: str) -> Iterator[ThreadingHTTPServer]:
     server.fault, server.requests = fault, []  # type: ignore[attr-defined]
     server.daemon_threads = True
     server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     yield server
     server.shutdown()
     server.server_close()

@@ -50,7 +50,7 @@ def serve(fault: str) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Faulty)
     server.fault = fault  # type: ignore[attr-defined]
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
