@@ -8,6 +8,7 @@ import runs. The layers, lowest first:
     spend/       -> shared
     drift/       -> shared, cost
     retrain/     -> shared, cost, spend
+    app/         -> shared, spend (the FinOps page inside `mlflow server`)
     loop         -> drift, retrain (the only module that knows both)
     cli/         -> anything
 """
@@ -21,13 +22,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mlflow_finops"
-PACKAGES = {"cost", "spend", "drift", "retrain", "cli"}
+PACKAGES = {"cost", "spend", "drift", "retrain", "app", "cli"}
 ALLOWED: dict[str, set[str]] = {
     "shared": {"shared"},
     "cost": {"shared", "cost"},
     "spend": {"shared", "spend"},
     "drift": {"shared", "cost", "drift"},
     "retrain": {"shared", "cost", "spend", "retrain"},
+    "app": {"shared", "spend", "app"},
     "loop": {"shared", "drift", "retrain", "loop"},
     "cli": {"shared", "cost", "spend", "drift", "retrain", "loop", "cli", "top"},
     "ray_jobs": {"shared", "cost", "retrain", "top"},
