@@ -58,7 +58,7 @@ class ReportError(ValueError):
     """Bad report arguments (unknown experiment, empty period, bad date): the CLI exits 2."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunCost:
     """The figures of one run a report needs. Cost fields are None for an untracked run."""
 
