@@ -62,9 +62,10 @@ def sqlite_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 class MlflowServer:
     """A real `mlflow server` on 127.0.0.1 over SQLite (or ``backend_uri``), which tests may stop and restart."""
 
-    def __init__(self, root: Path, backend_uri: str | None = None):
+    def __init__(self, root: Path, backend_uri: str | None = None, app_name: str | None = None):
         self.root = root
         self.backend_uri = backend_uri or f"sqlite:///{root / 'server.db'}"
+        self.app_name = app_name  # an `mlflow.app` plugin (`--app-name`)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.pid: int | None = None
@@ -77,6 +78,7 @@ class MlflowServer:
             "--backend-store-uri", self.backend_uri,
             "--artifacts-destination", str(self.root / "artifacts"),
             "--workers", "1",
+            *(["--app-name", self.app_name] if self.app_name else []),
         ]
         # Started through a shell that exits at once: the server is re-parented away from
         # this test process, so it is not part of the process tree the cost tests measure.

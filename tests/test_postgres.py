@@ -18,6 +18,7 @@ from typing import Iterator
 
 import mlflow
 import pytest
+import requests
 from click.testing import CliRunner
 from conftest import MlflowServer
 from drift.test_concurrency import race
@@ -29,6 +30,7 @@ from retrain.test_requests import _all_at_once
 
 import mlflow_finops
 from mlflow_finops.cli import cli
+from mlflow_finops.money import format_usd
 from mlflow_finops.policy import BudgetEnvelope, load_policy
 from mlflow_finops.retrain import request_retrain
 from mlflow_finops.spend.budget import spend
@@ -51,8 +53,11 @@ def postgres() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def mlflow_pg_server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """`mlflow server --backend-store-uri postgresql://...`: the schema is MLflow's own migrations."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-pg-server"), backend_uri=postgres.uri)
+    """`mlflow server --backend-store-uri postgresql://... --app-name finops` (the FinOps page plugin).
+
+    MLflow makes the schema with its own migrations on first start.
+    """
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-pg-server"), backend_uri=postgres.uri, app_name="finops")
     server.start(timeout_s=180)
     yield server
     server.stop()
@@ -204,3 +209,22 @@ def test_report_cli_totals_equal_the_runs(pg_uri: str) -> None:
     assert frame_["metrics.finops/cost_usd"].sum() == pytest.approx(s["cost_usd"])
     report = build_report(experiments=[name], page_size=2)  # small pages: the paging path over REST
     assert report.pages >= 3 and report.total().cost_usd == pytest.approx(sum(costs.values()) + 100.0)
+
+
+def test_finops_page_plugin_sums_the_runs(pg_uri: str) -> None:
+    """The report plugin (`--app-name finops`) reads the PostgreSQL store in-process: its team row is the runs' sum."""
+    client = MlflowClient()
+    team = unique("pg-page-team")
+    exp = client.create_experiment(unique("pg-page"))
+    start = datetime.now(timezone.utc) - timedelta(hours=1)
+    parent = make_run(client, exp, start, 1.25, team=team, model="page-model")
+    make_run(client, exp, start, 2.5, team=team, model="page-model")
+    make_run(client, exp, start, 0.5, team=team, model="page-model", nested_in=parent)  # inside its parent
+    make_run(client, exp, start, None, team=team, model="page-model")  # untracked
+    resp = requests.get(f"{pg_uri}/finops/", params={"since": "2d", "until": "now"}, timeout=300)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    page = resp.text
+    assert "cannot read the tracking store" not in page, page[-2000:]
+    row = page[page.index(f"<td>{team}</td>"):]
+    row = row[: row.index("</tr>")]
+    assert f"<td>{format_usd(3.75)}</td>" in row and "<td>2 (+1 nested)</td>" in row, row
