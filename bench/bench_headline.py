@@ -127,10 +127,10 @@ class Stream:
                 + (f", drift at windows {' and '.join(map(str, self.drift_points))}" if self.drift_points else ""))
 
 
-STREAMS = {
-    "synthetic": Stream("synthetic", None, 10_000, 10_000, 8, target="churned", drift_points=(3, 6)),
+STREAMS = {  # the real streams first
     "rialto": Stream("rialto", "rialto.csv.gz", 8_000, 8_000, 9),
     "insects": Stream("insects", "insects_gradual.csv.gz", 2_400, 2_400, 9),
+    "synthetic": Stream("synthetic", None, 5_000, 5_000, 8, target="churned", drift_points=(3, 6)),
 }
 
 
@@ -371,6 +371,8 @@ def chart(stream: Stream, rows: list[dict], path: Path) -> None:
     ax1.set_xlabel("total cost, milli-USD (sum of finops/cost_usd)")
     ax1.set_ylabel("mean prequential accuracy")
     ax1.set_xlim(left=0, right=max(r["cost_usd"] for r in rows) * 1000 * 1.35)
+    lo, hi = min(r["mean_accuracy"] for r in rows), max(r["mean_accuracy"] for r in rows)
+    ax1.set_ylim(lo - 0.1 * (hi - lo + 0.01), hi + 0.2 * (hi - lo + 0.01))  # room for the labels
     ax1.grid(alpha=0.3)
     ax1.set_title(f"{stream.name}: cost vs accuracy (up and left is better)", fontsize=10)
     for r in rows:
@@ -425,7 +427,8 @@ or `[trigger]` keys, so the project's defaults). **(a)** a full retrain from scr
 seen after every window, in-process under `autolog()`, registered as the new champion; **(b)**
 never; **(c)** `run_loop` of the example: the drift gate on every window (the champion's loss since
 promotion on the labelled window; drift only while labels lag), the project's retrain trigger, and
-incremental retrains as Ray jobs, promoted only when better on the newest held-out rows; **(d)**
+incremental retrains on Ray (the project's default `[retrain] runner`), promoted only when better
+on the newest held-out rows; **(d)**
 the same incremental retrain requested after every window (`request_retrain` +
 `run_pending(wait=True)`), no gate; **(e)** the classic alarm: a full retrain like (a) when the
 champion's accuracy on a window is more than 2 points below its accuracy on the first window it
@@ -433,7 +436,8 @@ served. (c) and (d) each start their own 2-CPU Ray cluster on free ports with th
 `RAY_TMPDIR` and stop it after. Cost = sum of `finops/cost_usd` over every tracked, non-nested
 run of the policy's store; accuracy = the champion in production scored on each window before
 any retrain on it (prequential), averaged. Machine: {os.cpu_count()} cores, load average
-{load[0]:.1f} before / {load[1]:.1f} after, {datetime.now():%Y-%m-%d}, {minutes:.0f} min in all.
+{load[0]:.1f} before / {load[1]:.1f} after (shared with other work), {datetime.now():%Y-%m-%d}, {minutes:.0f} min
+of policy processes in all.
 
     {cmd}
 """]
@@ -483,6 +487,8 @@ def main() -> None:
     ap.add_argument("--n-estimators", type=int, default=60, help="the champion's forest size (the example's: 60)")
     ap.add_argument("--out", default=None, help="folder for the stores (default: a temp folder, kept)")
     ap.add_argument("--no-readme", action="store_true", help="don't write bench/README.md and bench/headline-*.png")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the results already in --out (a policy's JSON and store) instead of running it again")
     ap.add_argument("--run-policy", choices=POLICIES, help=argparse.SUPPRESS)  # the child process
     ap.add_argument("--stream", choices=list(STREAMS), help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -510,6 +516,13 @@ def main() -> None:
         results: dict[str, dict] = {}
         for name in policies:
             folder = out / stream.name / name
+            done = out / f"{stream.name}-{name}.json"
+            if args.reuse and done.exists():
+                res = json.loads(done.read_text())
+                res["costs"] = store_costs(folder)
+                results[name] = res
+                print(f"--- {stream.name}/{name}: kept from {done}", flush=True)
+                continue
             shutil.rmtree(folder, ignore_errors=True)
             print(f"\n=== {stream.name} ({stream.describe()}): {LABELS[name]} ===", flush=True)
             cmd = [sys.executable, __file__, "--run-policy", name, "--stream", stream.name, "--folder", str(folder),
@@ -522,7 +535,9 @@ def main() -> None:
             if proc.returncode != 0:
                 print(f"--- {stream.name}/{name}: FAILED (exit {proc.returncode}); left out", flush=True)
                 continue
-            res = json.loads((out / f"{stream.name}-{name}.json").read_text())
+            res = json.loads(done.read_text())
+            res["process_s"] = time.perf_counter() - t  # start-up, the policy, the Ray cluster's start and stop
+            done.write_text(json.dumps(res))
             res["costs"] = store_costs(folder)
             results[name] = res
             print(f"--- {stream.name}/{name}: {time.perf_counter() - t:.0f} s, cost ${res['costs']['cost_usd']:.6f}, "
@@ -540,15 +555,15 @@ def main() -> None:
             print(f"\n{stream.name}: (c)'s gate and trigger, window by window:\n{notes}", flush=True)
         chart(stream, rows, out / f"headline-{stream.name}.png")
     load1 = os.getloadavg()[0]
-    minutes = (time.perf_counter() - t_all) / 60
-    print(f"\nall done in {minutes:.1f} min", flush=True)
+    print(f"\nall done in {(time.perf_counter() - t_all) / 60:.1f} min", flush=True)
+    minutes = sum(r.get("process_s", 0.0) for per_policy in all_results.values() for r in per_policy.values()) / 60
     if not all_rows:
         return
 
     (out / "headline.csv").write_text(to_csv(all_rows))
     shown, skip = [], False  # the command line, without where the stores went
     for a in sys.argv[1:]:
-        if skip or a == "--out" or a.startswith("--out=") or a == "--no-readme":
+        if skip or a == "--out" or a.startswith("--out=") or a in ("--no-readme", "--reuse"):
             skip = a == "--out"
             continue
         shown.append(a)
@@ -556,10 +571,9 @@ def main() -> None:
     if not args.no_readme:
         for s in all_rows:
             shutil.copyfile(out / f"headline-{s}.png", HERE / f"headline-{s}.png")
-        (HERE / "headline.csv").write_text(to_csv(all_rows))
         write_readme(HERE / "README.md", readme_block(streams, all_rows, all_results, all_targets,
                                                       cmd, (load0, load1), minutes))
-        print(f"wrote {HERE}/headline-*.png, headline.csv and the headline section of {HERE / 'README.md'}")
+        print(f"wrote {HERE}/headline-*.png and the headline section of {HERE / 'README.md'}")
 
     import mlflow
 
