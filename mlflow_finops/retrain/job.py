@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,7 @@ __all__ = [
     "update",
     "evaluate",
     "register",
+    "load_version",
     "promote",
     "ledger_path",
     "run_job",
@@ -263,24 +265,23 @@ def evaluate(champion: Any, challenger: Any, X: pd.DataFrame, y: pd.Series, rp: 
 
 
 def _serialization(model: Any, champion_uri: str) -> dict[str, Any]:
-    """How to log the challenger: in the champion's own format (skops with the types we built
-    trusted, or the champion's pickle flavour), with the champion's pip requirements
+    """How to log the challenger: in the champion's own format (skops trusting the champion's
+    types, or the champion's pickle flavour), with the champion's pip requirements
     (inferring them again costs seconds of CPU per retrain)."""
     out: dict[str, Any] = {}
-    fmt = None
+    flavor: dict[str, Any] = {}
     try:
-        fmt = mlflow.models.get_model_info(champion_uri).flavors.get("sklearn", {}).get("serialization_format")
+        flavor = mlflow.models.get_model_info(champion_uri).flavors.get("sklearn", {})
     except Exception as exc:
         log.info("champion's serialization format unknown (%s); MLflow's default", exc)
+    fmt = flavor.get("serialization_format")
     if fmt and fmt != "skops":
         out["serialization_format"] = fmt  # and skops, which imports all of scikit-learn, is not needed
+    elif flavor.get("skops_trusted_types") is not None:
+        # an update of the champion is built of the champion's types: no extra skops dump to list them
+        out["skops_trusted_types"] = list(flavor["skops_trusted_types"])
     else:
-        try:
-            import skops.io as sio
-
-            out["skops_trusted_types"] = sio.get_untrusted_types(data=sio.dumps(model))
-        except Exception:  # no skops here: MLflow's default format
-            pass
+        out.update(_skops_types(model))
     try:
         out["pip_requirements"] = mlflow.artifacts.download_artifacts(f"{champion_uri}/requirements.txt")
     except Exception as exc:
@@ -288,11 +289,59 @@ def _serialization(model: Any, champion_uri: str) -> dict[str, Any]:
     return out
 
 
+def _skops_types(model: Any) -> dict[str, Any]:
+    """The types ``model`` needs trusted when skops loads it (one skops dump); {} without skops."""
+    try:
+        import skops.io as sio
+
+        return {"skops_trusted_types": sio.get_untrusted_types(data=sio.dumps(model))}
+    except Exception:  # no skops here: MLflow's default format
+        return {}
+
+
+_LOADED: "OrderedDict[tuple[str, str, str, int], Any]" = OrderedDict()
+_KEEP_LOADED = 2
+
+
+def _key(version: Any) -> tuple[str, str, str, int]:
+    return (mlflow.get_tracking_uri(), version.name, str(version.version), int(version.creation_timestamp or 0))
+
+
+def _remember(version: Any, model: Any) -> None:
+    _LOADED[_key(version)] = model
+    _LOADED.move_to_end(_key(version))
+    while len(_LOADED) > _KEEP_LOADED:
+        _LOADED.popitem(last=False)
+
+
+def load_version(version: Any) -> Any:
+    """The model of a registry version (a ``ModelVersion``).
+
+    A long-lived process (the warm retrain actor) keeps the last two in memory:
+    the next retrain's champion is most often the challenger this one just
+    registered, and loading it again costs a full deserialization. Updates
+    never change a loaded model (they work on a copy).
+    """
+    model = _LOADED.get(_key(version))
+    if model is None:
+        model = mlflow.sklearn.load_model(f"models:/{version.name}/{version.version}")
+    _remember(version, model)
+    return model
+
+
 def register(client: MlflowClient, challenger: Any, name: str, tags: dict[str, str]) -> str:
     """Log and register the challenger (alias ``@challenger``) in the champion's format; its version."""
-    info = mlflow.sklearn.log_model(challenger, name="model", registered_model_name=name,
-                                    **_serialization(challenger, f"models:/{name}@{CHAMPION}"))
+    options = _serialization(challenger, f"models:/{name}@{CHAMPION}")
+    try:
+        info = mlflow.sklearn.log_model(challenger, name="model", registered_model_name=name, **options)
+    except mlflow.exceptions.MlflowException as exc:
+        if "untrusted types" not in str(exc) or "skops_trusted_types" not in options:
+            raise
+        log.info("the challenger holds types its champion did not: listing them")  # e.g. a refit's new steps
+        info = mlflow.sklearn.log_model(challenger, name="model", registered_model_name=name,
+                                        **{**options, **_skops_types(challenger)})
     version = str(info.registered_model_version)
+    _remember(client.get_model_version(name, version), challenger)
     client.set_registered_model_alias(name, CHALLENGER, version)
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
@@ -342,7 +391,7 @@ def run_job(cfg: JobConfig, run_id: str, cap_usd: float | None = None) -> Retrai
     current = cfg.path(mp.current or "")
     client = MlflowClient()
     champion_version = client.get_model_version_by_alias(name, CHAMPION)
-    champion = mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
+    champion = load_version(champion_version)
     _connect_ray()
     autolog(interval_s=rp.sample_interval_s, policy=cfg.policy)
     with mlflow.start_run(run_id=run_id):

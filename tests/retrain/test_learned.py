@@ -224,3 +224,34 @@ def test_nothing_new_once_every_row_is_learned(root: Path) -> None:
     (root / "new" / "ref-copy.csv").write_bytes((root / "ref.csv").read_bytes())  # the reference again
     state, tags = _retrain(root)
     assert state == RetrainState.NO_NEW_DATA and "has learned every row" in tags["finops.reason"]
+
+
+def test_a_long_lived_process_keeps_the_registered_challenger_as_the_next_champion(root: Path) -> None:
+    """The warm actor's saving: the promoted challenger is not loaded back from the store, and a skops
+    challenger trusts its champion's types without a second dump to list them."""
+    from mlflow_finops.retrain import job
+
+    ref = _rows(range(40), 0.0)
+    (root / "finops.toml").write_text(
+        f'[models.m]\nreference = "ref.csv"\ncurrent = "new"\ntarget = "y"\nregistered_model = "{REG}"\n'
+        'drop = ["id"]\n[models.m.retrain]\nmetric = "rmse"\nwarm_start_step = 2\nwarm_start_steps = 1\n'
+    )
+    _write(root / "ref.csv", ref, 100.0)
+    champion = RandomForestRegressor(n_estimators=3, random_state=0).fit(ref[["x"]], ref["y"])
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(champion, name="model", registered_model_name=REG,
+                                        skops_trusted_types=["sklearn.tree._tree.Tree"],
+                                        pip_requirements=["scikit-learn"])
+    MlflowClient().set_registered_model_alias(REG, "champion", str(info.registered_model_version))
+    _write(root / "new" / "w1.csv", _rows(range(100, 120), 10.0), 1000.0)
+    state, _ = _retrain(root)
+    assert state == RetrainState.PROMOTED and _champion() == "2"
+    v2 = MlflowClient().get_model_version(REG, "2")
+    remembered = job.load_version(v2)
+    assert len(remembered.estimators_) == 5  # the challenger object itself: 3 trees + 2
+    assert job.load_version(v2) is remembered  # no second load
+    flavor = mlflow.models.get_model_info(f"models:/{REG}/2").flavors["sklearn"]
+    assert flavor["serialization_format"] == "skops"
+    assert flavor["skops_trusted_types"] == ["sklearn.tree._tree.Tree"]  # the champion's, reused
+    loaded = mlflow.sklearn.load_model(f"models:/{REG}/2")  # and the store's copy loads with them
+    assert np.allclose(loaded.predict(ref[["x"]]), remembered.predict(ref[["x"]]))
