@@ -153,7 +153,9 @@ class DriftPolicy(_Section):
     correction: CorrectionName = Field("none", description="Multiple-testing correction of p-value tests.")
     performance: PerformancePolicy | None = None
     html_report: Literal["retrain", "always", "never"] = Field(
-        "retrain", description="When a check logs Evidently's HTML report: on a retrain decision, always, or never."
+        "retrain",
+        description="When a check logs Evidently's HTML report: on a retrain decision (of the drifted columns), "
+        "always (every column), or never.",
     )
     retrain_on: RetrainSignal = Field(
         "harm",

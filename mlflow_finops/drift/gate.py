@@ -275,15 +275,27 @@ class DriftGate:
         judged = self._judge(cur)
         ruling = decide(self.policy, judged.drifted_columns, len(judged.columns), judged.performance, history, now_ms)
         decision = self._decision(ruling, judged, len(cur), infinite, window_key, t0)
-        want = self.policy.html_report == "always" or (self.policy.html_report == "retrain" and decision.retrain)
-        return decision, self._render_reports(judged) if want and self.log_to_mlflow else []
+        mode = self.policy.html_report
+        if not self.log_to_mlflow or mode == "never" or (mode == "retrain" and not decision.retrain):
+            return decision, []
+        return decision, self._render_reports(judged, None if mode == "always" else set(judged.drifted_columns))
 
     @staticmethod
-    def _render_reports(judged: Judgement) -> list[tuple[str, Any]]:
-        """Evidently's HTML reports of the check's samples (its widgets cost ~0.15 s a column)."""
+    def _render_reports(judged: Judgement, columns: set[str] | None) -> list[tuple[str, Any]]:
+        """Evidently's HTML reports of the check's samples, of ``columns`` only (None: all).
+
+        Its widgets cost ~0.15 s a column, so a retrain decision's report shows the
+        drifted columns (every column's score is in ``drift/columns.json``).
+        """
         from .evidently_judge import run_report
 
-        return [(name, run_report(ref, cur, plans)[1]) for name, ref, cur, plans in judged.reports]
+        out = []
+        for name, ref, cur, plans in judged.reports:
+            shown = [p for p in plans if columns is None or p.column in columns]
+            if shown:
+                cols = [p.column for p in shown]
+                out.append((name, run_report(ref[cols], cur[cols], shown)[1]))
+        return out
 
     def _decision(
         self, ruling: Ruling, judged: Judgement, rows_current: int, infinite: Infinite, window_key: str | None,

@@ -419,3 +419,14 @@ def test_performance_model_from_an_mlflow_model_uri(drift_store: str, tmp_path: 
     assert d.performance is not None and d.performance.metric == "f1"
     assert d.performance.reference > 0.95 and d.performance.current < 0.1
     assert d.retrain and d.drifted_columns == []
+
+
+def test_a_retrain_report_shows_the_drifted_columns(drift_store: str) -> None:
+    gate = DriftGate(frame(500, seed=1), model="some", min_rows=100, drift_share=0.2)
+    d = gate.check(frame(300, seed=4, shift={"x1": 3.0}))
+    assert d.retrain and "x1" in d.drifted_columns and len(d.drifted_columns) < 5
+    client = MlflowClient()
+    local = client.download_artifacts(d.run_id, "drift/drift_report.html", str(Path.cwd() / "dl-some"))
+    html = Path(local).read_text()
+    for column in d.columns:
+        assert (f"Value drift for {column}" in html) == (column in d.drifted_columns), column
