@@ -90,8 +90,12 @@ def run_schedule(
     on_retrain: Callable[[Any], None] | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    gates: dict[str, Any] | None = None,
 ) -> list[CheckOutcome]:
-    """The policy's drift checks on their cron schedules, each retrain decision handed to retraining."""
+    """The policy's drift checks on their cron schedules, each retrain decision handed to retraining.
+
+    ``gates``: keep the fitted drift gates between ``once`` passes of one process (a dict).
+    """
 
     def after_check(out: CheckOutcome) -> None:
         if retrain_configured(policy, out.model):
@@ -99,5 +103,5 @@ def run_schedule(
 
     return run_drift_schedule(
         policy, once=once, max_runs=max_runs, models=models, on_outcome=on_outcome,
-        after_check=after_check, clock=clock, sleep=sleep,
+        after_check=after_check, clock=clock, sleep=sleep, gates=gates,
     )

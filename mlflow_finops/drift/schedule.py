@@ -212,16 +212,19 @@ def run_schedule(
     after_check: Callable[[CheckOutcome], None] | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    gates: dict[str, DriftGate] | None = None,
 ) -> list[CheckOutcome]:
     """Run the policy's checks on their cron schedules; ``once`` runs each one now and returns.
 
     ``after_check`` gets every outcome once it is recorded (the loop hands retrain
     decisions to retraining there; :func:`mlflow_finops.loop.run_schedule`).
+    ``gates`` keeps the fitted gates (reference profile, loaded champion) between
+    calls: pass the same dict to successive ``once`` passes of one process.
     """
     from croniter import croniter
 
     crons = scheduled_models(policy, models)
-    gates: dict[str, DriftGate] = {}
+    gates = {} if gates is None else gates
     outcomes: list[CheckOutcome] = []
 
     def run(model: str) -> None:

@@ -84,3 +84,22 @@ def test_no_monitoring_experiment_before_the_first_check(drift_store: str) -> No
     assert exp_id is None and client.get_experiment_by_name("finops-monitoring/fresh") is None
     d = gate.check(frame(300, seed=2))
     assert gate.monitoring_experiment_id() == (client, client.get_run(d.run_id).info.experiment_id)
+
+
+def test_once_passes_share_their_gates_when_given_one_dict(drift_store: str, tmp_path: Path) -> None:
+    from mlflow_finops.drift.schedule import run_schedule
+
+    (tmp_path / "incoming").mkdir()
+    frame(2000, seed=1).to_parquet(tmp_path / "ref.parquet")
+    (tmp_path / "finops.toml").write_text(
+        '[drift]\nmin_rows = 100\n[models.churn]\nreference = "ref.parquet"\ncurrent = "incoming"\n'
+        'schedule = "0 * * * *"\n'
+    )
+    policy = load_policy(tmp_path / "finops.toml")
+    gates: dict[str, DriftGate] = {}
+    _drop(tmp_path, "w1.parquet", seed=2)
+    assert [o.status for o in run_schedule(policy, once=True, gates=gates)] == ["checked"]
+    first = gates["churn"]
+    _drop(tmp_path, "w2.parquet", seed=3)
+    assert [o.status for o in run_schedule(policy, once=True, gates=gates)] == ["checked"]
+    assert gates["churn"] is first  # fitted once for both passes
