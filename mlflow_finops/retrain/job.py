@@ -48,6 +48,7 @@ from ..names import (
     TAG_RETRAIN_RUN_ID,
     TAG_RETRAIN_STATE,
     TAG_UPDATE_PATH,
+    TAG_UPDATE_WHY,
     TAG_VERSION_COST_USD,
     tag,
 )
@@ -221,6 +222,27 @@ def update_path(model: Any, strategy: str) -> str:
     if "warm_start" in est.get_params() and ("n_estimators" in est.get_params() or "max_iter" in est.get_params()):
         return "warm_start"
     return "refit"
+
+
+def classes_block(model: Any, y: pd.Series, path: str) -> str:
+    """Why ``path`` cannot update a classifier on labels ``y`` ('' when it can).
+
+    Trees added by a warm start must know the champion's classes, all of them
+    (a forest averages their probabilities class by class); ``partial_fit``
+    accepts only the classes it was first given.
+    """
+    est = model[-1] if hasattr(model, "steps") else model
+    known = getattr(est, "classes_", None)
+    if known is None or path not in ("warm_start", "partial_fit"):
+        return ""
+    seen = set(pd.unique(y.dropna()))
+    known_set = set(known.tolist())
+    if path == "partial_fit" and seen <= known_set:
+        return ""
+    if path == "warm_start" and seen == known_set:
+        return ""
+    return (f"the new rows hold classes {sorted(map(str, seen))} where the champion knows "
+            f"{sorted(map(str, known_set))}: {path} cannot change the class set")
 
 
 def update(model: Any, X: pd.DataFrame, y: pd.Series, path: str, rp: RetrainPolicy,
@@ -405,7 +427,16 @@ def run_job(cfg: JobConfig, run_id: str, cap_usd: float | None = None) -> Retrai
             return _no_new_data(f"champion v{champion_version.version} has learned every row of {current}")
         if cfg.target not in data.columns:
             return _failed(f"new data has no target column {cfg.target!r}")
+        n_hold = max(1, int(len(data) * rp.holdout_fraction))
+        if len(data) <= n_hold:  # held-out rows are not learned: they wait for the next retrain
+            return _no_new_data(f"only {len(data)} row(s) of {current} are new to champion "
+                                f"v{champion_version.version}, all needed to judge a challenger")
+        train, hold = data.iloc[:-n_hold], data.iloc[-n_hold:]  # newest rows held out, not learned
         path = update_path(champion, rp.strategy)
+        why = classes_block(champion, train[cfg.target], path)
+        if why:  # an update cannot change the class set: learn it all again
+            log.info("%s: full refit", why)
+            path = "refit"
         try:
             columns = feature_columns(mp, data.columns, champion, "new data")
             reference = _previous_reference(cfg, champion_version) if path == "refit" else None
@@ -415,15 +446,11 @@ def run_job(cfg: JobConfig, run_id: str, cap_usd: float | None = None) -> Retrai
                     raise ColumnError(f"the champion's reference has no target column {cfg.target!r}")
         except (ColumnError, DataInputError) as exc:
             return _failed(str(exc))
-        n_hold = max(1, int(len(data) * rp.holdout_fraction))
-        if len(data) <= n_hold:  # held-out rows are not learned: they wait for the next retrain
-            return _no_new_data(f"only {len(data)} row(s) of {current} are new to champion "
-                                f"v{champion_version.version}, all needed to judge a challenger")
-        train, hold = data.iloc[:-n_hold], data.iloc[-n_hold:]  # newest rows held out, not learned
         learned, taken = learn(ledger, new.pieces, len(train))
         mlflow.set_tags({
             TAG_RETRAIN_STATE: RetrainState.RUNNING.value,
             TAG_UPDATE_PATH: path,
+            **({TAG_UPDATE_WHY: why[:5000]} if why else {}),
             TAG_CHAMPION_VERSION: str(champion_version.version),
             TAG_NEW_DATA_FILES: str(len(new.pieces)),
         })

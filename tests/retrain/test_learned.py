@@ -255,3 +255,33 @@ def test_a_long_lived_process_keeps_the_registered_challenger_as_the_next_champi
     assert flavor["skops_trusted_types"] == ["sklearn.tree._tree.Tree"]  # the champion's, reused
     loaded = mlflow.sklearn.load_model(f"models:/{REG}/2")  # and the store's copy loads with them
     assert np.allclose(loaded.predict(ref[["x"]]), remembered.predict(ref[["x"]]))
+
+
+@pytest.mark.parametrize("new_classes", [[0, 1], [0, 1, 2, 3]])
+def test_a_warm_start_that_would_change_the_class_set_refits(root: Path, new_classes: list[int]) -> None:
+    """A forest's added trees must know every class of the old ones: fewer or more classes in the new
+    rows is a full refit (said in finops.update_why), never a failed retrain."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+
+    def rows(ids: range, classes: list[int]) -> pd.DataFrame:
+        y = rng.choice(classes, len(ids))
+        return pd.DataFrame({"id": list(ids), "x": y + rng.normal(0, 0.1, len(ids)), "y": y})
+
+    (root / "finops.toml").write_text(
+        f'[models.m]\nreference = "ref.csv"\ncurrent = "new"\ntarget = "y"\nregistered_model = "{REG}"\n'
+        'drop = ["id"]\n[models.m.retrain]\nmetric = "accuracy"\nwarm_start_step = 2\nwarm_start_steps = 1\n'
+    )
+    ref = rows(range(60), [0, 1, 2])
+    _write(root / "ref.csv", ref, 100.0)
+    champion = RandomForestClassifier(n_estimators=3, random_state=0).fit(ref[["x"]], ref["y"])
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(champion, name="model", registered_model_name=REG,
+                                        serialization_format="cloudpickle", pip_requirements=["scikit-learn"])
+    MlflowClient().set_registered_model_alias(REG, "champion", str(info.registered_model_version))
+    _write(root / "new" / "w1.csv", rows(range(100, 160), new_classes), 1000.0)
+    state, tags = _retrain(root)
+    assert state in (RetrainState.PROMOTED, RetrainState.NOT_PROMOTED), tags.get("finops.reason")
+    assert tags["finops.update_path"] == "refit"
+    assert "cannot change the class set" in tags["finops.update_why"]
