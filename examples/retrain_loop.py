@@ -309,6 +309,7 @@ def run_loop(
                        registered=registered, experiment=experiment)
         scorer = ChampionScorer(registered, cols, target)
         echo(f"\n{'window':>6}  {'decision':<18} {'champion acc':>12}  what happened")
+        gates: dict[str, Any] = {}  # the drift gates, fitted once and kept from window to window
         for w, frame in enumerate(windows, start=1):
             df = as_frame(frame, f"window {w}")
             df.to_parquet(root / "incoming" / f"window-{w:02d}.parquet")
@@ -318,7 +319,7 @@ def run_loop(
             def on_retrain(r: Any) -> None:
                 latest[r.run_id] = r
 
-            outcomes = mlflow_finops.run_schedule(policy, once=True, on_retrain=on_retrain)
+            outcomes = mlflow_finops.run_schedule(policy, once=True, on_retrain=on_retrain, gates=gates)
             # The schedule never waits for a Ray job (it submits, then returns): the loop
             # supervises this window's retrains to their end before the next window arrives.
             for r in mlflow_finops.RetrainSupervisor(policy).run_pending(model, wait=True):
