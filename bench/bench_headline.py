@@ -269,7 +269,10 @@ def summarize(results: dict[str, dict]) -> list[dict]:
         if name not in results:
             continue
         r = results[name]
-        jobs = [d for w in r["retrains"] for d in w if d.get("ray_job_id") or name in ("scheduled", "anchor")]
+        if name in ("scheduled", "anchor"):
+            jobs = [d for w in r["retrains"] for d in w]
+        else:  # an open request is seen again at each window until it ends: one per attempt (Ray job / actor task)
+            jobs = list({d["ray_job_id"]: d for w in r["retrains"] for d in w if d.get("ray_job_id")}.values())
         rows.append({
             "policy": name,
             "label": LABELS[name],
