@@ -35,9 +35,11 @@ $(VENV)/.mutation: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[mutation]'
 	touch $@
 
+# `make mutation MUTMUT_ARGS="--max-children 1"` keeps the other cores free (default: one worker per core)
+MUTMUT_ARGS ?=
 mutation: $(VENV)/.mutation      ## mutation testing of the money and decision paths (minutes; not in `make test`)
 	rm -rf mutants
-	$(VENV)/bin/mutmut run > mutants.log 2>&1 || (tail -5 mutants.log; exit 1)
+	$(VENV)/bin/mutmut run $(MUTMUT_ARGS) > mutants.log 2>&1 || (tail -5 mutants.log; exit 1)
 	$(PY) bench/mutation_score.py
 
 clean:

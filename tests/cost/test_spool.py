@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import pytest
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
-from store_support import AUTH_PASSWORD, AUTH_USER, auth_rest_store, copied_store, rest_store  # noqa: F401
+from store_support import AUTH_PASSWORD, AUTH_USER, auth_rest_store, copied_store, rest_store, template_db  # noqa: F401
 
 from mlflow_finops.cost import delivery as d
 from mlflow_finops.cost.delivery import (
@@ -205,6 +206,12 @@ def test_http_is_one_request_without_retries(busy: ThreadingHTTPServer) -> None:
     assert busy.requests == ["/api/2.0/mlflow/runs/log-batch"]  # type: ignore[attr-defined]
 
 
+def test_http_waits_five_seconds_unless_told(slow: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "0.5")  # MLflow's own: not the one delivery uses
+    with pytest.raises(MlflowException, match="failed with error code 404"):  # answered after 2 s
+        deliver(cost_batch(slow.url, "r", 1))  # type: ignore[attr-defined]
+
+
 def test_http_gives_up_at_the_configured_timeout(slow: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_HTTP_TIMEOUT_S, "0.3")
     t0 = time.monotonic()
@@ -231,11 +238,50 @@ def test_a_spool_file_atomic_private_and_without_credentials(tmp_path: Path) -> 
     assert d._safe("x" * 100) == "x" * 64 and d._safe("") == "run"
 
 
-def test_an_existing_spool_folder_is_made_private(tmp_path: Path) -> None:
-    spool_dir().mkdir(mode=0o755)
-    os.chmod(spool_dir(), 0o755)
+@pytest.mark.parametrize("mode", [0o755, 0o644], ids=oct)
+def test_an_existing_spool_folder_is_made_private(tmp_path: Path, mode: int) -> None:
+    os.chmod(tmp_path, 0o755)
+    spool_dir().mkdir()
+    os.chmod(spool_dir(), mode)  # as earlier versions left it (any group or other bit goes)
     write_spool([cost_batch("sqlite:///x.db", "r", 1)])
     assert stat.S_IMODE(spool_dir().stat().st_mode) == 0o700
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755  # the folder above is not this module's
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_another_users_spool_folder_is_left_as_it_is() -> None:
+    spool_dir().mkdir()
+    os.chmod(spool_dir(), 0o755)
+    os.chown(spool_dir(), 12345, -1)
+    assert write_spool([cost_batch("sqlite:///x.db", "r", 1)]) is not None
+    assert stat.S_IMODE(spool_dir().stat().st_mode) == 0o755
+
+
+def test_a_spool_folder_is_made_with_its_parents(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(ENV_SPOOL_DIR, str(tmp_path / "a" / "b" / "spool"))
+    path = write_spool([cost_batch("sqlite:///x.db", "ABC-def", 1)])
+    assert path is not None and path.parent == tmp_path / "a" / "b" / "spool"
+    assert path.name.startswith("ABC-def-")  # letters of either case are kept
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_writer_that_dies_before_its_rename_leaves_a_named_lease() -> None:
+    code = (
+        "import os, signal, pathlib\n"
+        "import mlflow_finops.cost.delivery as d\n"
+        "pathlib.Path.replace = lambda self, target: os.kill(os.getpid(), signal.SIGKILL)\n"  # the fault
+        "d.write_spool([d.Batch('sqlite:///x.db', 'r', [('m', 1.0, 1, 1)])])\n"
+    )
+    t0 = int(time.time())
+    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ)
+    assert proc.wait(timeout=60) == -9
+    [tmp] = spool_dir().iterdir()
+    stem, pid, host, since = tmp.name.removesuffix(".tmp").split("~")
+    assert (stem.startswith("r-"), pid, host, tmp.suffix) == (True, str(proc.pid), HOST, ".tmp")
+    assert t0 <= int(since) <= time.time()
+    assert json.loads(tmp.read_text())["run_id"] == "r"  # whole: recovery can send it
+    d._recover_leases(spool_dir())
+    assert [p.name for p in spool_dir().iterdir()] == [f"{stem}.jsonl"]
 
 
 @pytest.fixture
@@ -256,12 +302,15 @@ def test_an_unwritable_spool_folder_falls_back_and_says_where(
     base = private_tmp / f"mlflow-finops-{os.geteuid()}"
     assert path is not None and path.parent.parent == base and path.parent.name.startswith("spool-")
     assert path.parent == d._fallback_dir(spool_dir()) and len(path.parent.name) == len("spool-") + 12
+    assert d._fallback_dir(spool_dir() / "other") != path.parent  # one per configured folder
+    again = write_spool([cost_batch(NOBODY, "r", 3)])  # the fallback's folders exist now
+    assert again is not None and again.parent == path.parent
     assert stat.S_IMODE(base.stat().st_mode) == stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    [warning] = messages(caplog)
+    warning = messages(caplog)[0]
     assert warning == (f"mlflow-finops: spool folder {spool_dir()} cannot be written (FileExistsError: [Errno 17] "
                        f"File exists: '{spool_dir()}'); 2 cost batch(es) spooled to {path} instead")
     assert d._spool_folders() == [path.parent]
-    assert sync_spool() == (0, 2, 0)  # read from the fallback (and nobody answers)
+    assert sync_spool() == (0, 3, 0)  # read from the fallback (and nobody answers)
 
 
 def test_a_loss_is_logged_with_count_runs_and_folders(private_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -420,6 +469,15 @@ def test_an_unknown_claim_is_recovered_after_the_lease(caplog: pytest.LogCapture
     assert "left by process ? on ? " in warning
 
 
+def test_a_claim_that_vanishes_while_read_does_not_stop_the_others() -> None:
+    folder = spool_dir()
+    folder.mkdir()
+    (folder / "a.sending").symlink_to(folder / "gone")  # its stat fails, as for a file just taken
+    (folder / f"b~{dead_pid()}~{HOST}~{int(time.time())}.tmp").write_text("B")
+    d._recover_leases(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.sending", "b.jsonl"]
+
+
 # ------------------------------------------------------------------ where and whether to send
 def test_the_delivery_uri_adds_this_processes_credentials_for_the_same_store(
     monkeypatch: pytest.MonkeyPatch,
@@ -453,9 +511,10 @@ def refusal(batch: Batch) -> BaseException:
 
 @pytest.mark.parametrize("store", ["sqlite", "http"])
 def test_never_deliverable_only_for_a_missing_run_or_a_refused_batch(
-    store: str, copied_store: str, rest_store: str
+    store: str, copied_store: str, rest_store: str, tmp_path: Path
 ) -> None:
-    uri = copied_store if store == "sqlite" else rest_store
+    shutil.copy(template_db(), tmp_path / "other.db")  # not the tracking URI's store: the batch's is asked
+    uri = f"sqlite:///{tmp_path / 'other.db'}" if store == "sqlite" else rest_store
     client = MlflowClient(uri)
     missing = cost_batch(uri, "0" * 32, 1)
     assert d._never_deliverable(missing, refusal(missing)) == (
@@ -678,6 +737,27 @@ def test_the_outbox_delivers_every_batch_in_order(client: MlflowClient, copied_s
     assert client.get_run(a).data.tags["finops.step"] == "2"
     assert outbox.cpu_s > 0
     assert spooled() == []
+
+
+def test_an_interval_given_wins_over_the_environment(client: MlflowClient, copied_store: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_LOG_INTERVAL_S, "60")
+    run_id = new_run(client)
+    outbox = Outbox(min_interval_s=0)
+    assert outbox.cpu_s == 0.0
+    outbox.start()
+    for step in (1, 2):
+        outbox.put(cost_batch(copied_store, run_id, step))
+        wait_for(lambda: len(history(client, run_id)) == step, timeout_s=5)  # each sent at once
+    assert outbox.close(timeout_s=10) == 0
+
+
+def test_the_default_interval_sends_and_closes(client: MlflowClient, copied_store: str) -> None:
+    run_id = new_run(client)  # no interval given, none in the environment: LOG_INTERVAL_S
+    outbox = Outbox().start()
+    outbox.put(cost_batch(copied_store, run_id, 1))
+    assert outbox.close(timeout_s=10) == 0
+    assert history(client, run_id) == [(0.5, 1)]
 
 
 def test_live_batches_wait_for_the_interval_and_close_sends_them_now(
