@@ -25,6 +25,11 @@ TAG_ALLOCATION_MODE = "finops.allocation_mode"
 TAG_MARKET = "finops.market"
 TAG_TRACKED = "finops.tracked"
 TAG_TRACKING_STATUS = "finops.tracking_status"
+TAG_COST = "finops.cost"  # the run's cost as a person reads it ("$0.000034"): MLflow shows tags as text
+TAG_NOTE = "mlflow.note.content"  # MLflow's run description (markdown, top of the run page)
+# An experiment tag MLflow's UI reads as a saved runs-table view: #/experiments/<id>?viewStateShareKey=<key>
+TAG_SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+COST_VIEW_KEY = "finops-cost"
 TAG_TRACKING_ERROR = "finops.tracking_error"
 TAG_INTERVAL_S = "finops.interval_s"
 TAG_ALLOCATED_CPUS = "finops.allocated_cpus"
@@ -38,6 +43,7 @@ TAG_UNACCOUNTED_PIDS = "finops.unaccounted_pids"
 TAG_RAY_JOB_ID = "finops.ray_job_id"
 TAG_RAY_NODES = "finops.ray_nodes"
 TAG_RAY_LOST_NODES = "finops.ray_lost_nodes"
+TAG_RAY_READ = "finops.ray_read"  # how the nodes were read: local | agent | probe | mixed
 TAG_MACHINE_HOSTNAME = "finops.machine.hostname"
 TAG_MACHINE_CPU_MODEL = "finops.machine.cpu_model"
 TAG_MACHINE_CPU_CORES = "finops.machine.cpu_cores"
@@ -161,9 +167,16 @@ ENV_LOG_CHARTS = "MLFLOW_FINOPS_LOG_CHARTS"
 ENV_CHART_MIN_S = "MLFLOW_FINOPS_CHART_MIN_S"
 ENV_RAY_DISCOVERY_S = "MLFLOW_FINOPS_RAY_DISCOVERY_S"
 ENV_RAY_READ_LOCAL = "MLFLOW_FINOPS_RAY_READ_LOCAL"
+ENV_RAY_READ_AGENT = "MLFLOW_FINOPS_RAY_READ_AGENT"  # false: probe actors, not the dashboard agents' reports
 ENV_CHARGE_PROCESS_START = "MLFLOW_FINOPS_CHARGE_PROCESS_START"
 ENV_CLAIM_LEASE_S = "MLFLOW_FINOPS_CLAIM_LEASE_S"  # a drift window claim older than this may be taken over
 ENV_SETTLE_S = "MLFLOW_FINOPS_SETTLE_S"  # a data file younger than this is not judged yet
+ENV_METRICS = "MLFLOW_FINOPS_METRICS"  # all (default) | core: which finops/* metrics a run gets
+METRICS_ALL = "all"
+METRICS_CORE = "core"
+# What `core` logs: the cost and what a resumed run, budgets and reports need to add up.
+CORE_METRICS = ("cost_usd", "usage_cost_usd", "allocation_cost_usd", "idle_cost_usd", "cpu_core_hours",
+                "wall_hours", "gpu_hours", "energy_kwh")
 
 
 def env_var(key: str) -> str:

@@ -11,6 +11,7 @@ reason, only where they still cannot be installed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -216,3 +217,110 @@ def test_mlflow_ui_shows_cost_column_and_cost_charts(server_uri: str, driver, tm
     _open_artifact(driver, base, reports.experiment_id, report_run.info.run_id, "charts", "cost_vs_metric.png",
                    _png_width(scatter_png))
     _shot(driver, tmp_path, "report-cost-vs-metric.png")
+
+
+def _header_x(drv, col_id: str):
+    from selenium.webdriver.common.by import By
+
+    found = drv.find_elements(By.CSS_SELECTOR, f".ag-header-cell[col-id='{col_id}']")
+    return found[0].rect["x"] if found and found[0].is_displayed() else None
+
+
+def _cells(drv, col_id: str, run_ids) -> dict[str, str] | None:
+    """``{run id: text}`` of one runs-table column, once every run has a value."""
+    from selenium.webdriver.common.by import By
+
+    values = {}
+    for cell in drv.find_elements(By.CSS_SELECTOR, f".ag-row .ag-cell[col-id='{col_id}']"):
+        row = cell.find_element(By.XPATH, "./ancestor::*[@row-id][1]").get_attribute("row-id")
+        if cell.text.strip():
+            values[row] = cell.text.strip()
+    return values if set(values) >= set(run_ids) else None
+
+
+def test_cost_in_dollars_on_run_page_runs_table_and_compare_view(server_uri: str, driver, tmp_path: Path) -> None:
+    """A person sees each run's cost in dollars: at the top of the run page (the user's own description
+    kept), in the runs table beside accuracy two clicks from it (run name, then the cost line's link),
+    and in the compare view's Tags, apart from the allocation-cost metric."""
+    from selenium.webdriver.common.by import By
+
+    from mlflow_finops.money import format_usd
+    from mlflow_finops.names import TAG_COST, TAG_NOTE
+
+    client = MlflowClient()
+    name = f"ui-cost-{uuid.uuid4().hex[:6]}"
+    exp_id = mlflow.set_experiment(name).experiment_id
+    mlflow_finops.autolog(interval_s=0.1)
+    ids: list[str] = []
+    try:
+        for i in range(3):
+            with mlflow.start_run(run_name=f"fit-{i}", description="My baseline" if i == 0 else None) as run:
+                burn(0.1 * (i + 1))
+                mlflow.log_metric("accuracy", 0.71 + 0.05 * i)
+            ids.append(run.info.run_id)
+    finally:
+        mlflow_finops.autolog(disable=True)
+    runs = {rid: client.get_run(rid) for rid in ids}
+    dollars = {rid: format_usd(r.data.metrics["finops/cost_usd"]) for rid, r in runs.items()}
+    assert all(r.data.tags[TAG_COST] == dollars[rid] for rid, r in runs.items())
+    assert runs[ids[0]].data.tags[TAG_NOTE].startswith("My baseline\n\n")  # the user's text kept
+
+    # ---- the runs table, as opened: click the run's name (1), then the cost line's link (2)
+    base = server_uri
+    first = ids[0]
+    driver.get(f"{base}/#/experiments/{exp_id}/runs")
+    _wait(driver, "the run's name in the runs table", lambda d: _click_text(d, "fit-0"))
+
+    # ---- the run page: the cost in dollars near the top, above the metrics
+    def cost_line(d):
+        for el in d.find_elements(By.XPATH, "//*[contains(text(), 'Cost (mlflow-finops):')]/.."):
+            if el.is_displayed() and dollars[first] in el.text:
+                return el
+        return None
+
+    line = _wait(driver, f"the cost line with {dollars[first]} on the run page", cost_line)
+    metrics_heading = _wait(driver, "the run page's metrics", lambda d: next(
+        (e for e in d.find_elements(By.XPATH, "//*[starts-with(normalize-space(text()), 'Metrics (')]")
+         if e.is_displayed()), None))
+    assert line.rect["y"] < metrics_heading.rect["y"], "the cost line is below the metrics"
+    assert line.rect["y"] < driver.execute_script("return window.innerHeight"), "the cost line needs scrolling"
+    assert "My baseline" in driver.find_element(By.TAG_NAME, "body").text
+    _shot(driver, tmp_path, "run-page-cost.png")
+    tabs = set(driver.window_handles)
+    _wait(driver, "the cost line's link", lambda d: _click_text(d, "compare runs by cost"))
+    new_tab = _wait(driver, "the runs view the link opens", lambda d: list(set(d.window_handles) - tabs))
+    driver.switch_to.window(new_tab[0])  # MLflow opens description links in a new tab
+
+    cost_col, acc_col = f"tags.`{TAG_COST}`", "metrics.`accuracy`"
+    shown = _wait(driver, "the cost column with every run", lambda d: _cells(d, cost_col, ids))
+    assert {rid: shown[rid] for rid in ids} == dollars
+    accuracy = _wait(driver, "the accuracy column", lambda d: _cells(d, acc_col, ids))
+    assert [float(accuracy[rid]) for rid in ids] == pytest.approx([0.71, 0.76, 0.81])
+    cost_x, acc_x = _header_x(driver, cost_col), _header_x(driver, acc_col)
+    assert cost_x is not None and acc_x is not None and abs(cost_x - acc_x) < 300, (cost_x, acc_x)
+    header = driver.find_element(By.CSS_SELECTOR, f".ag-header-cell[col-id='{cost_col}']")
+    assert header.text.strip() == TAG_COST
+    clipped = driver.execute_script(  # Selenium's .text is the whole text even where CSS cuts it off
+        "return [...document.querySelectorAll(arguments[0])].flatMap(c => [c, ...c.querySelectorAll('*')])"
+        ".filter(e => !e.children.length && e.textContent.trim() && e.scrollWidth > e.clientWidth + 1)"
+        ".map(e => e.textContent.trim())",
+        f".ag-header-cell[col-id='{cost_col}'], .ag-row .ag-cell[col-id='{cost_col}']")
+    assert not clipped, f"cost shown cut off: {clipped}"
+    if os.environ.get("FINOPS_DOCS_SCREENSHOT"):  # refresh README's picture: FINOPS_DOCS_SCREENSHOT=1 pytest -k dollars
+        driver.save_screenshot(str(ROOT / "docs" / "runs-table-cost.png"))
+    _shot(driver, tmp_path, "runs-table-cost.png")
+
+    # ---- the compare view: a row of its own, in dollars, in Tags (not among the metrics)
+    driver.get(f"{base}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([exp_id])}")
+
+    def cost_row(d):
+        for el in d.find_elements(By.XPATH, f"//*[normalize-space(text())='{TAG_COST}']/ancestor::tr[1]"):
+            if el.is_displayed() and all(v in el.text for v in dollars.values()):
+                return el
+        return None
+
+    row = _wait(driver, "the compare view's cost row in dollars", cost_row)
+    tags_heading = driver.find_element(By.XPATH, "//*[normalize-space(text())='Tags']")
+    assert row.rect["y"] > tags_heading.rect["y"]
+    assert "allocation" not in row.text
+    _shot(driver, tmp_path, "compare-cost.png")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -40,7 +41,16 @@ from typing import Any, Callable, Iterator, Mapping
 import mlflow
 
 from .._env import env_flag, env_float
+from ..money import format_usd
 from ..names import (
+    COST_VIEW_KEY,
+    CORE_METRICS,
+    ENV_METRICS,
+    METRICS_ALL,
+    METRICS_CORE,
+    TAG_COST,
+    TAG_NOTE,
+    TAG_SHARED_VIEW_PREFIX,
     ENV_CHARGE_PROCESS_START,
     ENV_CHART_MIN_S,
     ENV_DISABLE,
@@ -85,6 +95,31 @@ MAX_BACKOFF_S = 60.0
 ORPHAN_SCAN_EVERY_S = 300.0  # per tracking URI and process: runs of killed processes are looked for
 MAX_HISTORY = 5000
 CHART_MIN_S = 300.0  # runs shorter than this get no timeline chart ($MLFLOW_FINOPS_CHART_MIN_S)
+COST_NOTE_PREFIX = "**Cost (mlflow-finops):**"  # our line in the run's description, replaced on resume
+
+
+def metrics_setting() -> str:
+    """``$MLFLOW_FINOPS_METRICS``: ``all`` (default) or ``core`` (:data:`CORE_METRICS` only)."""
+    value = os.environ.get(ENV_METRICS, METRICS_ALL).strip().lower() or METRICS_ALL
+    if value not in (METRICS_ALL, METRICS_CORE):
+        raise ValueError(f"{ENV_METRICS}={value!r}: must be {METRICS_ALL!r} or {METRICS_CORE!r}")
+    return value
+
+
+def cost_note(description: str, line: str) -> str:
+    """``description`` with our cost line replaced, or appended below the user's own text."""
+    kept = [x for x in description.splitlines() if not x.startswith(COST_NOTE_PREFIX)]
+    text = "\n".join(kept).rstrip()
+    return f"{text}\n\n{line}" if text else line
+
+
+def cost_view_state(columns: list[str]) -> str:
+    """The runs-table view MLflow's UI loads from an experiment tag: the cost tag beside the metrics."""
+    # The cost wide enough for "$0.0000017" (MLflow's 100 px default clips it); the UI applies
+    # a width only to a column named in columnOrder.
+    cost = f"tags.`{TAG_COST}`"
+    return json.dumps({"selectedColumns": ["attributes.`Source`", *columns], "columnOrder": columns,
+                       "columnWidths": {cost: 150}})
 
 
 def resolve_prices(
@@ -165,6 +200,7 @@ class CostTracker:
         self.history: list[tuple[float, CostBreakdown]] = []
         self.samples = 0
         self.running = False
+        self._core = metrics_setting() == METRICS_CORE
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> "CostTracker":
@@ -237,6 +273,7 @@ class CostTracker:
             if summary.lost:
                 missing.append(summary.lost)
         tags[TAG_TRACKING_STATUS] = TRACKING_DEGRADED if missing else TRACKING_COMPLETE
+        tags[TAG_COST] = format_usd(final.cost_usd)
         if missing:
             tags[TAG_TRACKING_ERROR] = "; ".join(missing)[:500]
         if self.end_reason:
@@ -245,6 +282,8 @@ class CostTracker:
             Batch(self.tracking_uri, self.run_id, self._metric_rows(final, final=True, extra=final_only), tags)
         )
         spooled = self._outbox.close(self.flush_timeout_s)
+        if not spooled:
+            self._publish_cost_view(final)
         ran_s = self.history[-1][0] - self._t0 if self.history else 0.0
         if self.log_charts and not spooled and len(self.history) >= 2 and ran_s >= self.chart_min_s:
             self._log_timeline()
@@ -260,6 +299,32 @@ class CostTracker:
         returned, is counted apart (``chart_cpu_s``).
         """
         return self.sampling_cpu_s + self._outbox.cpu_s + self._caller_cpu_s + self.recovery_cpu_s
+
+    def _publish_cost_view(self, final: CostBreakdown) -> None:
+        """Put the cost where people look in MLflow's UI: a line in the run's description (top of
+        the run page, the user's own text kept) linking to the experiment's saved runs-table view
+        with the cost tag beside the run's own metrics. Two requests at run end; never raises."""
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(self.tracking_uri)
+            run = client.get_run(self.run_id)
+            exp_id = run.info.experiment_id
+            view_tag = TAG_SHARED_VIEW_PREFIX + COST_VIEW_KEY
+            old = client.get_experiment(exp_id).tags.get(view_tag)
+            columns = json.loads(old)["selectedColumns"][1:] if old else [f"tags.`{TAG_COST}`"]
+            for key in sorted(run.data.metrics):
+                if not key.startswith(METRIC_PREFIX) and f"metrics.`{key}`" not in columns:
+                    columns.append(f"metrics.`{key}`")
+            state = cost_view_state(columns)
+            if state != old:
+                client.set_experiment_tag(exp_id, view_tag, state)
+            line = (f"{COST_NOTE_PREFIX} {format_usd(final.cost_usd)} ({final.allocation_mode}; idle "
+                    f"{format_usd(final.idle_cost_usd)}) · "
+                    f"[compare runs by cost](#/experiments/{exp_id}/runs?viewStateShareKey={COST_VIEW_KEY})")
+            client.set_tag(self.run_id, TAG_NOTE, cost_note(run.data.tags.get(TAG_NOTE, ""), line))
+        except Exception as exc:  # the figures are logged; this is presentation only
+            _log.debug("mlflow-finops: cost line / runs view not written for %s: %s", self.run_id, exc)
 
     def _end_orphans_in_background(self) -> None:
         """End the runs that killed processes of this host left RUNNING (:mod:`.orphans`).
@@ -348,6 +413,7 @@ class CostTracker:
             TAG_PRICE_PROFILE: self.prices.profile,
             TAG_ALLOCATION_MODE: self.prices.allocation_mode,
             TAG_TRACKING_STATUS: TRACKING_COMPLETE,
+            TAG_COST: format_usd(seg.cost_usd),
         }
         self._outbox.put(Batch(self.tracking_uri, run_id, self._metric_rows(seg, final=True), tags))
         return seg
@@ -403,9 +469,8 @@ class CostTracker:
             if len(self.history) > MAX_HISTORY:  # long runs: keep every other point
                 self.history = self.history[::2]
         if self.log_timeseries and not final:
-            self._outbox.put(
-                Batch(self.tracking_uri, self.run_id, self._metric_rows(self._last, at=self.history[-1][0]))
-            )
+            self._outbox.put(Batch(self.tracking_uri, self.run_id, self._metric_rows(self._last, at=self.history[-1][0]),
+                                   {TAG_COST: format_usd(self._last.cost_usd)}))
 
     def _metric_rows(
         self,
@@ -420,7 +485,10 @@ class CostTracker:
         # final scalars get the highest step so they are the run's "latest" values.
         elapsed = (now_ms - self._run_start_ms) / 1000.0
         step = int(math.ceil(elapsed)) + 1 if final else int(elapsed)
-        metrics = {**b.to_metrics(), **(extra or {})}
+        metrics = b.to_metrics()
+        if self._core:
+            metrics = {METRIC_PREFIX + k: metrics[METRIC_PREFIX + k] for k in CORE_METRICS}
+        metrics.update(extra or {})
         peak_gpu = self._usage.local.gpu.peak_memory_bytes
         if peak_gpu:
             metrics[METRIC_GPU_PEAK_MEMORY_GB] = peak_gpu / GB
