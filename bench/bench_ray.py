@@ -18,10 +18,12 @@ Printed per run and as the mean of the repeats:
   CPU (target < 1%).
 
 All nodes of this cluster share the driver's host, so by default the driver
-reads them itself and no probe actor runs; ``--probes`` reads every node
-through a probe actor, as nodes on other hosts are read.
+reads them itself and no probe actor runs; ``--agent`` reads every node from
+the head dashboard's copy of Ray's agent reports, as nodes on other hosts are
+read (MLFLOW_FINOPS_RAY_READ_LOCAL=false), and ``--probes`` through a probe
+actor per node (the fallback; MLFLOW_FINOPS_RAY_READ_AGENT=false too).
 
-    .venv/bin/python bench/bench_ray.py [--runs 3] [--tasks-per-node 3] [--task-cpu-s 2.5] [--probes]
+    .venv/bin/python bench/bench_ray.py [--runs 3] [--tasks-per-node 3] [--task-cpu-s 2.5] [--agent | --probes]
 """
 
 from __future__ import annotations
@@ -75,9 +77,13 @@ def main() -> None:
     ap.add_argument("--tasks-per-node", type=int, default=3)
     ap.add_argument("--task-cpu-s", type=float, default=2.5)
     ap.add_argument("--no-burner", action="store_true", help="leave out the busy neighbour")
-    ap.add_argument("--probes", action="store_true",
-                    help="read every node through a probe actor, as for nodes on other hosts "
-                         "(MLFLOW_FINOPS_RAY_READ_LOCAL=false)")
+    path = ap.add_mutually_exclusive_group()
+    path.add_argument("--agent", action="store_true",
+                      help="read every node from Ray's agent reports, as nodes on other hosts "
+                           "(MLFLOW_FINOPS_RAY_READ_LOCAL=false)")
+    path.add_argument("--probes", action="store_true",
+                      help="read every node through a probe actor, the fallback "
+                           "(MLFLOW_FINOPS_RAY_READ_LOCAL=false, MLFLOW_FINOPS_RAY_READ_AGENT=false)")
     args = ap.parse_args()
 
     import mlflow
@@ -91,8 +97,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     os.environ["MLFLOW_FINOPS_SPOOL_DIR"] = str(tmp / "spool")
     os.environ["MLFLOW_FINOPS_LOG_CHARTS"] = "false"  # no chart thread competing with the next run
-    if args.probes:
+    if args.agent or args.probes:
         os.environ["MLFLOW_FINOPS_RAY_READ_LOCAL"] = "false"
+    if args.probes:
+        os.environ["MLFLOW_FINOPS_RAY_READ_AGENT"] = "false"
     (tmp / "finops.toml").write_text(
         '[[ray.node_prices]]\nlabels = { market = "spot" }\nprices = { market = "spot", spot_discount = 0.7 }\n'
     )
@@ -131,6 +139,10 @@ def main() -> None:
     for _ in range(2):
         ray.get([on(n).remote(0.05, k) for n in labels for k in ("numpy", "spin")])
     print(f"workers warmed in {time.time() - t:.1f} s", flush=True)
+    if args.agent:  # the head's agent data must show the warmed workers, or their start-up is the run's
+        from mlflow_finops.cost.ray_nodes import agent_staleness_s
+
+        time.sleep(agent_staleness_s())
 
     burner = None if args.no_burner else outside_burner()
     rows = []
@@ -151,10 +163,12 @@ def main() -> None:
             sampling_s = tracker.overhead_cpu_s
             split = {"sampling": tracker.sampling_cpu_s, "delivery": tracker._outbox.cpu_s,
                      "start/stop": tracker._caller_cpu_s}
-            cluster = tracker.ray_cluster
-            probe_s = cluster.probe_cpu_s if cluster is not None else float("nan")
-            in_driver = sum(node.in_driver for node in cluster.nodes.values())
-            m = MlflowClient().get_run(run.info.run_id).data.metrics
+            sampler = tracker.ray_cluster
+            probe_s = sampler.probe_cpu_s if sampler is not None else float("nan")
+            in_driver = sum(node.in_driver for node in sampler.nodes.values())
+            by_agent = sum(node.agent for node in sampler.nodes.values())
+            got = MlflowClient().get_run(run.info.run_id).data
+            m = got.metrics
             in_task = sum(c for c, _, _ in results)
             per_node_task: dict[str, float] = {}
             for c, node_id, _ in results:
@@ -174,8 +188,9 @@ def main() -> None:
                 "pids": sorted({(nid[:8], pid) for _, nid, pid in results}),
             }
             rows.append(row)
-            baselines = {n[:8]: len(node.pre_existing) for n, node in cluster.nodes.items()}
-            print(f"\nrun {i + 1}: wall {wall:.1f} s (start_run {attach_s:.1f} s), {len(results)} tasks, "
+            baselines = {n[:8]: len(node.pre_existing) for n, node in sampler.nodes.items()}
+            print(f"\nrun {i + 1} (finops.ray_read={got.tags.get('finops.ray_read')}): wall {wall:.1f} s "
+                  f"(start_run {attach_s:.1f} s), {len(results)} tasks, "
                   f"worker pids {row['pids']}, baseline workers per node {baselines}")
             print(f"  attributed Ray CPU {ray_cpu:.2f} core-s / in-task CPU {in_task:.2f} s = {row['ratio']:.4f}")
             for n, (att, own) in row["per_node"].items():
@@ -183,8 +198,9 @@ def main() -> None:
                       f"ratio {att / own if own else float('nan'):.4f}")
             print(f"  overhead: driver's tracking {sampling_s:.3f} s + probe actors {probe_s:.3f} s "
                   f"= {100 * row['overhead']:.2f}% of the job's CPU "
-                  f"(driver {1000 * sampling_s / wall:.1f} ms/s, {len(labels) - in_driver} probe actors "
-                  f"{1000 * probe_s / wall:.1f} ms/s of wall time; {in_driver} nodes read by the driver)",
+                  f"(driver {1000 * sampling_s / wall:.1f} ms/s, {len(labels) - in_driver - by_agent} probe "
+                  f"actors {1000 * probe_s / wall:.1f} ms/s of wall time; {in_driver} nodes read by the driver "
+                  f"from /proc, {by_agent} from the agent reports)",
                   flush=True)
             print("  driver's tracking: " + ", ".join(f"{k} {v:.3f} s" for k, v in split.items())
                   + f" ({tracker.samples} samples); sampling alone + probes = "

@@ -4,12 +4,36 @@ Ray worker processes are children of each node's raylet, not of the training
 script, so the driver's process-tree sampler cannot see them. This module
 finds the workers that run *this driver's* job (Ray's state API: the job's
 running tasks and live actors give node id + worker pid), and reads their
-cumulative CPU time, memory and GPUs: directly from this process for nodes on
-the driver's own host (their processes are visible here), and through one tiny
-probe actor per other node (``num_cpus=0``, pinned to the node; an idle Ray
-worker costs ~1% of a core, so no probe is started where none is needed). Ray
-workers are dedicated to one job, so once a worker has been seen running our
-tasks, all its later CPU is ours.
+cumulative CPU time, memory and GPUs. Three ways, per node (the run's
+``finops.ray_read`` tag says which it took: local, agent, probe, or mixed):
+
+- *local*: nodes on the driver's own host are read from this process's /proc;
+- *agent*: other nodes are read from what Ray already collects: each node's
+  dashboard agent (reporter) sends its raylet's worker processes (pid, create
+  time, ``cpu_times``, ``memory_info``, and the job id from the raylet's core
+  worker stats) to the head, whose dashboard serves them at
+  ``GET /nodes/{node_id}`` (``data.detail.workers``). Only the head's dashboard
+  port is needed (the one the state API uses), not the agents' ports, and no
+  process runs on the node for us;
+- *probe*: one tiny probe actor per node (``num_cpus=0``, pinned to the node),
+  where the head serves no agent data (no dashboard, an older Ray, or the
+  endpoint failing at attach) and for nodes with GPUs (the agent's GPU figures
+  have no per-process split). An idle probe costs ~1.2% of a core.
+
+Ray workers are dedicated to one job, so once a worker has been seen running
+our tasks, all its later CPU is ours.
+
+Staleness of the agent path: the agent reports every 5 s
+(``REPORTER_UPDATE_INTERVAL_MS``), the head merges the reports into its worker
+list every 15 s (``RAY_DASHBOARD_STATS_UPDATING_INTERVAL``) and caches HTTP
+answers 2 s, so a reading is at most ~22 s old (:func:`agent_staleness_s`, from
+the driver's view of those settings). Live figures lag by that much; the run's
+final figures do not: after the job's last task the final read waits until
+each node's list changes after a report taken after the job ended (up to
+``agent_staleness_s() + 3`` s, 25 s by default), so the last seconds count. A
+worker already alive before the run is charged from its reading in the
+previous run of this driver (exact) or else from the agent's list at attach,
+which may miss its last ~22 s before the run (charged to the run).
 
 A worker already alive when tracking started (in the snapshot of every node's
 Ray workers taken then) is charged only from its reading at that moment; one
@@ -25,8 +49,10 @@ the process is a Ray driver and keeps the last figures when Ray fails.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import urllib.request
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -35,12 +61,14 @@ from typing import Any, Mapping
 from .._env import env_flag, env_float
 from ..names import (
     ENV_RAY_DISCOVERY_S,
+    ENV_RAY_READ_AGENT,
     ENV_RAY_READ_LOCAL,
     METRIC_RAY_CPU_CORE_HOURS,
     RETRAIN_ACTOR_CLASS,
     TAG_RAY_JOB_ID,
     TAG_RAY_LOST_NODES,
     TAG_RAY_NODES,
+    TAG_RAY_READ,
     node_metric,
 )
 from ..policy import RayPolicy, load_policy
@@ -61,6 +89,57 @@ STATE_API_LIMIT = 10_000  # the most Ray's state API returns per call
 DISCOVERY_EVERY_S = 5.0  # default of $MLFLOW_FINOPS_RAY_DISCOVERY_S
 # psutil's create time = boot time (whole seconds in /proc/stat) + start ticks: up to 1 s early.
 CREATE_TIME_SLACK_S = 1.0
+AGENT_TIMEOUT_S = 5.0  # one GET of a node's agent data from the head's dashboard
+# The head's worker list changes at most every 15 s: reading it every second would only cost CPU.
+AGENT_READ_EVERY_S = 5.0
+AGENT_POLL_S = 1.0  # the final read's polling, waiting for fresh agent data
+# (node id, pid, create time) -> the worker's CPU seconds at this driver's last agent read: the next
+# run's baseline for a worker the agent's (stale) list at attach shows with less.
+_AGENT_LAST: dict[tuple[str, int, float], float] = {}
+
+
+def agent_staleness_s() -> float:
+    """How old the head's agent data on a node's workers can be: report + merge interval + cache."""
+    try:
+        from ray.dashboard.consts import AIOHTTP_CACHE_TTL_SECONDS, RAY_DASHBOARD_STATS_UPDATING_INTERVAL
+        from ray.dashboard.modules.reporter.reporter_consts import REPORTER_UPDATE_INTERVAL_MS
+
+        return REPORTER_UPDATE_INTERVAL_MS / 1000 + RAY_DASHBOARD_STATS_UPDATING_INTERVAL + AIOHTTP_CACHE_TTL_SECONDS
+    except Exception:  # pragma: no cover - Ray's dashboard constants moved
+        return 22.0
+
+
+def _agent_report_s() -> float:
+    try:
+        from ray.dashboard.modules.reporter.reporter_consts import REPORTER_UPDATE_INTERVAL_MS
+
+        return REPORTER_UPDATE_INTERVAL_MS / 1000
+    except Exception:  # pragma: no cover
+        return 5.0
+
+
+def agent_url(state_api_url: str) -> str:
+    """The head dashboard serving the agents' reports: the state API's server."""
+    return state_api_url.rstrip("/")
+
+
+def read_agent_workers(url: str, node_id: str, timeout: float = AGENT_TIMEOUT_S) -> list[dict[str, Any]]:
+    """The head's latest agent data on one node's worker processes (KeyError/OSError if it has none)."""
+    with urllib.request.urlopen(f"{url}/nodes/{node_id}", timeout=timeout) as resp:
+        body = json.load(resp)
+    workers = body["data"]["detail"]["workers"]
+    if not isinstance(workers, list):
+        raise KeyError("workers")
+    return workers
+
+
+def _is_driver(worker: Mapping[str, Any]) -> bool:
+    return any(s.get("workerType") == "DRIVER" for s in worker.get("coreWorkerStats") or [])
+
+
+def _agent_cpu_s(worker: Mapping[str, Any]) -> float:
+    t = worker["cpuTimes"]
+    return float(t["user"]) + float(t["system"]) + float(t.get("childrenUser", 0)) + float(t.get("childrenSystem", 0))
 
 
 def ray_driver_active() -> bool:
@@ -164,6 +243,9 @@ class _Node:
     prices: PriceCatalog  # the node's own: the policy's [ray] rule matching its labels
     probe: Any = None
     in_driver: bool = False  # the node's processes are read from this process, not by an actor
+    agent: bool = False  # read from the head's copy of the node's dashboard agent reports
+    job_pids: set[int] = field(default_factory=set)  # agent nodes: every pid seen running this job
+    agent_sig: str = ""  # agent nodes: the last worker list read, to see when the head's copy changes
     workers: dict[tuple[int, float], _Worker] = field(default_factory=dict)
     pre_existing: dict[int, tuple[float, float]] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)  # the job's workers on this node (not the probe)
@@ -205,6 +287,7 @@ class RayClusterSampler:
         self.policy = policy
         self.t0 = t0 or time.time()
         self.job_id = ray.get_runtime_context().get_job_id()
+        self._driver_node = ray.get_runtime_context().get_node_id()
         self.nodes: dict[str, _Node] = {}
         self._state_api_errors = 0
         self._last_discovery = float("-inf")
@@ -212,7 +295,9 @@ class RayClusterSampler:
         self._state_url: str | None = None  # the connected cluster's state API, resolved once
         self._probe_cls = ray.remote(num_cpus=0, max_restarts=0)(NodeProbe)
         self.read_in_driver = env_flag(ENV_RAY_READ_LOCAL, True)
+        self.read_agent = env_flag(ENV_RAY_READ_AGENT, True)
         self._driver_ip: str | None = None
+        self._last_agent_read = float("-inf")
         self._refresh_nodes()
         # Baseline: every Ray worker already alive, so CPU spent before the run is not charged.
         local = [n for n in self.nodes.values() if n.in_driver]
@@ -220,7 +305,11 @@ class RayClusterSampler:
             here = _in_driver_probe().ray_workers()  # one host: one listing serves all its nodes
             for n in local:
                 n.pre_existing = here
-        refs = {n.node_id: n.probe.ray_workers.remote() for n in self.nodes.values() if not n.in_driver}
+        for n in self.nodes.values():
+            if n.agent:
+                n.pre_existing = self._agent_snapshot(n)
+        refs = {n.node_id: n.probe.ray_workers.remote() for n in self.nodes.values() if n.probe is not None
+                and not n.in_driver}
         deadline = time.monotonic() + PROBE_START_TIMEOUT_S
         for node_id, ref in refs.items():
             try:
@@ -249,6 +338,9 @@ class RayClusterSampler:
             if self._on_this_host(info):
                 self.nodes[node_id] = _Node(node_id, prices, _in_driver_probe(), in_driver=True)
                 continue
+            if self._agent_serves(info):
+                self.nodes[node_id] = _Node(node_id, prices, agent=True)
+                continue
             key = (self.job_id, node_id)
             if key not in _PROBES:  # one probe per node, reused by every run of this driver
                 _PROBES[key] = self._probe_cls.options(
@@ -271,6 +363,32 @@ class RayClusterSampler:
         except Exception as exc:  # then an actor probe reads it, as for any remote node
             _log.debug("cannot tell whether node %s is local: %s", info.get("NodeID"), exc)
             return False
+
+    def _agent_serves(self, info: dict[str, Any]) -> bool:
+        """Whether the head serves agent reports for this node (no GPU: those need a probe)."""
+        if not self.read_agent or float((info.get("Resources") or {}).get("GPU", 0)) > 0:
+            return False
+        try:
+            read_agent_workers(agent_url(self._state_api_url()), info["NodeID"])
+            return True
+        except Exception as exc:
+            _log.warning("mlflow-finops: no Ray agent data for node %s, a probe actor reads it: %s",
+                         info["NodeID"], f"{exc}".splitlines()[0][:200] if f"{exc}" else type(exc).__name__)
+            return False
+
+    def _agent_snapshot(self, node: _Node) -> dict[int, tuple[float, float]]:
+        """The node's Ray workers at attach, per the agent (pid -> create time, CPU seconds)."""
+        try:
+            workers = read_agent_workers(agent_url(self._state_api_url()), node.node_id)
+        except Exception as exc:
+            _log.warning("mlflow-finops: no baseline of the Ray workers on node %s: %s", node.node_id, exc)
+            return {}
+        out = {}
+        for w in workers:
+            created = round(float(w["createTime"]), 2)
+            cpu = max(_agent_cpu_s(w), _AGENT_LAST.get((node.node_id, int(w["pid"]), created), 0.0))
+            out[int(w["pid"])] = (created, cpu)
+        return out
 
     def _state_api_url(self) -> str:
         """The state API of the cluster this driver is connected to.
@@ -309,6 +427,65 @@ class RayClusterSampler:
                 out.setdefault(a.node_id, set()).add(int(a.pid))
         return out
 
+    def _read_agents(self, found: dict[str, set[int]], final: bool) -> dict[str, dict[str, Any]]:
+        """Node id -> a probe-shaped result from the head's agent data, for the agent nodes.
+
+        Read every AGENT_READ_EVERY_S; the final read waits (up to :func:`agent_staleness_s` + 3 s)
+        until each node's list has changed after a report the agent took after the job ended.
+        """
+        nodes = [n for n in self.nodes.values() if n.agent and not n.lost]
+        for n in nodes:
+            n.job_pids |= found.get(n.node_id, set())
+        now = time.monotonic()
+        if not nodes or (not final and now - self._last_agent_read < AGENT_READ_EVERY_S):
+            return {}
+        self._last_agent_read = now
+        url = agent_url(self._state_api_url())
+        results: dict[str, dict[str, Any]] = {}
+        ended = time.time()
+        ready_at = ended + _agent_report_s() + 2.0  # a list unchanged since then predates no report
+        deadline = ended + agent_staleness_s() + 3.0
+        armed: dict[str, str] = {}  # final: node -> its list read at ready_at or later
+        waiting = {n.node_id for n in nodes}
+        while waiting:
+            for node in [n for n in nodes if n.node_id in waiting]:
+                try:
+                    workers = read_agent_workers(url, node.node_id)
+                except Exception as exc:
+                    node.failures += 1
+                    _log.log(logging.WARNING if node.failures == 1 else logging.DEBUG,
+                             "mlflow-finops: Ray agent data for node %s unavailable (last figures kept): %s",
+                             node.node_id, exc)
+                    waiting.discard(node.node_id)
+                    continue
+                node.failures = 0
+                at = time.time()
+                sig = json.dumps(workers, sort_keys=True)
+                results[node.node_id] = self._agent_result(node, workers, at)
+                if not final or (node.node_id in armed and sig != armed[node.node_id]) or at >= deadline:
+                    waiting.discard(node.node_id)
+                elif at >= ready_at and node.node_id not in armed:
+                    armed[node.node_id] = sig
+            if waiting:
+                time.sleep(AGENT_POLL_S)
+        return results
+
+    def _agent_result(self, node: _Node, workers: list[dict[str, Any]], at: float) -> dict[str, Any]:
+        procs = {}
+        for w in workers:
+            pid = int(w["pid"])
+            if _is_driver(w) or (node.node_id == self._driver_node and pid == os.getpid()):
+                continue  # the raylet lists drivers too: the run's driver is its process tree's
+            if w.get("jobId") == self.job_id:
+                node.job_pids.add(pid)  # the raylet's core worker stats name the job too
+            if pid not in node.job_pids:
+                continue
+            created = round(float(w["createTime"]), 2)
+            cpu = _agent_cpu_s(w)
+            _AGENT_LAST[(node.node_id, pid, created)] = cpu
+            procs[pid] = (created, cpu, int((w.get("memoryInfo") or {}).get("rss", 0)))
+        return {"time": at, "procs": procs, "gpu": [], "probe_pid": -1}
+
     # -------------------------------------------------------------- sample
     def collect(self, final: bool = False) -> ClusterReading:
         started = time.time()
@@ -322,17 +499,20 @@ class RayClusterSampler:
             self._last_discovery = now
             self._refresh_nodes()
             found = self._discover(final)
-        return ClusterReading(started, found, self._read_probes(found))
+        results = self._read_probes(found)
+        results.update(self._read_agents(found, final))
+        return ClusterReading(started, found, results)
 
     def fold(self, reading: ClusterReading, usage: RunUsage) -> None:
         for node_id, result in reading.results.items():
-            self._apply(self.nodes[node_id], result, reading.found.get(node_id, set()))
+            node = self.nodes[node_id]
+            self._apply(node, result, node.job_pids if node.agent else reading.found.get(node_id, set()))
         usage.nodes = self.breakdowns(reading.time - self.t0)
 
     def close(self, usage: RunUsage) -> Summary:
         """The job's tags and the per-node figures; probes of lost nodes are forgotten, the
         others stay for the driver's next run."""
-        tags = {TAG_RAY_JOB_ID: self.job_id, TAG_RAY_NODES: str(len(usage.nodes))}
+        tags = {TAG_RAY_JOB_ID: self.job_id, TAG_RAY_NODES: str(len(usage.nodes)), TAG_RAY_READ: self.read_path}
         if self.lost_nodes:
             tags[TAG_RAY_LOST_NODES] = ",".join(self.lost_nodes)
         for node in self.nodes.values():
@@ -357,7 +537,7 @@ class RayClusterSampler:
         local = {}
         results = {}
         for node in self.nodes.values():
-            if node.lost:
+            if node.lost or node.agent:
                 continue
             known = {pid for pid, _ in node.workers}
             pids = sorted(known | found.get(node.node_id, set()))
@@ -447,6 +627,14 @@ class RayClusterSampler:
                 b, wall_hours=0.0, allocation_mode=self.base_prices.allocation_mode, peak_rss_gb=0.0
             )
         return out
+
+    @property
+    def read_path(self) -> str:
+        """local | agent | probe: how the nodes that ran the job were read (all nodes if none did);
+        mixed when it differs between them."""
+        used = [n for n in self.nodes.values() if n.workers] or list(self.nodes.values())
+        paths = {"local" if n.in_driver else "agent" if n.agent else "probe" for n in used}
+        return paths.pop() if len(paths) == 1 else "mixed" if paths else "none"
 
     @property
     def lost_nodes(self) -> list[str]:

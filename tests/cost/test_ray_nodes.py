@@ -54,12 +54,24 @@ def job_probe_actors(dashboard_url: str) -> list:
     return list_actors(dashboard_url, filters=filters)
 
 
-@pytest.mark.parametrize("read_local", ["true", "false"], ids=["nodes-read-by-the-driver", "probe-actors"])
+@pytest.mark.parametrize("read", ["local", "probe", "agent-unreachable"],
+                         ids=["nodes-read-by-the-driver", "probe-actors", "probes-when-the-agent-data-fails"])
 def test_every_nodes_share_lands_in_the_run(ray_driver, sqlite_uri: str, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch, read_local: str) -> None:
-    # All test nodes share this host: by default the driver reads their workers itself; with
-    # MLFLOW_FINOPS_RAY_READ_LOCAL=false each node gets a probe actor, as on a multi-host cluster.
-    monkeypatch.setenv("MLFLOW_FINOPS_RAY_READ_LOCAL", read_local)
+                                            monkeypatch: pytest.MonkeyPatch, read: str) -> None:
+    # All test nodes share this host: by default the driver reads their workers itself. Nodes of
+    # other hosts are read from Ray's agent reports (tests/cost/test_ray_agent.py), or by a probe
+    # actor each: when asked to (MLFLOW_FINOPS_RAY_READ_AGENT=false), or when the head's agent
+    # data cannot be read (the fault injected here: its address is a closed port).
+    from mlflow_finops.cost import ray_nodes
+
+    if read != "local":
+        monkeypatch.setenv("MLFLOW_FINOPS_RAY_READ_LOCAL", "false")
+    if read == "probe":
+        monkeypatch.setenv("MLFLOW_FINOPS_RAY_READ_AGENT", "false")
+    if read == "agent-unreachable":
+        from conftest import free_port
+
+        monkeypatch.setattr(ray_nodes, "agent_url", lambda state_api_url: f"http://127.0.0.1:{free_port()}")
     (tmp_path / "finops.toml").write_text(
         '[[ray.node_prices]]\nlabels = { market = "spot" }\nprices = { market = "spot", spot_discount = 0.7 }\n'
     )
@@ -76,7 +88,7 @@ def test_every_nodes_share_lands_in_the_run(ray_driver, sqlite_uri: str, tmp_pat
             probes = job_probe_actors(ray_driver.dashboard_url)
     finally:
         os.kill(burner, signal.SIGKILL)
-    assert len(probes) == (0 if read_local == "true" else len(nodes))
+    assert len(probes) == (0 if read == "local" else len(nodes))
     in_task = sum(cpu for cpu, _ in results)
     r = MlflowClient().get_run(run.info.run_id)
     m, tags = r.data.metrics, r.data.tags
@@ -84,6 +96,7 @@ def test_every_nodes_share_lands_in_the_run(ray_driver, sqlite_uri: str, tmp_pat
     assert ray_cpu == pytest.approx(in_task, rel=0.10)
     assert tags["finops.ray_job_id"] == ray.get_runtime_context().get_job_id()
     assert "finops.ray_lost_nodes" not in tags
+    assert tags["finops.ray_read"] == ("local" if read == "local" else "probe")
     per_node = {n["NodeID"]: m.get(f"finops/node/{n['NodeID']}/cpu_core_hours", 0.0) * 3600 for n in nodes}
     for n in nodes:
         assert per_node[n["NodeID"]] == pytest.approx(3.0, rel=0.15), n["Labels"]
