@@ -43,29 +43,29 @@ import mlflow
 from .._env import env_flag, env_float
 from ..money import format_usd
 from ..names import (
-    COST_VIEW_KEY,
     CORE_METRICS,
-    ENV_METRICS,
-    METRICS_ALL,
-    METRICS_CORE,
-    TAG_COST,
-    TAG_NOTE,
-    TAG_SHARED_VIEW_PREFIX,
+    COST_VIEW_KEY,
     ENV_CHARGE_PROCESS_START,
     ENV_CHART_MIN_S,
     ENV_DISABLE,
     ENV_FLUSH_TIMEOUT_S,
     ENV_INTERVAL_S,
     ENV_LOG_CHARTS,
+    ENV_METRICS,
+    METRICS_ALL,
+    METRICS_CORE,
     METRIC_GPU_PEAK_MEMORY_GB,
     METRIC_PREFIX,
     TAG_ALLOCATED_CPUS,
     TAG_ALLOCATION_MODE,
+    TAG_COST,
     TAG_END_REASON,
     TAG_INTERVAL_S,
     TAG_MARKET,
     TAG_NESTED_IN,
+    TAG_NOTE,
     TAG_PRICE_PROFILE,
+    TAG_SHARED_VIEW_PREFIX,
     TAG_TRACKED,
     TAG_TRACKING_ERROR,
     TAG_TRACKING_STATUS,
@@ -303,7 +303,7 @@ class CostTracker:
     def _publish_cost_view(self, final: CostBreakdown) -> None:
         """Put the cost where people look in MLflow's UI: a line in the run's description (top of
         the run page, the user's own text kept) linking to the experiment's saved runs-table view
-        with the cost tag beside the run's own metrics. Two requests at run end; never raises."""
+        with the cost tag beside the run's own metrics. Four requests at run end; never raises."""
         try:
             from mlflow.tracking import MlflowClient
 
@@ -469,8 +469,8 @@ class CostTracker:
             if len(self.history) > MAX_HISTORY:  # long runs: keep every other point
                 self.history = self.history[::2]
         if self.log_timeseries and not final:
-            self._outbox.put(Batch(self.tracking_uri, self.run_id, self._metric_rows(self._last, at=self.history[-1][0]),
-                                   {TAG_COST: format_usd(self._last.cost_usd)}))
+            rows = self._metric_rows(self._last, at=self.history[-1][0])
+            self._outbox.put(Batch(self.tracking_uri, self.run_id, rows, {TAG_COST: format_usd(self._last.cost_usd)}))
 
     def _metric_rows(
         self,
@@ -571,6 +571,7 @@ def autolog(
     if interval_s is not None and interval_s <= 0:
         raise ValueError(f"interval_s={interval_s!r}: must be greater than 0")
     catalog = resolve_prices(prices, policy)
+    metrics_setting()  # a bad MLFLOW_FINOPS_METRICS is refused here, not in the run-start hook
     if interval_s is None:
         interval_s = env_float(ENV_INTERVAL_S, DEFAULT_INTERVAL_S)
     with _state_lock:
