@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -782,20 +783,47 @@ def test_an_outage_is_told_once_and_its_end_too(client: MlflowClient, copied_sto
                                                 caplog: pytest.LogCaptureFixture) -> None:
     run_id = new_run(client)
     client.delete_run(run_id)  # refused until restored
+    why = d._short(refusal(cost_batch(copied_store, run_id, 1)))
     outbox = Outbox(min_interval_s=0, max_backoff_s=0.2).start()
     with caplog.at_level(logging.WARNING):
         outbox.put(cost_batch(copied_store, run_id, 1))
         wait_for(lambda: any("cannot reach MLflow" in m for m in messages(caplog)))
-        time.sleep(0.6)  # a few retries: still one warning
+        time.sleep(1.3)  # retried after 1 s, then every 0.2 s: still one warning
         client.restore_run(run_id)
-        wait_for(lambda: history(client, run_id) == [(0.5, 1)])
+        wait_for(lambda: history(client, run_id) == [(0.5, 1)], timeout_s=3)
         assert outbox.close(timeout_s=10) == 0
     warnings = messages(caplog)
     assert len(warnings) == 2
-    assert warnings[0].startswith(f"mlflow-finops: cannot reach MLflow at {copied_store} (")
-    assert warnings[0].endswith("); cost samples are kept and retried, training is not affected")
-    assert warnings[1].startswith("mlflow-finops: MLflow answers again after ")
-    assert warnings[1].endswith(" s; delivering queued samples")
+    assert warnings[0] == (f"mlflow-finops: cannot reach MLflow at {copied_store} ({why}); cost samples are kept "
+                           "and retried, training is not affected")
+    assert re.fullmatch(r"mlflow-finops: MLflow answers again after \d+ s; delivering queued samples", warnings[1])
+
+
+def test_live_batches_keep_their_interval_and_go_when_it_ends(client: MlflowClient, copied_store: str) -> None:
+    run_id = new_run(client)
+    outbox = Outbox(min_interval_s=0.9).start()
+    outbox.put(cost_batch(copied_store, run_id, 1))
+    wait_for(lambda: history(client, run_id) == [(0.5, 1)])
+    sent = time.monotonic()
+    outbox.put(cost_batch(copied_store, run_id, 2))
+    time.sleep(0.2)
+    assert len(history(client, run_id)) == 1 or time.monotonic() - sent >= 0.9
+    wait_for(lambda: len(history(client, run_id)) == 2, timeout_s=3)  # without a put or a close
+    assert outbox.close(timeout_s=10) == 0
+
+
+def test_a_refused_run_stays_queued_while_the_others_go(client: MlflowClient, copied_store: str) -> None:
+    first, alive, deleted = new_run(client), new_run(client), new_run(client)
+    client.delete_run(deleted)
+    outbox = Outbox(min_interval_s=60).start()
+    outbox.put(cost_batch(copied_store, first, 1))
+    wait_for(lambda: history(client, first) == [(0.5, 1)])
+    outbox.put(cost_batch(copied_store, alive, 2))  # both wait for the interval, then go in one take
+    outbox.put(cost_batch(copied_store, deleted, 3))
+    assert outbox.close(timeout_s=1) == 1
+    assert history(client, alive) == [(1.0, 2)]
+    assert [(b["run_id"], b["metrics"][0][3]) for b in spooled()] == [(deleted, 3)]
+    assert outbox.cpu_s > 0
 
 
 def test_what_cannot_be_sent_by_the_deadline_is_spooled(busy: ThreadingHTTPServer, client: MlflowClient,
@@ -811,6 +839,7 @@ def test_what_cannot_be_sent_by_the_deadline_is_spooled(busy: ThreadingHTTPServe
         t0 = time.monotonic()
         assert outbox.close(timeout_s=1) == 3
         assert time.monotonic() - t0 < 2.5
+    assert 0 < outbox.cpu_s < 10  # failed attempts cost CPU too
     assert [(b["tracking_uri"], b["metrics"][0][3]) for b in spooled()] == [(busy.url, s) for s in (2, 3, 4)]  # type: ignore[attr-defined]
     assert "s3cret" not in caplog.text
     [path] = spool_dir().glob("*.jsonl")
