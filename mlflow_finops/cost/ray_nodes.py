@@ -245,7 +245,6 @@ class _Node:
     in_driver: bool = False  # the node's processes are read from this process, not by an actor
     agent: bool = False  # read from the head's copy of the node's dashboard agent reports
     job_pids: set[int] = field(default_factory=set)  # agent nodes: every pid seen running this job
-    agent_sig: str = ""  # agent nodes: the last worker list read, to see when the head's copy changes
     workers: dict[tuple[int, float], _Worker] = field(default_factory=dict)
     pre_existing: dict[int, tuple[float, float]] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)  # the job's workers on this node (not the probe)
@@ -460,9 +459,12 @@ class RayClusterSampler:
                     continue
                 node.failures = 0
                 at = time.time()
-                sig = json.dumps(workers, sort_keys=True)
                 results[node.node_id] = self._agent_result(node, workers, at)
-                if not final or (node.node_id in armed and sig != armed[node.node_id]) or at >= deadline:
+                if not final or at >= deadline:
+                    waiting.discard(node.node_id)
+                    continue
+                sig = json.dumps(workers, sort_keys=True)
+                if node.node_id in armed and sig != armed[node.node_id]:
                     waiting.discard(node.node_id)
                 elif at >= ready_at and node.node_id not in armed:
                     armed[node.node_id] = sig
