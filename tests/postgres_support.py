@@ -103,13 +103,13 @@ class PostgresServer:
         if os.geteuid() == 0:
             owner = _owner()
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
-        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8", "--no-locale",
-                 "--no-sync")
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
-        self._started = True
         try:
+            self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8", "--no-locale",
+                     "--no-sync")
+            self._started = True  # from here on, stop() tries pg_ctl stop (harmless when it did not start)
+            self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
             self.execute(f'CREATE DATABASE "{self.database}"', database="postgres")
         except BaseException:
             self.stop()
@@ -130,8 +130,8 @@ class PostgresServer:
 
     def stop(self) -> None:
         try:
-            if self._started:
+            if self._started and (self.data / "postmaster.pid").exists():
                 self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-                self._started = False
+            self._started = False
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
