@@ -62,22 +62,19 @@ class Batch:
     tags: dict[str, str] = field(default_factory=dict)
 
     def chunks(self) -> list["Batch"]:
-        out = []
+        """Requests within ``log_batch``'s limits (at least one, maybe empty), metrics in order."""
+        per_request = MAX_METRICS_PER_REQUEST - MAX_TAGS_PER_REQUEST  # room for a full page of tags
         tags = list(self.tags.items())
-        m = self.metrics
-        i = j = 0
-        while i < len(m) or j < len(tags) or not out:
-            out.append(
-                Batch(
-                    self.tracking_uri,
-                    self.run_id,
-                    m[i : i + MAX_METRICS_PER_REQUEST - MAX_TAGS_PER_REQUEST],
-                    dict(tags[j : j + MAX_TAGS_PER_REQUEST]),
-                )
+        count = max(-(-len(self.metrics) // per_request), -(-len(tags) // MAX_TAGS_PER_REQUEST), 1)
+        return [
+            Batch(
+                self.tracking_uri,
+                self.run_id,
+                self.metrics[k * per_request : (k + 1) * per_request],
+                dict(tags[k * MAX_TAGS_PER_REQUEST : (k + 1) * MAX_TAGS_PER_REQUEST]),
             )
-            i += MAX_METRICS_PER_REQUEST - MAX_TAGS_PER_REQUEST
-            j += MAX_TAGS_PER_REQUEST
-        return out
+            for k in range(count)
+        ]
 
 
 def spool_dir() -> Path:
