@@ -8,6 +8,7 @@ Later capabilities add their sections to :class:`Policy`.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 import sys
 import types
 import typing
