@@ -20,7 +20,7 @@ quickstart: $(VENV)/.installed    ## just the cost of two training runs (a minut
 test: $(VENV)/.installed          ## run the test suite (installs Chromium for the UI test and PostgreSQL where it can)
 	-bash .ci/install-browser $(PY)
 	-bash .ci/install-postgres $(PY)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 bench: $(VENV)/.installed         ## run every benchmark (long; figures go to bench/README.md)
 	$(PY) bench/bench_overhead.py

@@ -30,6 +30,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# --------------------------------------------------------------- test workers
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): most of its
+# time is spent waiting for servers, Ray jobs and subprocesses, not computing. Each group below
+# runs on one worker, so a session fixture starts once: every test on the shared Ray cluster
+# (and the tests that start Ray clusters of their own beside it) in one group, every other
+# module in a group of its own (its module fixtures: servers, browsers, PostgreSQL).
+RAY_FIXTURES = {"ray_cluster", "ray_driver", "actor_cluster"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        on_ray = RAY_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name == "test_ray_cluster.py"
+        group = "ray" if on_ray else str(item.path.relative_to(config.rootpath))
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test gets its own spool folder and no inherited finops settings."""
