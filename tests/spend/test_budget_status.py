@@ -72,3 +72,17 @@ def test_envelopes_for_a_model_or_a_team() -> None:
     assert envelopes_for(policy, model="fraud", team="growth") == ["growth", "both"]
     assert envelopes_for(policy, team="risk") == ["both"]
     assert envelopes_for(policy) == [] and envelopes_for(policy, model="nobody") == []
+
+
+@pytest.mark.parametrize(
+    "now, expected",
+    [
+        (datetime(2026, 1, 1, tzinfo=timezone.utc), 0.0),  # before the period: nothing elapsed
+        (datetime(2026, 3, 1, tzinfo=timezone.utc), 1.0),  # after its end: all of it, not more
+    ],
+)
+def test_elapsed_fraction_stays_within_the_period(now: datetime, expected: float) -> None:
+    from mlflow_finops.spend.budget import _fraction
+
+    start, end = datetime(2026, 2, 1, tzinfo=timezone.utc), datetime(2026, 2, 11, tzinfo=timezone.utc)
+    assert _fraction(start, end, now) == expected
