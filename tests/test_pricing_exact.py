@@ -26,7 +26,7 @@ def test_every_figure_of_one_stretch() -> None:
     assert b.wall_hours == 2 and b.cpu_core_hours == 1 and b.ram_gb_hours == 8 and b.gpu_hours == 0.5
     assert b.cpu_allocated_core_hours == 8 and b.peak_rss_gb == 5.5
     energy = (1 * 5.0 / 1000 + 8 * 0.5 / 1000 + 1.0) * 1.5  # CPU + RAM watts, 3.6 MJ = 1 kWh of GPU, PUE
-    assert b.energy_kwh == pytest.approx(energy)
+    assert b.energy_kwh == pytest.approx(energy, rel=1e-12)  # exact: 3.6 MJ is 1 kWh, not nearly
     assert b.co2e_kg == pytest.approx(energy * 400 / 1000)
     usage = 1 * 0.04 + 8 * 0.005 + 0.5 * 4.0  # the longest matching GPU key wins: "A100 80GB"
     assert b.usage_cost_usd == pytest.approx(usage + energy * 0.2)
