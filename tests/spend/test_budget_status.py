@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from mlflow_finops.policy import BudgetEnvelope, Policy
-from mlflow_finops.spend.budget import BudgetStatus, envelopes_for
+from mlflow_finops.spend.budget import BudgetStatus, _fraction, envelopes_for
 
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 END = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -82,7 +82,5 @@ def test_envelopes_for_a_model_or_a_team() -> None:
     ],
 )
 def test_elapsed_fraction_stays_within_the_period(now: datetime, expected: float) -> None:
-    from mlflow_finops.spend.budget import _fraction
-
     start, end = datetime(2026, 2, 1, tzinfo=timezone.utc), datetime(2026, 2, 11, tzinfo=timezone.utc)
     assert _fraction(start, end, now) == expected
