@@ -393,7 +393,15 @@ class RetrainPolicy(_Section):
     ray_address: str | None = Field(
         None, description="Ray Jobs API address, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS, else that)."
     )
-    strategy: RetrainStrategy = Field("auto", description="auto: partial_fit, else warm_start, else refit.")
+    strategy: RetrainStrategy = Field(
+        "auto", description="auto: a full refit while the data is small (refit_max_rows), else partial_fit, "
+        "else warm_start, else refit."
+    )
+    refit_max_rows: int = Field(
+        100_000, ge=0, le=10**12,
+        description="auto refits from scratch on everything the champion learned plus the new rows while they "
+        "number at most this (0: never): on small data a refit costs about what an update does and adapts fully.",
+    )
     metric: RetrainMetric = Field("accuracy", description="What champion and challenger are compared on.")
     margin: float = Field(0.0, ge=0, description="The challenger must beat the champion by more than this.")
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Newest share of the new data held out.")

@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CapReached",
     "ColumnError",
+    "refit_when_small",
     "JobConfig",
     "Evaluation",
     "NewData",
@@ -222,6 +223,26 @@ def update_path(model: Any, strategy: str) -> str:
     if "warm_start" in est.get_params() and ("n_estimators" in est.get_params() or "max_iter" in est.get_params()):
         return "warm_start"
     return "refit"
+
+
+def refit_when_small(rp: RetrainPolicy, path: str, reference: pd.DataFrame | None, new_rows: int) -> str:
+    """Why ``auto`` refits instead of updating ('' when it does not): what the champion learned plus
+    the new rows are at most ``refit_max_rows``. On data that small a refit costs about what an update
+    does (a retrain's fixed part dominates both), and it adapts fully where an update adds trees the
+    old ones outvote."""
+    if rp.strategy != "auto" or path == "refit" or reference is None:
+        return ""
+    total = len(reference) + new_rows
+    if total > rp.refit_max_rows:
+        return ""
+    return (f"{len(reference):,} learned + {new_rows:,} new rows <= refit_max_rows={rp.refit_max_rows:,}: "
+            f"a refit costs about what an update does and learns everything anew")
+
+
+def refit_all(rp: RetrainPolicy, reference: pd.DataFrame | None, new_rows: int) -> bool:
+    """Whether a winning refit is fitted again with its held-out rows: when everything it would
+    learn is at most ``refit_max_rows`` (a second fit of a big refit would double its cost)."""
+    return (0 if reference is None else len(reference)) + new_rows <= rp.refit_max_rows
 
 
 def classes_block(model: Any, y: pd.Series, path: str) -> str:
@@ -439,14 +460,23 @@ def run_job(cfg: JobConfig, run_id: str, cap_usd: float | None = None) -> Retrai
             path = "refit"
         try:
             columns = feature_columns(mp, data.columns, champion, "new data")
-            reference = _previous_reference(cfg, champion_version) if path == "refit" else None
+            reference = None
+            if path == "refit" or (rp.strategy == "auto" and rp.refit_max_rows > 0):
+                reference = _previous_reference(cfg, champion_version)
+                if path != "refit" and reference is not None and cfg.target not in reference.columns:
+                    reference = None  # no labels to refit on: the update it is
+            small = refit_when_small(rp, path, reference, len(train))
+            if small:
+                log.info("%s: full refit", small)
+                path, why = "refit", why or small
+            elif path != "refit":
+                reference = None
             if reference is not None:
                 feature_columns(mp, reference.columns, champion, "the champion's reference")
                 if cfg.target not in reference.columns:
                     raise ColumnError(f"the champion's reference has no target column {cfg.target!r}")
         except (ColumnError, DataInputError) as exc:
             return _failed(str(exc))
-        learned, taken = learn(ledger, new.pieces, len(train))
         mlflow.set_tags({
             TAG_RETRAIN_STATE: RetrainState.RUNNING.value,
             TAG_UPDATE_PATH: path,
@@ -460,11 +490,23 @@ def run_job(cfg: JobConfig, run_id: str, cap_usd: float | None = None) -> Retrai
         if challenger is None:
             mlflow.end_run("KILLED")
             return RetrainState.CAPPED
-        rows = train if reference is None else pd.concat([reference, train], ignore_index=True)
+        ev = evaluate(champion, challenger, hold[columns], hold[cfg.target], rp)
+        learned_rows = train
+        if ev.better and path == "refit" and refit_all(rp, reference, len(data)):
+            # the winner is fitted once more with its held-out rows, the newest and after a drift the
+            # most telling, as a model is refitted on all its data once validated (while that is
+            # cheap: small data); its score at promotion stays the validated fit's
+            challenger = _train(cfg, champion, data[columns], data[cfg.target], path, reference, cap_usd)
+            if challenger is None:
+                mlflow.end_run("KILLED")
+                return RetrainState.CAPPED
+            learned_rows = data
+        learned, taken = learn(ledger, new.pieces, len(learned_rows))
+        rows = learned_rows if reference is None else pd.concat([reference, learned_rows], ignore_index=True)
         update_note = [{"sha256": p.sha256, "name": p.name, "from_row": p.start, "rows_learned": n}
                        for p, n in zip(new.pieces, taken)]
-        return _judge(cfg, client, champion, champion_version, challenger, hold[columns], hold[cfg.target],
-                      path=path, rows=rows, ledger=learned, update_note=update_note)
+        return _judge(cfg, client, champion_version, challenger, ev, path=path, rows=rows, ledger=learned,
+                      update_note=update_note)
 
 
 def _no_new_data(reason: str) -> RetrainState:
@@ -508,14 +550,12 @@ def _train(cfg: JobConfig, champion: Any, X: pd.DataFrame, y: pd.Series, path: s
         return None
 
 
-def _judge(cfg: JobConfig, client: MlflowClient, champion: Any, champion_version: Any, challenger: Any,
-           Xh: pd.DataFrame, yh: pd.Series, *, path: str, rows: pd.DataFrame, ledger: Ledger,
-           update_note: list[dict[str, Any]]) -> RetrainState:
-    """Evaluate on the held-out rows, register the challenger with its lineage and ledger, promote
-    it when better (``rows``, what it learned, becoming the drift reference); the verdict."""
-    rp, name = cfg.retrain, cfg.registered
+def _judge(cfg: JobConfig, client: MlflowClient, champion_version: Any, challenger: Any, ev: Evaluation,
+           *, path: str, rows: pd.DataFrame, ledger: Ledger, update_note: list[dict[str, Any]]) -> RetrainState:
+    """Register the challenger with its evaluation, lineage and ledger; promote it when better
+    (``rows``, what it learned, becoming the drift reference); the verdict."""
+    name = cfg.registered
     run_id = mlflow.active_run().info.run_id
-    ev = evaluate(champion, challenger, Xh, yh, rp)
     mlflow.log_metrics({f"eval/champion_{ev.metric}": ev.champion, f"eval/challenger_{ev.metric}": ev.challenger})
     version_tags = {
         TAG_RETRAIN_RUN_ID: run_id,

@@ -25,6 +25,8 @@ from mlflow_finops.retrain.job import (
     feature_columns,
     file_sha256,
     new_data,
+    refit_all,
+    refit_when_small,
     update,
     update_path,
 )
@@ -152,3 +154,31 @@ def test_evaluate_follows_the_metric_direction_and_the_margin() -> None:
     close = evaluate(bad, good, X, y, RetrainPolicy(metric="rmse", margin=10.0))
     assert close.champion == pytest.approx(5.0) and close.challenger == pytest.approx(0.0, abs=1e-9)
     assert not close.better  # better by 5, not by more than the margin
+
+
+@pytest.mark.parametrize(
+    "strategy, path, learned, new, refits",
+    [
+        ("auto", "warm_start", 60, 40, True),  # 100 rows: at the limit, refit
+        ("auto", "warm_start", 61, 40, False),  # 101 rows: the update
+        ("auto", "partial_fit", 10, 10, True),
+        ("warm_start", "warm_start", 10, 10, False),  # a strategy the policy names is kept
+        ("auto", "refit", 10, 10, False),  # already a refit: nothing to say
+        ("auto", "warm_start", None, 10, False),  # nothing learned to refit on
+    ],
+)
+def test_auto_refits_only_small_data(strategy: str, path: str, learned: int | None, new: int, refits: bool) -> None:
+    rp = RetrainPolicy(strategy=strategy, refit_max_rows=100)
+    reference = None if learned is None else pd.DataFrame({"x": range(learned)})
+    why = refit_when_small(rp, path, reference, new)
+    assert bool(why) is refits
+    if refits:
+        assert why.startswith(f"{learned} learned + {new} new rows <= refit_max_rows=100")
+    assert refit_when_small(RetrainPolicy(refit_max_rows=0), "warm_start", pd.DataFrame({"x": [1]}), 1) == ""
+
+
+def test_a_winning_refit_is_fitted_again_only_while_small() -> None:
+    rp = RetrainPolicy(refit_max_rows=100)
+    assert refit_all(rp, pd.DataFrame({"x": range(60)}), 40)  # 100: at the limit
+    assert not refit_all(rp, pd.DataFrame({"x": range(61)}), 40)
+    assert refit_all(rp, None, 100) and not refit_all(rp, None, 101)

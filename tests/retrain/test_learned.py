@@ -48,7 +48,7 @@ def _setup(root: Path, champion, *, retrain: str = "", model: str = "", ref: pd.
     (root / "finops.toml").write_text(
         f'[models.m]\nreference = "ref.csv"\ncurrent = "new"\ntarget = "y"\nregistered_model = "{REG}"\n'
         f'drop = ["id"]\n{model}'
-        f'[models.m.retrain]\nmetric = "rmse"\nwarm_start_step = 2\nwarm_start_steps = 1\n{retrain}'
+        f'[models.m.retrain]\nmetric = "rmse"\nrefit_max_rows = 0\nwarm_start_step = 2\nwarm_start_steps = 1\n{retrain}'
     )
     ref = _rows(range(40), 0.0) if ref is None else ref
     _write(root / "ref.csv", ref, 100.0)
@@ -177,14 +177,25 @@ def _trees(forest: RandomForestRegressor) -> list[bytes]:
 
 def test_a_full_refit_learns_the_champions_reference_plus_the_new_rows(root: Path) -> None:
     _setup(root, LinearRegression())  # no partial_fit, no warm_start: refit
+    policy = root / "finops.toml"
+    policy.write_text(policy.read_text().replace("refit_max_rows = 0", "refit_max_rows = 100"))
     _write(root / "new" / "w1.csv", _rows(range(100, 120), 10.0), 1000.0)
-    assert _retrain(root)[0] == RetrainState.PROMOTED
-    assert _reference_ids("2") == [*range(40), *range(100, 116)]
+    state, tags = _retrain(root)
+    # judged on its 4 held-out rows, then, having won and being small (40 + 20 <= 100), fitted
+    # once more with them: all 20 learned
+    assert state == RetrainState.PROMOTED and tags["finops.update_path"] == "refit"
+    assert tags["learned.json"]["update"][0]["rows_learned"] == 20
+    assert _reference_ids("2") == [*range(40), *range(100, 120)]
     _write(root / "new" / "w2.csv", _rows(range(200, 220), 10.0), 2000.0)
     state, tags = _retrain(root)
     assert state == RetrainState.PROMOTED and tags["finops.update_path"] == "refit"
-    assert _reference_ids("3") == [*range(40), *range(100, 116), *range(116, 120), *range(200, 216)]
-    assert [(f.name, f.learned) for f in _ledger("3").files] == [("ref.csv", 40), ("w1.csv", 20), ("w2.csv", 16)]
+    assert _learned(tags) == [("w2.csv", 0, 20)]
+    assert _reference_ids("3") == [*range(40), *range(100, 120), *range(200, 220)]
+    assert [(f.name, f.learned) for f in _ledger("3").files] == [("ref.csv", 40), ("w1.csv", 20), ("w2.csv", 20)]
+    # the score at promotion is the validated fit's, on the 4 rows it had not learned
+    run = MlflowClient().get_run(_version("3")["finops.retrain_run_id"])
+    assert run.data.metrics["retrain/rows_holdout"] == 4
+    assert _version("3")["finops.rmse"] == f"{run.data.metrics['eval/challenger_rmse']:.6f}"
 
 
 def test_features_are_learned_in_the_champions_order(root: Path) -> None:
@@ -234,7 +245,7 @@ def test_a_long_lived_process_keeps_the_registered_challenger_as_the_next_champi
     ref = _rows(range(40), 0.0)
     (root / "finops.toml").write_text(
         f'[models.m]\nreference = "ref.csv"\ncurrent = "new"\ntarget = "y"\nregistered_model = "{REG}"\n'
-        'drop = ["id"]\n[models.m.retrain]\nmetric = "rmse"\nwarm_start_step = 2\nwarm_start_steps = 1\n'
+        'drop = ["id"]\n[models.m.retrain]\nmetric = "rmse"\nrefit_max_rows = 0\nwarm_start_step = 2\nwarm_start_steps = 1\n'
     )
     _write(root / "ref.csv", ref, 100.0)
     champion = RandomForestRegressor(n_estimators=3, random_state=0).fit(ref[["x"]], ref["y"])
@@ -271,7 +282,7 @@ def test_a_warm_start_that_would_change_the_class_set_refits(root: Path, new_cla
 
     (root / "finops.toml").write_text(
         f'[models.m]\nreference = "ref.csv"\ncurrent = "new"\ntarget = "y"\nregistered_model = "{REG}"\n'
-        'drop = ["id"]\n[models.m.retrain]\nmetric = "accuracy"\nwarm_start_step = 2\nwarm_start_steps = 1\n'
+        'drop = ["id"]\n[models.m.retrain]\nmetric = "accuracy"\nrefit_max_rows = 0\nwarm_start_step = 2\nwarm_start_steps = 1\n'
     )
     ref = rows(range(60), [0, 1, 2])
     _write(root / "ref.csv", ref, 100.0)
@@ -285,3 +296,33 @@ def test_a_warm_start_that_would_change_the_class_set_refits(root: Path, new_cla
     assert state in (RetrainState.PROMOTED, RetrainState.NOT_PROMOTED), tags.get("finops.reason")
     assert tags["finops.update_path"] == "refit"
     assert "cannot change the class set" in tags["finops.update_why"]
+
+
+def test_auto_refits_while_what_was_learned_and_the_new_rows_are_few(root: Path) -> None:
+    _setup(root, RandomForestRegressor(n_estimators=3, random_state=0))  # auto would warm-start it
+    policy = root / "finops.toml"
+    policy.write_text(policy.read_text().replace("refit_max_rows = 0", "refit_max_rows = 60"))
+    _write(root / "new" / "w1.csv", _rows(range(100, 120), 10.0), 1000.0)
+    state, tags = _retrain(root)
+    # 40 learned + 16 new = 56 <= 60: a refit on everything (the held-out rows too, once it won),
+    # which becomes the drift reference
+    assert state == RetrainState.PROMOTED and tags["finops.update_path"] == "refit"
+    assert "40 learned + 16 new rows <= refit_max_rows=60" in tags["finops.update_why"]
+    assert _reference_ids("2") == [*range(40), *range(100, 120)]
+    assert mlflow.sklearn.load_model(f"models:/{REG}/2").n_estimators == 3  # from scratch, not grown
+    # 60 learned + 16 new = 76 > 60: the update it allows, on the new rows only, held-out ones kept
+    _write(root / "new" / "w2.csv", _rows(range(200, 220), 10.0), 2000.0)
+    state, tags = _retrain(root)
+    assert state == RetrainState.PROMOTED and tags["finops.update_path"] == "warm_start"
+    assert "finops.update_why" not in tags
+    assert _reference_ids("3") == list(range(200, 216))
+    assert mlflow.sklearn.load_model(f"models:/{REG}/3").n_estimators == 5
+
+
+def test_a_winning_refit_of_more_than_refit_max_rows_keeps_its_held_out_rows_for_next_time(root: Path) -> None:
+    _setup(root, LinearRegression())  # refit_max_rows = 0: every refit is "big"
+    _write(root / "new" / "w1.csv", _rows(range(100, 120), 10.0), 1000.0)
+    state, tags = _retrain(root)
+    assert state == RetrainState.PROMOTED and tags["finops.update_path"] == "refit"
+    assert _learned(tags) == [("w1.csv", 0, 16)]  # fitted once: the 4 held-out rows wait
+    assert _reference_ids("2") == [*range(40), *range(100, 116)]

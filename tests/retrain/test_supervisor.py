@@ -58,6 +58,7 @@ sample_interval_s = 0.5
 poll_s = 0.5
 backoff_s = 0
 max_attempts = {attempts}
+refit_max_rows = 0
 warm_start_step = 30
 warm_start_steps = 30
 [budgets.{model}]
