@@ -50,15 +50,27 @@ def hand_over(
 def trigger(policy: Policy, model: str, out: CheckOutcome) -> Any:
     """Weigh a retrain signal; file the request when it is worth it. The verdict (None: no signal).
 
+    The signal is the gate's, or, on a labelled window the gate passed, the last retrain having
+    bought more than the tolerated loss (:func:`~mlflow_finops.retrain.trigger.still_buying`).
+
     The verdict goes on ``out.trigger`` and, with its numbers, on the check's run.
     """
     from .retrain import request_retrain
     from .retrain.trigger import record_verdict, weigh_retrain
 
     decision = out.decision
-    if not out.retrain or decision is None:
+    if decision is None:
         return None
-    verdict = out.trigger = weigh_retrain(policy, model, signal=signal_text(decision), loss=loss_of(decision))
+    if out.retrain:
+        verdict = weigh_retrain(policy, model, signal=signal_text(decision), loss=loss_of(decision))
+    elif decision.decision == "no_drift" and decision.performance is not None:
+        # no loss beyond the tolerated one: a retrain only while the last ones keep buying
+        verdict = weigh_retrain(policy, model, signal=signal_text(decision), loss=loss_of(decision), asked=False)
+    else:
+        verdict = None
+    if verdict is None:
+        return None
+    out.trigger = verdict
     log.info("retrain trigger %s: %s", model, verdict.reason)
     if decision.run_id is not None:
         from mlflow import MlflowClient
@@ -71,7 +83,7 @@ def trigger(policy: Policy, model: str, out: CheckOutcome) -> Any:
 
 def signal_text(decision: DriftDecision) -> str:
     """The gate's reason without its verdict: what the trigger's sentence starts with."""
-    return decision.reason.removesuffix(": retrain recommended")
+    return decision.reason.removesuffix(": retrain recommended").removesuffix(": no retrain")
 
 
 def loss_of(decision: DriftDecision) -> float | None:

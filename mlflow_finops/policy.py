@@ -448,6 +448,10 @@ class TriggerPolicy(_Section):
         0.01, ge=0, le=10**9, description="What one point (0.01) of the metric bought by a retrain is worth, USD."
     )
     history: int = Field(5, ge=1, le=MAX_COUNT, description="Past retrains the expected gain and cost learn from.")
+    follow_gains: bool = Field(
+        True, description="Weigh a retrain on the next labelled window too when the last one bought more than "
+        "tolerated_loss (the data is still moving; the streak ends with a retrain that buys less)."
+    )
     min_labelled_rows: int = Field(30, ge=1, le=10**9, description="Labelled rows needed to measure the loss.")
 
     def merged(self, override: "TriggerPolicy | None") -> "TriggerPolicy":

@@ -111,3 +111,27 @@ def test_a_loss_is_skipped_when_past_retrains_bought_less_than_they_cost(loop_en
     assert "< expected cost $1.00 (last 3 retrains): skip" in verdict.reason
     assert client.get_run(turned.decision.run_id).data.tags[TAG_TRIGGER] == "skip"
     assert open_requests(client, exp_id) == []
+
+
+def test_after_a_retrain_that_bought_much_the_next_labelled_window_is_weighed_too(loop_env) -> None:
+    tmp, policy = loop_env
+    client = MlflowClient()
+    exp_id = client.create_experiment(retrain_experiment_name("churn"))
+    run = client.create_run(exp_id, tags={TAG_MODEL: "churn", TAG_RETRAIN_STATE: "promoted"})
+    for key, value in ((METRIC_COST_USD, 0.0001), ("eval/champion_accuracy", 0.70), ("eval/challenger_accuracy", 0.80)):
+        client.log_metric(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id)
+    gates: dict = {}
+    out, verdict = _check(tmp, policy, "w1.parquet", window(600, seed=2), gates)
+    # the gate passes it (no loss), but the last retrain bought 10 pt > the tolerated 3: weighed, retrain
+    assert out.decision.decision == "no_drift" and verdict is not None and verdict.retrain
+    assert "the last retrain bought 10.0 pt, more than the tolerated 3.0 pt" in verdict.reason
+    assert verdict.reason.startswith(out.decision.reason.removesuffix(": no retrain") + "; ")
+    assert client.get_run(out.decision.run_id).data.tags[TAG_TRIGGER] == "retrain"
+    assert len(open_requests(client, exp_id)) == 1
+
+    # follow_gains = false: the same window leaves it to the gate
+    text = (tmp / "finops.toml").read_text().replace("tolerated_loss = 0.03", "tolerated_loss = 0.03\nfollow_gains = false")
+    (tmp / "finops.toml").write_text(text)
+    out, verdict = _check(tmp, load_policy(tmp / "finops.toml"), "w2.parquet", window(600, seed=5), gates)
+    assert out.decision.decision == "no_drift" and verdict is None

@@ -2,7 +2,11 @@
 
 The drift gate says there is a reason to retrain (the champion lost more than
 the policy tolerates since its promotion, or, while labels lag, the data
-drifted). :func:`weigh` (pure) then asks whether the retrain pays:
+drifted), or :func:`still_buying` finds one the gate cannot see: the last
+retrain bought more than the tolerated loss, so the data is still moving and
+the next window's rows may buy more (after a drift, the first retrain has seen
+only a little of the new data). :func:`weigh` (pure) then asks whether the
+retrain pays:
 
 - expected gain: what this model's last ``history`` retrains bought (the
   challenger's gain over the champion on the held-out rows when promoted, 0
@@ -43,7 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..policy import Policy, TriggerPolicy
 
-__all__ = ["PastRetrain", "TriggerVerdict", "weigh", "past_retrains", "weigh_retrain", "record_verdict"]
+__all__ = ["PastRetrain", "TriggerVerdict", "weigh", "still_buying", "past_retrains", "weigh_retrain",
+           "record_verdict"]
 
 _ENDED = {RetrainState.PROMOTED.value, RetrainState.NOT_PROMOTED.value, RetrainState.CAPPED.value}
 
@@ -108,6 +113,19 @@ def weigh(
     return verdict(value >= cost, f"{worth} {relation} expected cost {format_usd(cost)} ({learned})", value)
 
 
+def still_buying(policy: "TriggerPolicy", history: Sequence[PastRetrain], loss: float | None) -> str | None:
+    """Why to weigh a retrain the gate did not ask for (None: no reason): labels were scored and the
+    newest retrain (``history[0]``) bought more than ``tolerated_loss``. The streak ends with the
+    first retrain that buys less (or is not promoted: it bought nothing)."""
+    if not policy.follow_gains or loss is None or not history:
+        return None
+    last = history[0].bought
+    if last <= policy.tolerated_loss:
+        return None
+    return (f"the last retrain bought {_pt(last)}, more than the tolerated {_pt(policy.tolerated_loss)}: "
+            "the data may still be moving")
+
+
 def _pt(value: float) -> str:
     return f"{value * 100:.1f} pt"
 
@@ -134,18 +152,30 @@ def past_retrains(client: "MlflowClient", experiment_id: str, metric: str, limit
 
 
 def weigh_retrain(
-    policy: "Policy", model: str, *, signal: str, loss: float | None, client: "MlflowClient | None" = None
-) -> TriggerVerdict:
-    """:func:`weigh` with this model's policy and its retrain history read from MLflow."""
+    policy: "Policy", model: str, *, signal: str, loss: float | None, client: "MlflowClient | None" = None,
+    asked: bool = True,
+) -> TriggerVerdict | None:
+    """:func:`weigh` with this model's policy and its retrain history read from MLflow.
+
+    ``asked=False``: the gate gave no reason; weigh only what :func:`still_buying` finds
+    (None when it finds nothing).
+    """
     from mlflow import MlflowClient
 
     from .requests import model_policy, retrain_experiment_name
 
     mp = model_policy(policy, model)
     tp, rp = policy.trigger.merged(mp.trigger), policy.retrain.merged(mp.retrain)
+    if not asked and (not tp.follow_gains or loss is None):
+        return None  # nothing to read
     client = client or MlflowClient()
     exp = client.get_experiment_by_name(retrain_experiment_name(model))
     history = past_retrains(client, exp.experiment_id, rp.metric, tp.history) if exp is not None else []
+    if not asked:
+        why = still_buying(tp, history, loss)
+        if why is None:
+            return None
+        signal = f"{signal}; {why}"
     return weigh(tp, signal=signal, loss=loss, history=history, prior_cost_usd=rp.expected_cost_usd)
 
 

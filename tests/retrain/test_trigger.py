@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mlflow_finops.policy import TriggerPolicy
-from mlflow_finops.retrain.trigger import PastRetrain, weigh
+from mlflow_finops.retrain.trigger import PastRetrain, still_buying, weigh
 
 SIGNAL = "accuracy -3.0 pt since promotion of v2 (0.9000 -> 0.8700; beyond the tolerated 1.0 pt)"
 
@@ -68,3 +68,29 @@ def test_prior_cost_from_the_policy_before_the_first_retrain() -> None:
     v = weigh(TriggerPolicy(value_per_point_usd=0.001), signal=SIGNAL, loss=0.01, history=[], prior_cost_usd=0.5)
     assert not v.retrain and v.expected_cost_usd == 0.5
     assert "expected gain 1.0 pt worth $0.0010 < expected cost $0.50 (no retrain yet): skip" in v.reason
+
+
+@pytest.mark.parametrize(
+    "history, loss, follow, why",
+    [
+        ([PastRetrain(0.05, 0.001)], -0.02, True,
+         "the last retrain bought 5.0 pt, more than the tolerated 1.0 pt: the data may still be moving"),
+        ([PastRetrain(0.01, 0.001)], 0.0, True, None),  # bought exactly the tolerated loss: the streak ends
+        ([PastRetrain(0.0, 0.001), PastRetrain(0.3, 0.001)], 0.0, True, None),  # only the newest counts
+        ([PastRetrain(0.05, 0.001)], None, True, None),  # no labels scored: drift's business, not this
+        ([], 0.0, True, None),
+        ([PastRetrain(0.05, 0.001)], 0.0, False, None),  # follow_gains = false
+    ],
+)
+def test_a_retrain_that_bought_more_than_the_tolerated_loss_is_followed(history, loss, follow, why) -> None:
+    assert still_buying(TriggerPolicy(follow_gains=follow), history, loss) == why
+
+
+def test_a_followed_retrain_is_weighed_like_any_other() -> None:
+    """The champion is 2 pt above its baseline (loss -0.02 counts as 0): the expectation is the history's."""
+    history = [PastRetrain(0.05, 0.0001), PastRetrain(0.01, 0.0001)]
+    why = still_buying(TriggerPolicy(), history, -0.02)
+    v = weigh(TriggerPolicy(), signal=f"accuracy +2.0 pt since promotion of v3; {why}", loss=-0.02, history=history)
+    assert v.retrain and v.expected_gain == pytest.approx(0.02)  # (0.05 + 0.01 + 0) / 3
+    cheap = weigh(TriggerPolicy(value_per_point_usd=0.000001), signal=why, loss=-0.02, history=history)
+    assert not cheap.retrain  # worth $0.000002 < $0.0001: the economics still decide
