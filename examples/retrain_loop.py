@@ -46,13 +46,15 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
+from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mlflow_finops  # noqa: E402
 from mlflow_finops.frames import as_frame, read_frame  # noqa: E402
 from mlflow_finops.money import format_usd  # noqa: E402
-from mlflow_finops.names import TAG_MODEL  # noqa: E402
+from mlflow_finops.names import TAG_MODEL, tag  # noqa: E402
+from mlflow_finops.scoring import score  # noqa: E402
 from stream import DRIFT_POINTS, TARGET, cut, synthetic  # noqa: E402
 
 MODEL = "churn"
@@ -191,7 +193,12 @@ def log_champion(model: Any, registered: str) -> str:
 
 def train_champion(policy: Any, reference: pd.DataFrame, *, target: str, features: Sequence[str],
                    model_factory: Callable[[], Any], model: str, registered: str, experiment: str) -> None:
-    """The first champion, fitted on the reference (features only), registered as ``@champion``."""
+    """The first champion, fitted on the reference (features only), registered as ``@champion``.
+
+    Its version carries its validation score (``finops.<metric>``: fitted without the newest
+    ``holdout_fraction`` of the reference, scored on those rows), the baseline the gate
+    measures its loss against, as a retrained version carries its held-out score.
+    """
     client = MlflowClient()
     supervisor = mlflow_finops.RetrainSupervisor(policy)
     for run in supervisor.pending(model):  # requests left by an earlier run of the loop
@@ -199,10 +206,18 @@ def train_champion(policy: Any, reference: pd.DataFrame, *, target: str, feature
     if client.search_registered_models(f"name = '{registered}'"):
         client.delete_registered_model(registered)  # the loop starts over: no duplicate models
     mlflow.set_experiment(experiment + "/training")
+    metric = policy.retrain.metric
     with mlflow.start_run(run_name="champion-v1", tags={TAG_MODEL: model}):
-        est = model_factory()
-        est.fit(reference[list(features)], reference[target])
-        log_champion(est, registered)
+        X, y = reference[list(features)], reference[target]
+        # validated as a retrain validates its challenger: fitted without the newest rows, scored on them
+        n_hold = max(1, int(len(reference) * policy.retrain.holdout_fraction))
+        validated = score(clone(model_factory()).fit(X.iloc[:-n_hold], y.iloc[:-n_hold]),
+                          X.iloc[-n_hold:], y.iloc[-n_hold:], metric)
+        est = model_factory().fit(X, y)  # the champion learns every row of the reference
+        mlflow.log_metric(f"validation_{metric}", validated)
+        version = log_champion(est, registered)
+        # its score when promoted: the gate measures the champion's loss on new data against it
+        client.set_model_version_tag(registered, version, tag(metric), f"{validated:.6f}")
 
 
 class ChampionScorer:
