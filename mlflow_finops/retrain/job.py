@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CapReached",
     "ColumnError",
+    "refit_all",
     "refit_when_small",
     "JobConfig",
     "Evaluation",
@@ -461,9 +462,11 @@ def run_job(cfg: JobConfig, run_id: str, cap_usd: float | None = None) -> Retrai
         try:
             columns = feature_columns(mp, data.columns, champion, "new data")
             reference = None
-            if path == "refit" or (rp.strategy == "auto" and rp.refit_max_rows > 0):
+            if path == "refit":
                 reference = _previous_reference(cfg, champion_version)
-                if path != "refit" and reference is not None and cfg.target not in reference.columns:
+            elif rp.strategy == "auto" and rp.refit_max_rows >= len(train):
+                reference = _previous_reference(cfg, champion_version, at_most=rp.refit_max_rows - len(train))
+                if reference is not None and cfg.target not in reference.columns:
                     reference = None  # no labels to refit on: the update it is
             small = refit_when_small(rp, path, reference, len(train))
             if small:
@@ -522,13 +525,32 @@ def _failed(reason: str) -> RetrainState:
     return RetrainState.FAILED
 
 
-def _previous_reference(cfg: JobConfig, version: Any) -> pd.DataFrame | None:
-    """What a full refit starts from: the champion's drift reference (the rows it learned),
-    else the policy's reference file, else nothing."""
+def _previous_reference_file(cfg: JobConfig, version: Any) -> str | None:
+    """The champion's drift reference file (the rows it learned), else the policy's reference, else None."""
     tagged = version.tags.get(TAG_REFERENCE)
     if tagged and os.path.isfile(tagged):
-        return read_frame(tagged)
-    return read_frame(cfg.path(cfg.model_policy.reference)) if cfg.model_policy.reference else None
+        return tagged
+    return cfg.path(cfg.model_policy.reference) if cfg.model_policy.reference else None
+
+
+def _previous_reference(cfg: JobConfig, version: Any, *, at_most: int | None = None) -> pd.DataFrame | None:
+    """What a full refit starts from (:func:`_previous_reference_file`, read), else nothing.
+
+    ``at_most``: None, unread, when a Parquet file's footer says it holds more rows (``auto``
+    only needs it while small; a big reference is not read for nothing).
+    """
+    path = _previous_reference_file(cfg, version)
+    if path is None:
+        return None
+    if at_most is not None and str(path).lower().endswith((".parquet", ".pq")):
+        try:
+            import pyarrow.parquet as pq
+
+            if pq.ParquetFile(path).metadata.num_rows > at_most:
+                return None
+        except Exception:  # unreadable footer: read_frame names the problem
+            pass
+    return read_frame(path)
 
 
 def _train(cfg: JobConfig, champion: Any, X: pd.DataFrame, y: pd.Series, path: str,

@@ -182,3 +182,18 @@ def test_a_winning_refit_is_fitted_again_only_while_small() -> None:
     assert refit_all(rp, pd.DataFrame({"x": range(60)}), 40)  # 100: at the limit
     assert not refit_all(rp, pd.DataFrame({"x": range(61)}), 40)
     assert refit_all(rp, None, 100) and not refit_all(rp, None, 101)
+
+
+def test_a_big_parquet_reference_is_not_read_to_learn_it_is_big(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from mlflow_finops.names import TAG_REFERENCE
+    from mlflow_finops.retrain.job import _previous_reference
+
+    path = tmp_path / "ref.parquet"
+    pd.DataFrame({"x": range(50), "y": range(50)}).to_parquet(path)
+    version = SimpleNamespace(tags={TAG_REFERENCE: str(path)})
+    cfg = SimpleNamespace(model_policy=ModelPolicy(), path=lambda p: p)
+    assert _previous_reference(cfg, version, at_most=49) is None  # the footer says 50
+    assert len(_previous_reference(cfg, version, at_most=50)) == 50
+    assert len(_previous_reference(cfg, version)) == 50
