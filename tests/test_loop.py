@@ -135,3 +135,28 @@ def test_after_a_retrain_that_bought_much_the_next_labelled_window_is_weighed_to
     (tmp / "finops.toml").write_text(text)
     out, verdict = _check(tmp, load_policy(tmp / "finops.toml"), "w2.parquet", window(600, seed=5), gates)
     assert out.decision.decision == "no_drift" and verdict is None
+
+
+def test_a_loss_is_measured_from_the_better_of_promotion_and_first_window(loop_env) -> None:
+    """A low score at promotion (0.50) must not hide a drop from what the version has served (~0.99)."""
+    tmp, policy = loop_env
+    client = MlflowClient()
+    client.set_model_version_tag("churn-reg", "1", "finops.accuracy", "0.500000")
+    gates: dict = {}
+    first, _ = _check(tmp, policy, "w1.parquet", window(600, seed=2), gates)
+    perf = first.decision.performance
+    assert perf.baseline == "first labelled window" and perf.reference == pytest.approx(perf.current)
+    assert client.get_model_version("churn-reg", "1").tags["finops.baseline.accuracy"] == f"{perf.current:.6f}"
+
+    worse = window(600, seed=6)
+    worse.loc[worse.index[:120], "y"] = 1 - worse.loc[worse.index[:120], "y"]  # 20% of the labels turn
+    out, verdict = _check(tmp, policy, "w2.parquet", worse, gates)
+    perf = out.decision.performance
+    assert perf.baseline == "first labelled window" and perf.reference == pytest.approx(first.decision.performance.current)
+    assert perf.degraded and out.decision.decision == "retrain" and verdict is not None and verdict.retrain
+    assert "since its first labelled window of v1" in out.decision.reason
+
+    # a promotion score above the first window's stays the baseline
+    client.set_model_version_tag("churn-reg", "1", "finops.accuracy", "0.999900")
+    out, _ = _check(tmp, policy, "w3.parquet", window(600, seed=7), gates)
+    assert out.decision.performance.baseline == "promotion" and out.decision.performance.reference == 0.9999

@@ -25,7 +25,7 @@ import pandas as pd
 from ..frames import DataInputError, as_frame, read_frame
 from ..policy import DriftPolicy, ModelPolicy, PerformancePolicy, Policy, PolicyError, load_policy
 from ..names import TAG_BASELINE_PREFIX, tag
-from ..scoring import score
+from ..scoring import gain, score
 from .profile import Infinite, ReferenceProfile, finite
 from .results import ColumnDrift, ColumnType, DriftDecision, PerformanceResult
 from .rules import NO_HISTORY, CheckHistory, ColumnScore, Ruling, apply_correction, decide, insufficient_data, performance_result
@@ -383,12 +383,13 @@ class DriftGate:
         return replace(performance_result(perf.metric, self._perf_reference, current, perf.margin), rows=len(cur_s))
 
     def _loss_since_promotion(self, labelled: pd.DataFrame, perf: PerformancePolicy) -> PerformanceResult | None:
-        """The registered champion on the labelled window vs its score at promotion.
+        """The registered champion on the labelled window vs the better of its score at promotion
+        and its score on its first labelled window (:func:`better_baseline`).
 
-        A version promoted by a retrain carries that score (``finops.<metric>``,
-        on the retrain's held-out rows); one trained elsewhere gets its score on
-        its first labelled window as the baseline (tagged ``finops.baseline.<metric>``).
-        No champion yet: no signal (drift decides).
+        A version promoted by a retrain carries its promotion score (``finops.<metric>``, on the
+        retrain's held-out rows); one trained elsewhere may carry its validation score there. Its
+        first labelled window's score is tagged ``finops.baseline.<metric>``. No champion yet: no
+        signal (drift decides).
         """
         from mlflow import MlflowClient
 
@@ -409,15 +410,14 @@ class DriftGate:
         cur_s = sample(labelled, n, list(labelled.columns), self.random_state + 6)
         current = self._score(model, cur_s, perf.metric)
         promoted = version.tags.get(tag(perf.metric))
-        first = version.tags.get(f"{TAG_BASELINE_PREFIX}{perf.metric}")
-        if promoted is not None:
-            baseline, source = float(promoted), "promotion"
-        elif first is not None:
-            baseline, source = float(first), "first labelled window"
-        else:
-            baseline, source = current, "first labelled window"
+        first_tag = version.tags.get(f"{TAG_BASELINE_PREFIX}{perf.metric}")
+        if first_tag is None:  # this is its first labelled window: remembered on the version
+            first = current
             if self.log_to_mlflow:
                 client.set_model_version_tag(name, version.version, f"{TAG_BASELINE_PREFIX}{perf.metric}", f"{current:.6f}")
+        else:
+            first = float(first_tag)
+        baseline, source = better_baseline(perf.metric, None if promoted is None else float(promoted), first)
         result = performance_result(perf.metric, baseline, current, perf.margin)
         return replace(result, baseline=source, version=str(version.version), rows=len(cur_s))
 
@@ -428,6 +428,19 @@ class DriftGate:
         if self.model_features:
             X = X[self.model_features]
         return score(model, X, frame[self.target], metric)
+
+
+def better_baseline(metric: str, promoted: float | None, first: float) -> tuple[float, str]:
+    """The baseline a champion's loss is measured from, and what it is.
+
+    Its score at promotion is measured on rows of the window it learned from; its first labelled
+    window is the first it served. Either can be the lower (a held-out slice of a hard regime; a
+    window unlike the training data), and a loss measured from the lower one hides drops below
+    what the version has shown it does: the better of the two is the baseline.
+    """
+    if promoted is not None and gain(metric, promoted, first) >= 0:
+        return promoted, "promotion"
+    return first, "first labelled window"
 
 
 # ------------------------------------------------------------------ input

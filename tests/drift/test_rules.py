@@ -301,3 +301,20 @@ def test_performance_text_since_promotion() -> None:
     assert performance_text(rmse) == (
         "rmse -0.5 since its first labelled window of v1 (2.0000 -> 2.5000; beyond the tolerated 0.25)"
     )
+
+
+@pytest.mark.parametrize(
+    "metric, promoted, first, expected",
+    [
+        ("accuracy", 0.80, 0.90, (0.90, "first labelled window")),
+        ("accuracy", 0.90, 0.80, (0.90, "promotion")),
+        ("accuracy", 0.85, 0.85, (0.85, "promotion")),  # a tie keeps the promotion score
+        ("accuracy", None, 0.70, (0.70, "first labelled window")),
+        ("rmse", 2.0, 1.0, (1.0, "first labelled window")),  # lower is better
+        ("rmse", 1.0, 2.0, (1.0, "promotion")),
+    ],
+)
+def test_the_better_of_promotion_and_first_window_is_the_baseline(metric, promoted, first, expected) -> None:
+    from mlflow_finops.drift.gate import better_baseline
+
+    assert better_baseline(metric, promoted, first) == expected
