@@ -231,18 +231,16 @@ def refit_when_small(rp: RetrainPolicy, path: str, reference: pd.DataFrame | Non
     the new rows are at most ``refit_max_rows``. On data that small a refit costs about what an update
     does (a retrain's fixed part dominates both), and it adapts fully where an update adds trees the
     old ones outvote."""
-    if rp.strategy != "auto" or path == "refit" or reference is None:
-        return ""
-    total = len(reference) + new_rows
-    if total > rp.refit_max_rows:
+    if rp.strategy != "auto" or path == "refit" or reference is None or not refit_all(rp, reference, new_rows):
         return ""
     return (f"{len(reference):,} learned + {new_rows:,} new rows <= refit_max_rows={rp.refit_max_rows:,}: "
             f"a refit costs about what an update does and learns everything anew")
 
 
 def refit_all(rp: RetrainPolicy, reference: pd.DataFrame | None, new_rows: int) -> bool:
-    """Whether a winning refit is fitted again with its held-out rows: when everything it would
-    learn is at most ``refit_max_rows`` (a second fit of a big refit would double its cost)."""
+    """Whether ``reference`` plus ``new_rows`` are at most ``refit_max_rows``: small enough that
+    ``auto`` refits, and that a winning refit is fitted again with its held-out rows (a second
+    fit of a big refit would double its cost)."""
     return (0 if reference is None else len(reference)) + new_rows <= rp.refit_max_rows
 
 
@@ -465,15 +463,12 @@ def run_job(cfg: JobConfig, run_id: str, cap_usd: float | None = None) -> Retrai
             if path == "refit":
                 reference = _previous_reference(cfg, champion_version)
             elif rp.strategy == "auto" and rp.refit_max_rows >= len(train):
-                reference = _previous_reference(cfg, champion_version, at_most=rp.refit_max_rows - len(train))
-                if reference is not None and cfg.target not in reference.columns:
-                    reference = None  # no labels to refit on: the update it is
-            small = refit_when_small(rp, path, reference, len(train))
-            if small:
-                log.info("%s: full refit", small)
-                path, why = "refit", why or small
-            elif path != "refit":
-                reference = None
+                learned_before = _previous_reference(cfg, champion_version, at_most=rp.refit_max_rows - len(train))
+                labelled = learned_before is not None and cfg.target in learned_before.columns  # else: the update
+                small = refit_when_small(rp, path, learned_before, len(train)) if labelled else ""
+                if small:
+                    log.info("%s: full refit", small)
+                    path, why, reference = "refit", why or small, learned_before
             if reference is not None:
                 feature_columns(mp, reference.columns, champion, "the champion's reference")
                 if cfg.target not in reference.columns:
