@@ -46,7 +46,6 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
-from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -211,7 +210,7 @@ def train_champion(policy: Any, reference: pd.DataFrame, *, target: str, feature
         X, y = reference[list(features)], reference[target]
         # validated as a retrain validates its challenger: fitted without the newest rows, scored on them
         n_hold = max(1, int(len(reference) * policy.retrain.holdout_fraction))
-        validated = score(clone(model_factory()).fit(X.iloc[:-n_hold], y.iloc[:-n_hold]),
+        validated = score(model_factory().fit(X.iloc[:-n_hold], y.iloc[:-n_hold]),
                           X.iloc[-n_hold:], y.iloc[-n_hold:], metric)
         est = model_factory().fit(X, y)  # the champion learns every row of the reference
         mlflow.log_metric(f"validation_{metric}", validated)
