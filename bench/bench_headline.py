@@ -413,10 +413,9 @@ def trigger_notes(results: dict[str, dict]) -> str:
     for w, (dec, reason, trig, done) in enumerate(zip(g["decisions"], g["reasons"], g["triggers"], g["retrains"]),
                                                   start=1):
         verdict, _, rest = trig.partition(":")  # the trigger's reason repeats the gate's signal first
-        weighed = rest[rest.find("expected"):] if "expected" in rest else rest
-        follow = rest.find("the last retrain bought")  # a retrain the gate did not ask for: why it was weighed
-        if follow >= 0:
-            weighed = rest[follow:]
+        # from why it was weighed: a retrain the gate did not ask for says so, else the expectation
+        start = next((i for i in (rest.find("the last retrain bought"), rest.find("expected")) if i >= 0), 0)
+        weighed = rest[start:]
         lines.append(f"  {w}. {dec}: {reason}" + (f"\n     trigger: {verdict}: {weighed.strip()}" if trig else "")
                      + (f"\n     retrain: {', '.join(d['state'] for d in done)}" if done else ""))
     return "\n".join(lines)
