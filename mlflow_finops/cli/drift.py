@@ -77,7 +77,8 @@ def drift_check(policy_path, model, reference, current, as_json, no_log, progres
 
     policy = load_policy_or_exit(policy_path)
     try:
-        kwargs = {"log_to_mlflow": not no_log, "progress": progress}
+        # one check per process: MLflow starts in a second process while this one judges
+        kwargs = {"log_to_mlflow": not no_log, "log_process": not no_log, "progress": progress}
         if reference is not None:
             kwargs["reference"] = reference
         if model in policy.models or reference is None:

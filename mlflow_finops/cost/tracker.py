@@ -728,15 +728,17 @@ def track_cost(
     prices: PriceCatalog | Mapping[str, Any] | None = None,
     policy: Policy | str | None = None,
     log_timeseries: bool = True,
+    pid: int | None = None,
 ) -> Iterator[CostTracker]:
     """Track the cost of the code inside the block into an MLflow run.
 
     The run is ``run_id``, else the active run, else a new run started (and
     ended) here. If ``autolog()`` already tracks that run, its tracker is
-    reused: there is never a second sampler for the same process.
+    reused: there is never a second sampler for the same process. ``pid``:
+    the process whose tree is tracked (default: this one).
     """
     global _root
-    live = active_tracker()
+    live = active_tracker() if pid is None else None  # another process's tree: its own tracker
     if live is not None:
         target = run_id or (mlflow.active_run().info.run_id if mlflow.active_run() else None)
         if target is None or target == live.run_id or target in live._segments:
@@ -768,6 +770,7 @@ def track_cost(
         log_timeseries=log_timeseries,
         offset=CostBreakdown.from_metrics(prior, catalog.allocation_mode) if prior else None,
         run_start_ms=run_start_ms,
+        pid=pid,
     ).start()
     owns_root = False
     with _state_lock:

@@ -18,7 +18,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import pandas as pd
 
@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
     from .evidently_judge import DataDefinition
-    from .record import CheckRecorder
+    from .record import CheckRecorder, CheckRun
+    from .record_process import CheckRunProcess
 
 __all__ = [
     "DriftGate",
@@ -79,7 +80,9 @@ class DriftGate:
     ``DriftGate.from_policy("finops.toml", model="churn")``; then
     ``gate.check(current_df)`` returns a :class:`DriftDecision` and (unless
     ``log_to_mlflow=False``) logs it as a run in the model's monitoring experiment.
-    MLflow is first contacted by the first check.
+    MLflow is first contacted by the first check; with ``log_process=True`` each
+    check's run is written by a child process that starts MLflow while this one
+    judges (what a one-check command wants; a long-lived process keeps its store).
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class DriftGate:
         model_features: list[str] | None = None,
         drop: list[str] | None = None,
         log_to_mlflow: bool = True,
+        log_process: bool = False,
         progress: bool | None = None,
         random_state: int = 0,
         **overrides: Any,
@@ -114,6 +118,9 @@ class DriftGate:
         self.target = target
         self.experiment = experiment
         self.log_to_mlflow = log_to_mlflow
+        # log from a second process that starts MLflow while this one judges (a cold command's head start)
+        self.log_process = log_process
+        self._logger: CheckRunProcess | None = None
         self.progress = progress
         self.random_state = random_state
         self._performance_model = performance_model
@@ -132,10 +139,24 @@ class DriftGate:
         self.reference_source: str | None = (
             str(reference) if isinstance(reference, (str, os.PathLike)) else None
         )
-        ref = as_frame(reference, "reference")
-        with _naming(self.reference_source):
-            self.profile = ReferenceProfile.fit(ref, base, target, data_definition)
         self._recorder: CheckRecorder | None = None
+        if log_process and log_to_mlflow:  # started now: it starts MLflow while the data is read and judged
+            from .record_process import CheckRunProcess
+
+            self._logger = CheckRunProcess(model, self.experiment_name)
+        try:
+            ref = as_frame(reference, "reference")
+            with _naming(self.reference_source):
+                self.profile = ReferenceProfile.fit(ref, base, target, data_definition)
+        except BaseException:
+            self._discard_logger()
+            raise
+
+    def _discard_logger(self) -> None:
+        """End the logging process a check never opened (nothing was written)."""
+        logger, self._logger = self._logger, None
+        if logger is not None:
+            logger.discard()
 
     @property
     def reference(self) -> pd.DataFrame:
@@ -231,49 +252,76 @@ class DriftGate:
         judged column are treated as missing and counted in the decision.
         """
         t0 = time.perf_counter()
-        cur = as_frame(current, "current")
-        if isinstance(current, (str, os.PathLike)):
-            source = str(current)
-        self.validate(cur, source)
+        try:
+            cur = as_frame(current, "current")
+            if isinstance(current, (str, os.PathLike)):
+                source = str(current)
+            self.validate(cur, source)
+        except BaseException:  # bad input: nothing is logged
+            self._discard_logger()
+            raise
         cur, infinite = finite(cur, self.features)
         if infinite.values or self.profile.infinite.values:
             log.warning("drift check %s: %s", self.model, _infinite_note(infinite, self.profile.infinite))
         now_ms = int((now or datetime.now(timezone.utc)).timestamp() * 1000)
         p = self.policy
-        recorder = self._record() if self.log_to_mlflow else None
-        history = recorder.history(p.persistence_n - 1) if recorder is not None else NO_HISTORY
+        run = self._open_run(window_key, extra_tags)
 
         too_few = insufficient_data(len(cur), p)
         if too_few is not None:  # nothing to judge or to track: logged in one go
             decision = self._decision(too_few, Judgement(), len(cur), infinite, window_key, t0)
-            if recorder is not None:
-                decision.run_id = recorder.start(window_key, extra_tags)
-                recorder.log(decision.run_id, decision, p, [], t0)
-                recorder.finish(decision.run_id)
+            if run is not None:
+                try:
+                    decision.run_id = run.run_id
+                    run.log(decision, p, [], time.perf_counter() - t0)
+                    run.finish()
+                except BaseException:
+                    run.fail()
+                    raise
             return decision
 
-        if recorder is None:
-            decision, _ = self._judge_and_decide(cur, history, now_ms, infinite, window_key, t0)
+        if run is None:
+            decision, _ = self._judge_and_decide(cur, lambda: NO_HISTORY, now_ms, infinite, window_key, t0)
         else:
-            run_id = recorder.start(window_key, extra_tags)
             try:
-                with recorder.tracking_cost(run_id):
-                    decision, snapshots = self._judge_and_decide(cur, history, now_ms, infinite, window_key, t0)
-                    decision.run_id = run_id
-                    recorder.log(run_id, decision, p, snapshots, t0)
-                recorder.finish(run_id)
+                with run.tracking_cost():
+                    decision, snapshots = self._judge_and_decide(cur, run.history, now_ms, infinite, window_key, t0)
+                    decision.run_id = run.run_id
+                    run.log(decision, p, snapshots, time.perf_counter() - t0)
+                run.finish()
             except BaseException:
-                recorder.fail(run_id)
+                run.fail()
                 raise
         log.info("drift check %s: %s (%s)", self.model, decision.decision, decision.reason)
         return decision
 
+    def _open_run(
+        self, window_key: str | None, extra_tags: Mapping[str, str] | None,
+    ) -> "CheckRun | CheckRunProcess | None":
+        """The check's MLflow run (None when nothing is logged): the model's history read, the run started.
+
+        With ``log_process`` a child process does both while this one judges (see
+        :mod:`.record_process`); otherwise they are done here, now.
+        """
+        if not self.log_to_mlflow:
+            return None
+        n = self.policy.persistence_n - 1
+        if self.log_process:
+            from .record_process import CheckRunProcess
+
+            logger, self._logger = self._logger or CheckRunProcess(self.model, self.experiment_name), None
+            return logger.open(n, window_key, extra_tags)
+        from .record import CheckRun
+
+        return CheckRun(self._record(), n, window_key, extra_tags)
+
     def _judge_and_decide(
-        self, cur: pd.DataFrame, history: CheckHistory, now_ms: int, infinite: Infinite, window_key: str | None,
-        t0: float,
+        self, cur: pd.DataFrame, history: Callable[[], CheckHistory], now_ms: int, infinite: Infinite,
+        window_key: str | None, t0: float,
     ) -> tuple[DriftDecision, list[tuple[str, Any]]]:
+        """Judge, then decide; ``history`` is asked for only then (a logging process may still be reading it)."""
         judged = self._judge(cur)
-        ruling = decide(self.policy, judged.drifted_columns, len(judged.columns), judged.performance, history, now_ms)
+        ruling = decide(self.policy, judged.drifted_columns, len(judged.columns), judged.performance, history(), now_ms)
         decision = self._decision(ruling, judged, len(cur), infinite, window_key, t0)
         mode = self.policy.html_report
         if not self.log_to_mlflow or mode == "never" or (mode == "retrain" and not decision.retrain):

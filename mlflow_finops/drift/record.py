@@ -38,7 +38,7 @@ from .monitoring import read_history
 from .results import DriftDecision
 from .rules import CheckHistory
 
-__all__ = ["CheckRecorder"]
+__all__ = ["CheckRecorder", "CheckRun"]
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,13 @@ class CheckRecorder:
         return client.create_run(exp_id, run_name=f"drift-{self.model}-{stamp}", tags=tags).info.run_id
 
     def log(
-        self, run_id: str, d: DriftDecision, policy: DriftPolicy, snapshots: list[tuple[str, Any]], started: float
+        self, run_id: str, d: DriftDecision, policy: DriftPolicy, snapshots: list[tuple[str, Any]],
+        check_seconds: float,
     ) -> None:
-        """The decision's tags, metrics, params and files; ``started`` is the check's perf_counter start."""
+        """The decision's tags, metrics, params and files.
+
+        ``snapshots`` are ``(name, report)``: an Evidently snapshot, or the path of its saved HTML.
+        """
         client = self._run_client
         ts = int(time.time() * 1000)
         metrics = {
@@ -128,7 +132,7 @@ class CheckRecorder:
         }
         if d.drifted_columns:
             tags[TAG_DRIFTED_COLUMNS] = ",".join(d.drifted_columns)[:_TAG_CHARS]
-        metrics["drift/check_seconds"] = time.perf_counter() - started
+        metrics["drift/check_seconds"] = check_seconds
         items = list(metrics.items())
         for i in range(0, len(items), _BATCH):
             client.log_batch(
@@ -142,19 +146,20 @@ class CheckRecorder:
             client.log_dict(run_id, {"decision": d.decision, "reason": d.reason, "columns": rows}, "drift/columns.json")
         with tempfile.TemporaryDirectory(prefix="finops-drift-") as tmp:
             for name, snap in snapshots:
-                path = Path(tmp) / f"{name}.html"
-                snap.save_html(str(path))
+                path = snap if isinstance(snap, Path) else Path(tmp) / f"{name}.html"
+                if path is not snap:
+                    snap.save_html(str(path))
                 client.log_artifact(run_id, str(path), "drift")
 
     @contextmanager
-    def tracking_cost(self, run_id: str) -> Iterator[None]:
-        """The check's own cost, into its run, when the cost tracker is available."""
+    def tracking_cost(self, run_id: str, pid: int | None = None) -> Iterator[None]:
+        """The check's own cost, into its run: this process's tree, or ``pid``'s."""
         try:
             from ..cost.tracker import track_cost
         except ImportError:  # pragma: no cover - tracker not installed
             yield
             return
-        with track_cost(run_id=run_id):
+        with track_cost(run_id=run_id, pid=pid):
             yield
 
     def finish(self, run_id: str) -> None:
@@ -173,6 +178,35 @@ class CheckRecorder:
             client.set_terminated(run_id, "FAILED")
         except Exception as exc:  # noqa: BLE001 - cleanup: the check's own error is the one to report
             log.warning("could not mark drift check run %s FAILED (%s: %s)", run_id, type(exc).__name__, exc)
+
+
+class CheckRun:
+    """One check's run, opened in this process: the history is read and the run started at once.
+
+    :class:`~.record_process.CheckRunProcess` is the same verbs, answered by a second process.
+    """
+
+    def __init__(
+        self, recorder: CheckRecorder, history_n: int, window_key: str | None, extra_tags: Mapping[str, str] | None
+    ) -> None:
+        self._recorder = recorder
+        self._history = recorder.history(history_n)
+        self.run_id = recorder.start(window_key, extra_tags)
+
+    def history(self) -> CheckHistory:
+        return self._history
+
+    def tracking_cost(self) -> Any:
+        return self._recorder.tracking_cost(self.run_id)
+
+    def log(self, d: DriftDecision, policy: DriftPolicy, snapshots: list[tuple[str, Any]], check_seconds: float) -> None:
+        self._recorder.log(self.run_id, d, policy, snapshots, check_seconds)
+
+    def finish(self) -> None:
+        self._recorder.finish(self.run_id)
+
+    def fail(self) -> None:
+        self._recorder.fail(self.run_id)
 
 
 def _metric_name(column: str) -> str:

@@ -76,3 +76,12 @@ class DriftDecision:
         out = asdict(self)
         out["retrain"] = self.retrain
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DriftDecision":
+        """The decision :meth:`to_dict` wrote (the check's logging process reads it back)."""
+        fields = {k: v for k, v in data.items() if k != "retrain"}
+        fields["columns"] = {c: ColumnDrift(**r) for c, r in (data.get("columns") or {}).items()}
+        if data.get("performance") is not None:
+            fields["performance"] = PerformanceResult(**data["performance"])
+        return cls(**fields)
