@@ -13,7 +13,7 @@ column, why a current frame cannot be compared with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -101,16 +101,15 @@ class ReferenceProfile:
         features = [c for c in candidates if c not in skip]
         if not features:
             raise DataInputError("no columns left to check (all ignored or none declared)")
-        for c in features:
-            _require_values(ref[c], c, "reference")
+        nonnull = {c: _require_values(ref[c], c, "reference") for c in features}
         ref, infinite = finite(ref, features)
         types = {c: _column_type(ref[c], c, declared.get(c)) for c in features}
         return cls(
             frame=ref,
             features=features,
             types=types,
-            nonnull={c: int(ref[c].count()) for c in features},
-            levels={c: frozenset(ref[c].dropna().unique()) for c in features if types[c] == "categorical"},
+            nonnull={c: nonnull[c] - infinite.values.get(c, 0) for c in features},  # ±inf became missing
+            levels={c: _levels(ref[c]) for c in features if types[c] == "categorical"},
             allowed=frozenset(ref.columns) | skip,
             infinite=infinite,
         )
@@ -137,7 +136,7 @@ class ReferenceProfile:
                 raise DataInputError(f"column {c!r}: dtype changed from {r.dtype} (reference) to {s.dtype} (current)")
             _require_values(s, c, "current")
             if self.types[c] == "categorical":
-                levels = set(s.dropna().unique())
+                levels = _levels(s)
                 if levels and not (levels & self.levels[c]):
                     show = lambda xs: sorted(map(repr, xs))[:5]  # noqa: E731
                     raise DataInputError(
@@ -166,11 +165,20 @@ def _infinite(s: pd.Series) -> int:
     return int(np.isinf(s.to_numpy(dtype=float, na_value=np.nan)).sum())
 
 
-def _require_values(s: pd.Series, column: str, side: str) -> None:
-    """A column must hold at least one finite value: all NaN or ±inf is nothing to compare."""
+def _levels(s: pd.Series) -> frozenset[Any]:
+    """A categorical column's values, missing left out (dropped from its few distinct values, not its rows)."""
+    return frozenset(v for v in s.unique() if not pd.isna(v))
+
+
+def _require_values(s: pd.Series, column: str, side: str) -> int:
+    """A column must hold at least one finite value: all NaN or ±inf is nothing to compare.
+
+    Returns its non-null count (±inf counted), so that the caller need not count again.
+    """
     inf = _infinite(s)
-    if s.count() - inf > 0:
-        return
+    count = int(s.count())
+    if count - inf > 0:
+        return count
     if inf:
         raise DataInputError(
             f"column {column!r} has no finite value in the {side} data ({inf} of {len(s)} are ±inf, the rest NaN)"
