@@ -76,7 +76,16 @@ def drift_check(policy_path, model, reference, current, as_json, no_log, progres
     from ..drift import DriftGate, DriftInputError, model_policy
 
     policy = load_policy_or_exit(policy_path)
+    gate = None
     try:
+        window_key = source = files = None
+        if current is None:  # which files first: a window that is not there starts nothing
+            from ..drift.monitoring import window_key as make_key
+            from ..drift.schedule import current_window
+
+            files = current_window(policy, model)
+            window_key = make_key(model, files)
+            source = ", ".join(map(str, files))
         # one check per process: MLflow starts in a second process while this one judges
         kwargs = {"log_to_mlflow": not no_log, "log_process": not no_log, "progress": progress}
         if reference is not None:
@@ -87,19 +96,18 @@ def drift_check(policy_path, model, reference, current, as_json, no_log, progres
             model_policy(policy, model)  # raises, naming the known models
         else:
             gate = DriftGate(model=model, policy=policy.drift, **kwargs)
-        window_key = source = None
-        if current is None:
-            from ..drift.monitoring import window_key as make_key
-            from ..drift.schedule import current_window, load_window
+        if files is not None:
+            from ..drift.schedule import load_window
 
-            files = current_window(policy, model)
-            window_key = make_key(model, files)
-            source = ", ".join(map(str, files))
             current = load_window(files)
         decision = gate.check(current, window_key=window_key, source=source)
-    except (PolicyError, DriftInputError) as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
-    except Exception as exc:  # noqa: BLE001 - reported as an internal error, exit 1
+    except BaseException as exc:
+        if gate is not None:
+            gate.close()  # its logging process, when no check used it
+        if isinstance(exc, (PolicyError, DriftInputError)):
+            fail(str(exc), EXIT_BAD_INPUT)
+        if not isinstance(exc, Exception):
+            raise
         logging.getLogger(__name__).debug("drift check failed", exc_info=True)
         fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
     _print_decision(decision, as_json)

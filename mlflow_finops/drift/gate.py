@@ -149,11 +149,14 @@ class DriftGate:
             with _naming(self.reference_source):
                 self.profile = ReferenceProfile.fit(ref, base, target, data_definition)
         except BaseException:
-            self._discard_logger()
+            self.close()
             raise
 
-    def _discard_logger(self) -> None:
-        """End the logging process a check never opened (nothing was written)."""
+    def close(self) -> None:
+        """End a ``log_process`` gate's logging process that no check used (nothing was written).
+
+        A check uses it up; a gate given up before its check (bad current data) calls this.
+        """
         logger, self._logger = self._logger, None
         if logger is not None:
             logger.discard()
@@ -258,7 +261,7 @@ class DriftGate:
                 source = str(current)
             self.validate(cur, source)
         except BaseException:  # bad input: nothing is logged
-            self._discard_logger()
+            self.close()
             raise
         cur, infinite = finite(cur, self.features)
         if infinite.values or self.profile.infinite.values:

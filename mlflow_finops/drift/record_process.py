@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -218,6 +219,9 @@ def _replies_on_stdout() -> Iterator[IO[str]]:
 
 
 def main() -> int:
+    # Ctrl-C reaches the whole process group: the parent decides (it sends "fail", or its exit
+    # closes the pipe), so that the run is always ended, never left half-written by an interrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with _replies_on_stdout() as replies:
         return _serve(sys.stdin, replies)
 

@@ -141,3 +141,34 @@ def _policy():
     from mlflow_finops.policy import DriftPolicy
 
     return DriftPolicy()
+
+
+def _logging_processes() -> list:
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True)
+            if "mlflow_finops.drift.record_process" in " ".join(p.cmdline())]
+
+
+def test_a_window_that_cannot_be_read_leaves_no_logging_process(drift_store: str, data: Path) -> None:
+    (data / "incoming").mkdir()
+    (data / "incoming" / "broken.parquet").write_bytes(b"not parquet")
+    (data / "finops.toml").write_text('[drift]\nmin_rows = 100\n[models.churn]\nreference = "ref.parquet"\n'
+                                      'current = "incoming"\n')
+    res = invoke("drift", "check", "--policy", str(data / "finops.toml"), "--model", "churn")
+    assert res.exit_code == 2 and "broken.parquet: cannot read it" in res.output, res.output
+    assert _logging_processes() == []  # ended when the check gave up, not when this process exits
+    assert all_runs() == []
+
+
+def test_ctrl_c_leaves_the_run_to_the_check_that_owns_it(drift_store: str) -> None:
+    """An interrupt reaches both processes; the logging one waits for the check's word and ends the run FAILED."""
+    import signal
+
+    logger = CheckRunProcess("churn", "finops-monitoring/churn").open(0, None, None)
+    run_id = logger.run_id
+    logger._proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert logger._proc.poll() is None  # still there
+    logger.fail()
+    assert MlflowClient().get_run(run_id).info.status == "FAILED"
