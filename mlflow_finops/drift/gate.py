@@ -82,7 +82,8 @@ class DriftGate:
     ``log_to_mlflow=False``) logs it as a run in the model's monitoring experiment.
     MLflow is first contacted by the first check; with ``log_process=True`` each
     check's run is written by a child process that starts MLflow while this one
-    judges (what a one-check command wants; a long-lived process keeps its store).
+    judges: what a process that exists for one check wants (the CLI), whose first
+    check is charged the whole process; a long-lived process keeps its store.
     """
 
     def __init__(
@@ -312,7 +313,9 @@ class DriftGate:
         if self.log_process:
             from .record_process import CheckRunProcess
 
-            logger, self._logger = self._logger or CheckRunProcess(self.model, self.experiment_name), None
+            # the one started with the gate is charged the process from its start; a later check is not
+            logger = self._logger or CheckRunProcess(self.model, self.experiment_name, whole_process=False)
+            self._logger = None
             return logger.open(n, window_key, extra_tags)
         from .record import CheckRun
 

@@ -7,7 +7,8 @@ MLflow only at its very end (persistence and cooldown read the history). So the
 CLI starts this module as a child process first thing: it starts MLflow while
 the parent reads and judges the data, on the machine's other core, then logs
 the decision the parent sends it. The run's cost is the whole command's: the
-parent's process tree (the child is in it) from the parent's start.
+parent's process tree (the child is in it) from the parent's start (a gate's
+later checks in the same process: from their own start).
 
 Parent side: :class:`CheckRunProcess`, the verbs of :class:`~.record.CheckRun`.
 Child side: ``python -m mlflow_finops.drift.record_process``; one JSON message
@@ -52,8 +53,12 @@ class CheckRunProcess:
     the check's own error propagates); ``discard`` ends a child never opened.
     """
 
-    def __init__(self, model: str, experiment: str) -> None:
-        env = {**os.environ, ENV_CHARGE_PROCESS_START: "true"}  # charged from the parent's start
+    def __init__(self, model: str, experiment: str, *, whole_process: bool = True) -> None:
+        """``whole_process``: the run is charged this process from its start (it exists for this
+        check), else from the run's start."""
+        env = {k: v for k, v in os.environ.items() if k != ENV_CHARGE_PROCESS_START}
+        if whole_process:
+            env[ENV_CHARGE_PROCESS_START] = "true"
         if "mlflow" in sys.modules:  # a store set in code (mlflow.set_tracking_uri) is the one to log to
             env["MLFLOW_TRACKING_URI"] = sys.modules["mlflow"].get_tracking_uri()
         self._proc = subprocess.Popen(

@@ -172,3 +172,17 @@ def test_ctrl_c_leaves_the_run_to_the_check_that_owns_it(drift_store: str) -> No
     assert logger._proc.poll() is None  # still there
     logger.fail()
     assert MlflowClient().get_run(run_id).info.status == "FAILED"
+
+
+def test_a_later_check_of_the_same_gate_is_charged_from_its_own_start(drift_store: str) -> None:
+    """Only the gate's first check is charged the whole process (it exists for that check); no double count."""
+    import psutil
+
+    from mlflow_finops.drift import DriftGate
+
+    gate = DriftGate(frame(3000, seed=1), model="churn", min_rows=100, log_process=True)
+    before = sum(psutil.Process().cpu_times()[:2])  # this process's CPU so far (imports, earlier tests)
+    first, second = gate.check(frame(3000, seed=2)), gate.check(frame(3000, seed=3))
+    charged = [MlflowClient().get_run(d.run_id).data.metrics["finops/cpu_core_hours"] * 3600 for d in (first, second)]
+    assert charged[0] >= before, (charged, before)  # the whole process, from its start
+    assert charged[1] < 0.5 * before, (charged, before)  # only its own check
