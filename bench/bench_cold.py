@@ -12,8 +12,10 @@ command of two processes (``drift check`` logs from a second one) also gets the
 peak of their RSS summed, read every 50 ms. The store is a SQLite file
 (the embedded default) holding the runs the commands read; the data for
 ``drift check`` is two Parquet files of ``--rows`` x 20 columns (18 float, 2
-string), six columns shifted. ``retrain --no-wait`` files a request and submits
-it to a local Ray cluster this script starts on free ports (and stops).
+string) and a label, six columns shifted; ``churn-scored`` also scores the
+registered champion (a scikit-learn pipeline logged as skops, MLflow's default)
+on the labels. ``retrain --no-wait`` files a request and submits it to a local
+Ray cluster this script starts on free ports (and stops).
 
 Anchors measured in the same run: ``python -c pass`` (the interpreter) and
 ``python -c "import mlflow"`` (the floor of anything that talks to MLflow).
@@ -50,6 +52,13 @@ min_rows = 100
 reference = "ref.parquet"
 current = "incoming"
 registered_model = "churn-cold"
+drop = ["label"]
+
+[models.churn-scored]  # the same data, and the champion's accuracy on its labels (the default with a target)
+reference = "ref.parquet"
+current = "incoming"
+registered_model = "churn-cold"
+target = "label"
 
 [retrain]
 ray_address = "{jobs}"
@@ -71,8 +80,37 @@ def make_data(folder: Path, rows: int) -> None:
         df = pd.DataFrame({f"f{i}": rng.normal(shift if i < 6 else 0.0, 1.0, rows) for i in range(18)})
         df["plan"] = rng.choice(["a", "b", "c"], rows)
         df["region"] = rng.choice(list("nsew"), rows)
+        df["label"] = (df["f0"] - df["f7"] + rng.normal(0, 0.5, rows) > shift).astype(int)
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         df.to_parquet(folder / name)
+
+
+def make_champion(folder: Path) -> None:
+    """``churn-cold@champion``: a scikit-learn pipeline on 20,000 reference rows, logged as MLflow
+    logs scikit-learn by default (skops), with its validation accuracy tagged, as the loop's is."""
+    import mlflow
+    import pandas as pd
+    import skops.io as sio
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    ref = pd.read_parquet(folder / "ref.parquet").iloc[:20_000]
+    X, y = ref.drop(columns=["label"]), ref["label"]
+    model = make_pipeline(
+        make_column_transformer((OneHotEncoder(), ["plan", "region"]), remainder="passthrough"),
+        LogisticRegression(max_iter=500),
+    ).fit(X, y)
+    os.chdir(folder)  # the model's artifacts go in the bench's folder
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name="churn-cold",
+                                        skops_trusted_types=sio.get_untrusted_types(data=sio.dumps(model)))
+    client = mlflow.MlflowClient()
+    version = info.registered_model_version
+    client.set_registered_model_alias("churn-cold", "champion", version)
+    client.set_model_version_tag("churn-cold", version, "finops.accuracy", f"{model.score(X, y):.6f}")
 
 
 def make_runs(folder: Path, n: int) -> None:
@@ -157,6 +195,7 @@ def main() -> None:
     if args.setup:  # in a child, so that this process stays small: a child's peak RSS counts its parent's
         make_data(Path(args.setup), args.rows)
         make_runs(Path(args.setup), args.runs)
+        make_champion(Path(args.setup))
         return
 
     from mlflow_finops.ray_cluster import free_ports, start_local_cluster, stop_local_cluster
@@ -182,6 +221,8 @@ def main() -> None:
                                 "--current", "incoming/cur.parquet"],
                 "drift check --no-log": [cli, "drift", "check", "--model", "churn", "--reference", "ref.parquet",
                                          "--current", "incoming/cur.parquet", "--no-log"],
+                "drift check, champion scored too": [cli, "drift", "check", "--model", "churn-scored",
+                                                     "--reference", "ref.parquet", "--current", "incoming/cur.parquet"],
                 "report": [cli, "report", "--since", "30d"],
                 "budget": [cli, "budget"],
                 "retrain --no-wait": [cli, "retrain", "--model", "churn", "--no-wait"],

@@ -186,3 +186,64 @@ def test_a_later_check_of_the_same_gate_is_charged_from_its_own_start(drift_stor
     charged = [MlflowClient().get_run(d.run_id).data.metrics["finops/cpu_core_hours"] * 3600 for d in (first, second)]
     assert charged[0] >= before, (charged, before)  # the whole process, from its start
     assert charged[1] < 0.5 * before, (charged, before)  # only its own check
+
+
+def _register_champion(data: Path) -> None:
+    """``churn@champion``: a logistic regression on the reference's labels, logged as MLflow logs
+    scikit-learn by default (skops), with its validation accuracy tagged."""
+    import mlflow
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    ref = _labelled(frame(3000, seed=1))
+    ref.to_parquet(data / "ref.parquet")
+    _labelled(frame(3000, seed=3, shift=1.0), concept_moved=True).to_parquet(data / "moved.parquet")
+    X, y = ref[["x0", "x1", "x2", "x3"]], ref["label"]
+    model = LogisticRegression().fit(X, y)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name="churn",
+                                        skops_trusted_types=sio.get_untrusted_types(data=sio.dumps(model)))
+    client = MlflowClient()
+    client.set_registered_model_alias("churn", "champion", info.registered_model_version)
+    client.set_model_version_tag("churn", info.registered_model_version, "finops.accuracy", "0.99")
+    (data / "finops.toml").write_text(
+        '[drift]\nmin_rows = 100\n[models.churn]\nreference = "ref.parquet"\ntarget = "label"\n'
+        'registered_model = "churn"\ndrop = ["plan"]\n'
+    )
+
+
+def _labelled(df, concept_moved: bool = False):
+    df["label"] = ((df["x0"] - df["x1"] if concept_moved else df["x0"] + df["x1"]) > 0.5).astype(int)
+    return df
+
+
+def test_a_cold_check_scores_the_champion_and_logs_from_the_second_process(drift_store: str, data: Path) -> None:
+    """The default harm signal of a model with a target and a registered champion (skops, MLflow's
+    default format), in the cold command; its run logged by the second process, as without a champion."""
+    _register_champion(data)
+    res = subprocess.run([CLI, "drift", "check", "--policy", str(data / "finops.toml"), "--model", "churn",
+                          "--current", str(data / "moved.parquet"), "--json"], capture_output=True, text=True)
+    assert res.returncode == 10, res.stderr
+    out = json.loads(res.stdout)
+    perf = out["performance"]
+    version = MlflowClient().get_model_version("churn", "1")
+    assert perf["version"] == "1" and perf["rows"] == 3000
+    assert (perf["reference"], perf["baseline"]) == (0.99, "promotion")  # its promotion score, the better one
+    assert perf["current"] == pytest.approx(float(version.tags["finops.baseline.accuracy"]))  # first window remembered
+    assert perf["degraded"] is True and perf["current"] < 0.8
+    run = MlflowClient().get_run(out["run_id"])
+    assert run.data.metrics["drift/performance/accuracy_current"] == pytest.approx(perf["current"])
+    assert run.info.status == "FINISHED"
+
+
+def test_no_champion_yet_leaves_drift_to_decide(drift_store: str, data: Path) -> None:
+    (data / "finops.toml").write_text(
+        '[drift]\nmin_rows = 100\n[models.churn]\nreference = "ref.parquet"\ntarget = "label"\n'
+        'registered_model = "nobody"\n'
+    )
+    _labelled(frame(3000, seed=1)).to_parquet(data / "ref.parquet")
+    _labelled(frame(3000, seed=3, shift=1.0)).to_parquet(data / "moved.parquet")
+    res = invoke("drift", "check", "--policy", str(data / "finops.toml"), "--model", "churn",
+                 "--current", str(data / "moved.parquet"), "--json")
+    assert res.exit_code == 10, res.output
+    assert json.loads(res.output)["performance"] is None
