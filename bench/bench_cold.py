@@ -87,7 +87,7 @@ def make_data(folder: Path, rows: int) -> None:
 
 def make_champion(folder: Path) -> None:
     """``churn-cold@champion``: a scikit-learn pipeline on 20,000 reference rows, logged as MLflow
-    logs scikit-learn by default (skops), with its validation accuracy tagged, as the loop's is."""
+    logs scikit-learn by default (skops), its accuracy on those rows tagged as its promotion score."""
     import mlflow
     import pandas as pd
     import skops.io as sio
