@@ -101,15 +101,14 @@ def drift_check(policy_path, model, reference, current, as_json, no_log, progres
 
             current = load_window(files)
         decision = gate.check(current, window_key=window_key, source=source)
-    except BaseException as exc:
-        if gate is not None:
-            gate.close()  # its logging process, when no check used it
-        if isinstance(exc, (PolicyError, DriftInputError)):
-            fail(str(exc), EXIT_BAD_INPUT)
-        if not isinstance(exc, Exception):
-            raise
+    except (PolicyError, DriftInputError) as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    except Exception as exc:  # noqa: BLE001 - reported as an internal error, exit 1
         logging.getLogger(__name__).debug("drift check failed", exc_info=True)
         fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
+    finally:
+        if gate is not None:
+            gate.close()  # its logging process, when no check used it (a check uses it up)
     _print_decision(decision, as_json)
     sys.exit(EXIT_RETRAIN if decision.retrain else EXIT_OK)
 

@@ -146,8 +146,10 @@ class CheckRecorder:
             client.log_dict(run_id, {"decision": d.decision, "reason": d.reason, "columns": rows}, "drift/columns.json")
         with tempfile.TemporaryDirectory(prefix="finops-drift-") as tmp:
             for name, snap in snapshots:
-                path = snap if isinstance(snap, Path) else Path(tmp) / f"{name}.html"
-                if path is not snap:
+                if isinstance(snap, Path):  # saved by the check's own process
+                    path = snap
+                else:
+                    path = Path(tmp) / f"{name}.html"
                     snap.save_html(str(path))
                 client.log_artifact(run_id, str(path), "drift")
 

@@ -188,17 +188,17 @@ def _serve(requests: IO[str], replies: IO[str]) -> int:
         reply({"error": f"{type(exc).__name__}: {exc}"})
         return 1
     reply({"run_id": run_id, "history": asdict(history)})
-    request: dict[str, Any] | None = None
     try:
         with recorder.tracking_cost(run_id, pid=started["pid"]):
             request = read()
-            if request is not None and request["op"] == "log":
+            logged = request is not None and request["op"] == "log"  # else: "fail", or the parent is gone
+            if logged:
                 recorder.log(
                     run_id, DriftDecision.from_dict(request["decision"]),
                     DriftPolicy.model_validate(request["policy"]),
                     [(name, Path(path)) for name, path in request["reports"]], request["check_seconds"],
                 )
-        if request is not None and request["op"] == "log":
+        if logged:
             recorder.finish(run_id)
             reply({"done": run_id})
             return 0
