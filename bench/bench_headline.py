@@ -436,8 +436,9 @@ everything seen after every window, in-process under `autolog()`, registered as 
 loss since promotion on the labelled window; drift only while labels lag), the project's retrain
 trigger (which also follows a retrain that bought more than the tolerated loss), and retrains on
 Ray (the project's default `[retrain] runner`: a warm actor; `auto` update: a full refit while
-learned + new rows <= 100,000, as here), promoted only when better on the newest held-out rows,
-then fitted once more with them; **(d)** the same retrain requested after every window
+learned + new rows <= 100,000, as here; default `memory = "adaptive"`: also fitted on the new rows
+alone, forgetting the rest, kept when better on the held-out rows), promoted only when better on
+the newest held-out rows, then fitted once more with them; **(d)** the same retrain requested after every window
 (`request_retrain` + `run_pending(wait=True)`), no gate; **(e)** the classic alarm: a full retrain
 like (a) when the champion's accuracy on a window is more than 2 points below its accuracy on the
 first window it served. (c) and (d) each start their own 2-CPU Ray cluster on free ports with their

@@ -84,6 +84,7 @@ TAG_STOPPED_FOR_CAP = "finops.stopped_for_cap"
 TAG_STOPPED_FOR_TIME = "finops.stopped_for_time"
 TAG_UPDATE_PATH = "finops.update_path"
 TAG_UPDATE_WHY = "finops.update_why"  # why a retrain took another path than its model's usual one
+TAG_MEMORY = "finops.memory"  # what a refit learned: everything the champion learned + the new rows, or these alone
 TAG_CHAMPION_VERSION = "finops.champion_version"
 TAG_NEW_DATA_FILES = "finops.new_data_files"
 TAG_RUN_ID = "finops.run_id"  # Ray job metadata: the retrain run

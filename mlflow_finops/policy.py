@@ -385,6 +385,7 @@ def minutes(hhmm: str) -> int:
 RetrainMetric = Literal["accuracy", "f1", "roc_auc", "rmse", "mae", "r2"]
 RetrainStrategy = Literal["auto", "partial_fit", "warm_start", "refit"]
 RetrainRunner = Literal["actor", "job"]
+RetrainMemory = Literal["adaptive", "all"]
 
 
 class RetrainPolicy(_Section):
@@ -405,6 +406,11 @@ class RetrainPolicy(_Section):
     metric: RetrainMetric = Field("accuracy", description="What champion and challenger are compared on.")
     margin: float = Field(0.0, ge=0, description="The challenger must beat the champion by more than this.")
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Newest share of the new data held out.")
+    memory: RetrainMemory = Field(
+        "adaptive", description="adaptive: a refit also tries the new rows alone, forgetting what the champion "
+        "learned, and keeps that when it predicts the held-out rows better by more than margin; all: a refit "
+        "always learns everything the champion learned plus the new rows.",
+    )
     deadline_hours: float = Field(24.0, gt=0, le=MAX_HOURS, description="A pending retrain not started by then is dropped.")
     max_attempts: int = Field(3, ge=1, le=MAX_COUNT, description="Tries of a failing job while budget remains.")
     backoff_s: float = Field(60.0, ge=0, le=MAX_HOURS * 3600, description="Wait before the 2nd try; doubles each time.")

@@ -61,6 +61,8 @@ def test_no_policy_file_gives_defaults(tmp_path: Path, monkeypatch: pytest.Monke
         ("[pricez]\n", "[pricez]: unknown key (expected one of: prices, tags"),
         ("[prices\n", "not valid TOML"),
         ("[prices]\ncpu_core_hour_usd = \"cheap\"\n", "[prices].cpu_core_hour_usd: Input should be a valid number"),
+        ("[models.m.retrain]\nmemory = \"recent\"\n",
+         "[models].m.retrain.memory: Input should be 'adaptive' or 'all' (got 'recent')"),
     ],
 )
 def test_bad_policy_names_the_key(tmp_path: Path, text: str, expected: str) -> None:

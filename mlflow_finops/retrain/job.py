@@ -5,7 +5,9 @@ Loads ``models:/<registered>@champion``, updates it with the rows of
 :mod:`.ledger`: files known by content hash, a learned prefix of rows each),
 holding out the newest rows, which stay unlearned: ``partial_fit`` where the
 final estimator has it, ``warm_start`` growth for ensembles that support it,
-else a full refit on the champion's reference + the new rows. It learns exactly
+else a full refit on the champion's reference + the new rows (or on the new rows
+alone, when forgetting the reference predicts the held-out rows better:
+``[retrain] memory``). It learns exactly
 the policy's feature columns (``features``, or every column but ``target`` and
 ``drop``), in the champion's order. Stops cooperatively when the run's cost
 reaches the cap. Registers the challenger (alias ``@challenger``) with its
@@ -40,6 +42,7 @@ from ..names import (
     TAG_CHAMPION_VERSION,
     TAG_DRIFT_RUN_ID,
     TAG_LEARNED,
+    TAG_MEMORY,
     TAG_MODEL_VERSION,
     TAG_NEW_DATA_FILES,
     TAG_PARENT_VERSION,
@@ -53,7 +56,7 @@ from ..names import (
     tag,
 )
 from ..policy import ModelPolicy, Policy, PolicyError, RetrainPolicy, load_policy
-from ..scoring import score
+from ..scoring import gain, score
 from .ledger import Ledger, LedgerError, Piece, Seen, learn, pending
 from .promotion import Evaluation
 from .state import RetrainState
@@ -86,6 +89,7 @@ __all__ = [
 CHAMPION, CHALLENGER = "champion", "challenger"  # registry aliases
 METRIC_ROWS_NEW = "retrain/rows_new"
 METRIC_ROWS_HOLDOUT = "retrain/rows_holdout"
+MIN_HELD_OUT_TO_FORGET = 30  # held-out rows a refit on the new rows alone needs to be tried
 
 
 class CapReached(Exception):
@@ -484,12 +488,13 @@ def run_job(cfg: JobConfig, run_id: str, cap_usd: float | None = None) -> Retrai
         })
         mlflow.log_metrics({METRIC_ROWS_NEW: len(train), METRIC_ROWS_HOLDOUT: len(hold)})
 
-        challenger = _train(cfg, champion, train[columns], train[cfg.target], path, reference, cap_usd)
-        if challenger is None:
+        fitted = _fit_and_judge(cfg, champion, train, hold, columns, path, reference, cap_usd)
+        if fitted is None:
             mlflow.end_run("KILLED")
             return RetrainState.CAPPED
-        ev = evaluate(champion, challenger, hold[columns], hold[cfg.target], rp)
-        learned_rows = train
+        challenger, ev, kept = fitted
+        forgot = 0 if kept is not None or reference is None else len(reference)
+        reference, learned_rows = kept, train
         if ev.better and path == "refit" and refit_all(rp, reference, len(data)):
             # the winner is fitted once more with its held-out rows, the newest and after a drift the
             # most telling, as a model is refitted on all its data once validated (while that is
@@ -504,7 +509,42 @@ def run_job(cfg: JobConfig, run_id: str, cap_usd: float | None = None) -> Retrai
         update_note = [{"sha256": p.sha256, "name": p.name, "from_row": p.start, "rows_learned": n}
                        for p, n in zip(new.pieces, taken)]
         return _judge(cfg, client, champion_version, challenger, ev, path=path, rows=rows, ledger=learned,
-                      update_note=update_note)
+                      update_note=update_note, forgot=forgot)
+
+
+def _fit_and_judge(cfg: JobConfig, champion: Any, train: pd.DataFrame, hold: pd.DataFrame, columns: list[str],
+                   path: str, reference: pd.DataFrame | None,
+                   cap_usd: float | None) -> tuple[Any, Evaluation, pd.DataFrame | None] | None:
+    """The challenger fitted on ``train`` (after ``reference`` for a refit) and judged on ``hold``:
+    (challenger, its evaluation, the reference it learned), None when capped.
+
+    With ``memory = "adaptive"`` a refit is also fitted on the new rows alone, forgetting what
+    the champion learned, and that one is kept when it predicts the held-out rows better by
+    more than ``margin``: where the data moved on, old rows teach the old concept (a gradual
+    drift), and where they still help (recurring regimes) the full refit wins. The forgetting
+    candidate learns the fewest rows, so it costs little next to the full one. It is tried only
+    on at least ``MIN_HELD_OUT_TO_FORGET`` held-out rows: on fewer, the two fits' difference is
+    mostly noise, and what is forgotten is not learned again. Tag ``finops.memory`` says which
+    was kept and why.
+    """
+    rp, target = cfg.retrain, cfg.target
+    challenger = _train(cfg, champion, train[columns], train[target], path, reference, cap_usd)
+    if challenger is None:
+        return None
+    ev = evaluate(champion, challenger, hold[columns], hold[target], rp)
+    if (path != "refit" or reference is None or reference.empty or rp.memory != "adaptive"
+            or len(hold) < MIN_HELD_OUT_TO_FORGET):
+        return challenger, ev, reference
+    alone = _train(cfg, champion, train[columns], train[target], path, None, cap_usd)
+    if alone is None:
+        return None
+    ev_alone = evaluate(champion, alone, hold[columns], hold[target], rp)
+    kept = gain(rp.metric, ev_alone.challenger, ev.challenger) > rp.margin
+    mlflow.set_tag(TAG_MEMORY, (
+        f"{'new rows only' if kept else 'all'}: {rp.metric} {ev_alone.challenger:.4f} on the held-out rows "
+        f"with the {len(train):,} new rows alone vs {ev.challenger:.4f} with the {len(reference):,} rows "
+        f"learned before too (margin {rp.margin})"))
+    return (alone, ev_alone, None) if kept else (challenger, ev, reference)
 
 
 def _no_new_data(reason: str) -> RetrainState:
@@ -568,9 +608,13 @@ def _train(cfg: JobConfig, champion: Any, X: pd.DataFrame, y: pd.Series, path: s
 
 
 def _judge(cfg: JobConfig, client: MlflowClient, champion_version: Any, challenger: Any, ev: Evaluation,
-           *, path: str, rows: pd.DataFrame, ledger: Ledger, update_note: list[dict[str, Any]]) -> RetrainState:
+           *, path: str, rows: pd.DataFrame, ledger: Ledger, update_note: list[dict[str, Any]],
+           forgot: int = 0) -> RetrainState:
     """Register the challenger with its evaluation, lineage and ledger; promote it when better
-    (``rows``, what it learned, becoming the drift reference); the verdict."""
+    (``rows``, what it learned, becoming the drift reference); the verdict.
+
+    ``forgot``: rows the champion learned that the challenger, fitted on the new rows alone, did
+    not; its ledger still lists them (no later retrain learns them again), its reference not."""
     name = cfg.registered
     run_id = mlflow.active_run().info.run_id
     mlflow.log_metrics({f"eval/champion_{ev.metric}": ev.champion, f"eval/challenger_{ev.metric}": ev.challenger})
@@ -585,7 +629,7 @@ def _judge(cfg: JobConfig, client: MlflowClient, champion_version: Any, challeng
         version_tags[TAG_DRIFT_RUN_ID] = drift_run
     version = register(client, challenger, name, version_tags)
     text = ledger.to_json(model=name, version=version, parent_version=str(champion_version.version),
-                          update=update_note)
+                          update=update_note, **({"forgot_rows_learned_before": forgot} if forgot else {}))
     where = ledger_path(cfg.base, name, version)
     os.makedirs(os.path.dirname(where), exist_ok=True)
     with open(where, "w", encoding="utf-8") as f:

@@ -10,7 +10,11 @@ files it has never seen, and for a file it has partly learned, the rows after
 its learned prefix (:func:`pending`). The newest of those rows are held out to
 judge the challenger and are *not* learned, so the next retrain learns them
 (:func:`learn`). The challenger's ledger is the champion's plus what it learned;
-a challenger that is not promoted leaves the champion's ledger as it was.
+a challenger that is not promoted leaves the champion's ledger as it was. A
+challenger refitted on the new rows alone (``[retrain] memory = "adaptive"``) forgot
+what its champion learned; its ledger still lists those rows, as learned by its
+lineage, so no later retrain learns them again (its JSON says how many it forgot,
+and its drift reference holds only the rows it learned).
 
 A champion with no ledger (a version trained by a person, e.g. v1) learned the
 policy's ``[models.NAME].reference`` file, all of it, and nothing else: every

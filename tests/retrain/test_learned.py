@@ -176,7 +176,7 @@ def _trees(forest: RandomForestRegressor) -> list[bytes]:
 
 
 def test_a_full_refit_learns_the_champions_reference_plus_the_new_rows(root: Path) -> None:
-    _setup(root, LinearRegression())  # no partial_fit, no warm_start: refit
+    _setup(root, LinearRegression(), retrain='memory = "all"\n')  # no partial_fit, no warm_start: refit
     policy = root / "finops.toml"
     policy.write_text(policy.read_text().replace("refit_max_rows = 0", "refit_max_rows = 100"))
     _write(root / "new" / "w1.csv", _rows(range(100, 120), 10.0), 1000.0)
@@ -186,6 +186,7 @@ def test_a_full_refit_learns_the_champions_reference_plus_the_new_rows(root: Pat
     assert state == RetrainState.PROMOTED and tags["finops.update_path"] == "refit"
     assert tags["learned.json"]["update"][0]["rows_learned"] == 20
     assert _reference_ids("2") == [*range(40), *range(100, 120)]
+    assert "finops.memory" not in tags  # memory = "all": the new rows alone are never tried
     _write(root / "new" / "w2.csv", _rows(range(200, 220), 10.0), 2000.0)
     state, tags = _retrain(root)
     assert state == RetrainState.PROMOTED and tags["finops.update_path"] == "refit"
@@ -299,7 +300,8 @@ def test_a_warm_start_that_would_change_the_class_set_refits(root: Path, new_cla
 
 
 def test_auto_refits_while_what_was_learned_and_the_new_rows_are_few(root: Path) -> None:
-    _setup(root, RandomForestRegressor(n_estimators=3, random_state=0))  # auto would warm-start it
+    _setup(root, RandomForestRegressor(n_estimators=3, random_state=0),  # auto would warm-start it
+           retrain='memory = "all"\n')
     policy = root / "finops.toml"
     policy.write_text(policy.read_text().replace("refit_max_rows = 0", "refit_max_rows = 60"))
     _write(root / "new" / "w1.csv", _rows(range(100, 120), 10.0), 1000.0)
@@ -320,9 +322,44 @@ def test_auto_refits_while_what_was_learned_and_the_new_rows_are_few(root: Path)
 
 
 def test_a_winning_refit_of_more_than_refit_max_rows_keeps_its_held_out_rows_for_next_time(root: Path) -> None:
-    _setup(root, LinearRegression())  # refit_max_rows = 0: every refit is "big"
+    _setup(root, LinearRegression(), retrain='memory = "all"\n')  # refit_max_rows = 0: every refit is "big"
     _write(root / "new" / "w1.csv", _rows(range(100, 120), 10.0), 1000.0)
     state, tags = _retrain(root)
     assert state == RetrainState.PROMOTED and tags["finops.update_path"] == "refit"
     assert _learned(tags) == [("w1.csv", 0, 16)]  # fitted once: the 4 held-out rows wait
     assert _reference_ids("2") == [*range(40), *range(100, 116)]
+
+
+def test_adaptive_memory_forgets_what_the_champion_learned_when_the_new_rows_alone_predict_better(
+        root: Path) -> None:
+    _setup(root, LinearRegression())  # refit; memory = "adaptive" by default
+    policy = root / "finops.toml"
+    policy.write_text(policy.read_text().replace("refit_max_rows = 0", "refit_max_rows = 1000"))
+    # the concept moved (labels +10): a line through the old rows too predicts the new ones worse
+    _write(root / "new" / "w1.csv", _rows(range(100, 250), 10.0), 1000.0)
+    state, tags = _retrain(root)
+    assert state == RetrainState.PROMOTED
+    assert tags["finops.memory"].startswith("new rows only: rmse ")
+    assert "with the 120 new rows alone" in tags["finops.memory"] and "40 rows learned before" in tags["finops.memory"]
+    assert _reference_ids("2") == list(range(100, 250))  # the drift reference: what it learned, the old rows not
+    assert tags["learned.json"]["forgot_rows_learned_before"] == 40
+    # the ledger still holds the reference: forgotten rows are never learned again
+    assert [(f.name, f.learned) for f in _ledger("2").files] == [("ref.csv", 40), ("w1.csv", 150)]
+    # the same concept again: the rows learned before help as much, so they are kept (a tie keeps them)
+    _write(root / "new" / "w2.csv", _rows(range(300, 450), 10.0), 2000.0)
+    state, tags = _retrain(root)
+    assert tags["finops.memory"].startswith("all: "), tags["finops.memory"]
+    assert "forgot_rows_learned_before" not in tags["learned.json"]
+    if state == RetrainState.PROMOTED:
+        assert _reference_ids(_champion()) == [*range(100, 250), *range(300, 450)]
+    assert [f.name for f in _ledger(tags["finops.model_version"]).files] == ["ref.csv", "w1.csv", "w2.csv"]
+
+
+def test_adaptive_memory_is_not_tried_on_few_held_out_rows(root: Path) -> None:
+    _setup(root, LinearRegression())
+    policy = root / "finops.toml"
+    policy.write_text(policy.read_text().replace("refit_max_rows = 0", "refit_max_rows = 1000"))
+    _write(root / "new" / "w1.csv", _rows(range(100, 245), 10.0), 1000.0)  # 29 held out: below 30
+    state, tags = _retrain(root)
+    assert state == RetrainState.PROMOTED and "finops.memory" not in tags
+    assert _reference_ids("2") == [*range(40), *range(100, 245)]
