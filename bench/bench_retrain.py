@@ -27,7 +27,7 @@ decision boundary rotates (60 degrees at t = 1). The job holds out the newest
 updated by ``partial_fit`` (5 epochs over the new rows, the champion's scaler
 kept), and ``hgb``, a ``HistGradientBoostingClassifier(max_iter=100)`` updated
 by ``warm_start`` (up to 5 x 10 more boosting stages fitted on the new rows).
-Full = ``strategy = "refit"`` (a fresh model fitted on reference + new rows,
+Full = ``strategy = "refit"``, ``memory = "all"`` (a fresh model fitted on reference + new rows,
 reading the reference inside the run). Each ``--inc-repeats`` times, in
 alternating order, the champion alias reset to the same v1 in between.
 Printed: each one's ``finops/cost_usd``, the ratio incremental / full (target
@@ -413,7 +413,7 @@ def part_incremental(args: argparse.Namespace, jobs: str, root: Path) -> dict:
     text = RETRAIN_DEFAULTS.format(jobs=jobs)
     for kind in args.champions:
         text += model_section(f"inc-{kind}", CHAMPIONS[kind][1])
-        text += model_section(f"full-{kind}", "refit")
+        text += model_section(f"full-{kind}", "refit", 'memory = "all"\n')  # everything, as measured
     (d / "finops.toml").write_text(text)
     print(f"\n== incremental vs full: reference {args.ref_rows:,} rows, 3 new windows x {args.window_rows:,} "
           f"rows, drift t = 1/3, 2/3, 1, champions saved as {args.champion_format}", flush=True)
