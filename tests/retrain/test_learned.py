@@ -363,3 +363,20 @@ def test_adaptive_memory_is_not_tried_on_few_held_out_rows(root: Path) -> None:
     state, tags = _retrain(root)
     assert state == RetrainState.PROMOTED and "finops.memory" not in tags
     assert _reference_ids("2") == [*range(40), *range(100, 245)]
+
+
+def test_adaptive_memory_keeps_everything_on_a_tie(root: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    def rows(ids: range) -> pd.DataFrame:
+        x = np.cos(np.array(ids, dtype=float))  # both signs
+        return pd.DataFrame({"id": list(ids), "x": x, "y": (x > 0).astype(int)})
+
+    _setup(root, LogisticRegression(), ref=rows(range(40)))
+    policy = root / "finops.toml"
+    policy.write_text(policy.read_text().replace("refit_max_rows = 0", "refit_max_rows = 1000")
+                      .replace('metric = "rmse"', 'metric = "accuracy"'))
+    _write(root / "new" / "w1.csv", rows(range(100, 250)), 1000.0)  # the same concept: both fits are perfect
+    state, tags = _retrain(root)
+    assert tags["finops.memory"].startswith("all: accuracy 1.0000 on the held-out rows"), tags["finops.memory"]
+    assert "vs 1.0000 with the 40 rows learned before" in tags["finops.memory"]
