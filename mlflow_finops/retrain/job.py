@@ -538,7 +538,8 @@ def _fit_and_judge(cfg: JobConfig, champion: Any, train: pd.DataFrame, hold: pd.
     alone = _train(cfg, champion, train[columns], train[target], path, None, cap_usd)
     if alone is None:
         return None
-    ev_alone = evaluate(champion, alone, hold[columns], hold[target], rp)
+    # the champion's score on the held-out rows is the same for both: not predicted again
+    ev_alone = Evaluation(rp.metric, ev.champion, score(alone, hold[columns], hold[target], rp.metric), rp.margin)
     kept = gain(rp.metric, ev_alone.challenger, ev.challenger) > rp.margin
     mlflow.set_tag(TAG_MEMORY, (
         f"{'new rows only' if kept else 'all'}: {rp.metric} {ev_alone.challenger:.4f} on the held-out rows "
