@@ -7,6 +7,7 @@ so a figure leads to the run behind it.
 from __future__ import annotations
 
 import html
+import itertools
 from datetime import datetime, timezone
 from typing import Iterable, Iterator, Sequence
 from urllib.parse import quote
@@ -233,7 +234,7 @@ def _per_point(r: Retrain) -> str:
 
 
 def _top_runs(data: PageData, prefix: str, top: int = 15) -> str:
-    runs = [r for r in data.report.sorted_runs() if r.counted][:top]
+    runs = list(itertools.islice((r for r in data.report.sorted_runs() if r.counted), top))
     if not runs:
         return ""
     rows = [("", [_run_link(prefix, r.experiment_id, r.run_id, r.label), _e(r.experiment), _e(r.model or ""),

@@ -113,18 +113,17 @@ def report(policy_path, experiments, model, team, since, until, by, metric, goal
         from ..spend.focus import write as write_focus
 
         try:
-            text = write_focus(rep, output, granularity=focus_granularity, provider=focus_provider)
+            write_focus(rep, output, granularity=focus_granularity, provider=focus_provider)
         except OSError as exc:
             fail(f"cannot write {output}: {exc}", EXIT_INTERNAL)
-        if text is not None:
-            click.echo(text, nl=not text.endswith("\n"))
-    else:
-        text = rep.render(fmt, by=by, budgets=budgets)
-        if output:
-            with open(output, "w", encoding="utf-8") as f:
-                f.write(text)
-        else:
-            click.echo(text, nl=not text.endswith("\n"))
+    else:  # streamed a run at a time: the runs are never all in memory
+        try:
+            with open(output, "w", encoding="utf-8", newline="") if output else contextlib.nullcontext(sys.stdout) as f:
+                rep.write(fmt, f, by=by, budgets=budgets)
+                if not output and fmt != "csv":  # CSV lines end in their own newline
+                    f.write("\n")
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc}", EXIT_INTERNAL)
     if charts_dir:
         written = rep.write_charts(charts_dir, budgets)
         err.print(f"wrote {len(written)} chart file(s) to {charts_dir}")

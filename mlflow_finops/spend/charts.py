@@ -18,7 +18,7 @@ from ..money import format_usd
 if TYPE_CHECKING:  # pragma: no cover
     from .budget import BudgetStatus
 
-__all__ = ["cost_over_time", "cost_vs_metric", "budget_burndown", "pareto_front"]
+__all__ = ["cost_over_time", "cost_vs_metric", "budget_burndown", "pareto_front", "thin_cumulative"]
 
 _TOP_SERIES = 8  # series drawn one by one; the rest are summed as "other"
 _TITLE_CHARS = 70  # a title's own words (a metric name in it) before its figures
@@ -78,6 +78,25 @@ def cost_over_time(points: Iterable[tuple[str, float, float | None]], title: str
     return render(fig, title, header, rows)
 
 
+def thin_cumulative(points: Iterable[tuple[str, float, float]], limit: int = 1000) -> list[tuple[str, float, float]]:
+    """``points`` in time order, merged so that each series keeps at most ``2 * limit`` of them.
+
+    Two neighbours of a series become one at the later time carrying both costs, so a
+    cumulative line drawn through what is kept is exact at every kept point and at the end;
+    memory stays bounded however many runs stream past.
+    """
+    kept: dict[str, list[list[float]]] = {}
+    for s, t, c in points:
+        series = kept.setdefault(s, [])
+        series.append([t, c])
+        if len(series) > 2 * limit:
+            merged = [[series[i + 1][0], series[i][1] + series[i + 1][1]] for i in range(0, len(series) - 1, 2)]
+            if len(series) % 2:
+                merged.append(series[-1])
+            kept[s] = merged
+    return [(s, t, c) for s, series in kept.items() for t, c in series]
+
+
 def _middle(values: Sequence[float], log: bool) -> float:
     """The middle of the x range, as the axis shows it (geometric on a log axis)."""
     lo, hi = min(values), max(values)
@@ -102,10 +121,12 @@ def pareto_front(points: Sequence[tuple[float, float]], goal: str = "max") -> li
 
 
 def cost_vs_metric(points: Sequence[tuple[str, float | None, float | None, str]], metric: str, goal: str = "max",
-                   title: str = "Cost vs model metric") -> Chart:
+                   title: str = "Cost vs model metric", drawn_from: int | None = None) -> Chart:
     """Scatter of run cost against a model metric, Pareto front marked and labelled, a tooltip per run.
 
     ``points``: ``(run label, cost USD, metric value, series)``; ``goal`` is "max" or "min".
+    ``drawn_from``: the number of runs ``points`` were drawn from, when they are a sample
+    (the front must be in it: the title then says how many runs were drawn).
     """
     if goal not in ("max", "min"):
         raise ValueError(f"goal={goal!r}: expected 'max' or 'min'")
@@ -144,8 +165,8 @@ def cost_vs_metric(points: Sequence[tuple[str, float | None, float | None, str]]
     ax.set_xlabel("run cost (USD)")
     money_axis(ax.xaxis)
     ax.set_ylabel(label(f"{shorten(metric, NAME_CHARS)} ({'higher' if goal == 'max' else 'lower'} is better)"))
-    ax.set_title(label(f"{shorten(title, _TITLE_CHARS)}: {len(fr)} of {len(pts)} runs on the Pareto front"),
-                 fontsize=11)
+    of = f"{len(fr)} of {len(pts)} runs" if not drawn_from else f"{len(fr)} of {drawn_from:,} runs ({len(pts):,} drawn)"
+    ax.set_title(label(f"{shorten(title, _TITLE_CHARS)}: {of} on the Pareto front"), fontsize=11)
     ax.grid(alpha=0.3)
     legend_below(fig, ax)
     order = sorted(range(len(pts)), key=lambda i: pts[i][1])

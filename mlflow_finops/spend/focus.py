@@ -39,7 +39,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Mapping, Sequence, TextIO
 
 from ..names import (
     TAG_ALLOCATION_MODE,
@@ -55,7 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .report import CostReport
 
-__all__ = ["FOCUS_VERSION", "COLUMNS", "MANDATORY", "PROVIDER", "focus_rows", "to_csv", "to_parquet", "write"]
+__all__ = ["FOCUS_VERSION", "COLUMNS", "MANDATORY", "PROVIDER", "focus_rows", "iter_focus_rows", "to_csv", "write_csv",
+           "to_parquet", "write"]
 
 FOCUS_VERSION = "1.2"
 PROVIDER = "mlflow-finops"
@@ -105,18 +106,27 @@ def focus_rows(runs: Iterable[RunCost], tags: Mapping[str, Mapping[str, str]] | 
 
     ``tags``: run id -> that run's ``finops.*`` tags (``CostReport.tags``).
     """
+    tags = tags or {}
+    counted = sorted((r for r in runs if r.counted), key=lambda r: (r.start_time, r.run_id))
+    return list(iter_focus_rows(((r, tags.get(r.run_id, {})) for r in counted), granularity=granularity,
+                                provider=provider))
+
+
+def iter_focus_rows(runs: Iterable[tuple[RunCost, Mapping[str, str]]], *, granularity: Granularity = "run",
+                    provider: str = PROVIDER) -> Iterator[dict[str, object]]:
+    """FOCUS rows one at a time for ``(run, its finops.* tags)`` pairs, in the order given.
+
+    The caller chooses the runs (counted ones) and their order (oldest first): a report
+    streams them from its table, so no list of rows is ever held.
+    """
     if granularity not in ("run", "day"):
         raise ValueError(f"granularity={granularity!r}: expected 'run' or 'day'")
-    tags = tags or {}
-    out: list[dict[str, object]] = []
-    for r in sorted((r for r in runs if r.counted), key=lambda r: (r.start_time, r.run_id)):
-        run_tags = dict(tags.get(r.run_id, {}))
+    for r, run_tags in runs:
         spans = _spans(r, granularity)
         figures = {col: getattr(r, attr) for col, attr in _SPLIT.items()}
         shares = _split(figures, [s.share for s in spans])
         for span, part in zip(spans, shares):
-            out.append(_row(r, run_tags, span, part, provider))
-    return out
+            yield _row(r, dict(run_tags), span, part, provider)
 
 
 def _spans(r: RunCost, granularity: Granularity) -> list[_Span]:
@@ -230,14 +240,19 @@ def _csv_cell(v: object) -> str:
     return str(v)
 
 
-def to_csv(rows: Sequence[Mapping[str, object]]) -> str:
+def to_csv(rows: Iterable[Mapping[str, object]]) -> str:
     """The rows as FOCUS CSV: a header of :data:`COLUMNS`, one line per charge."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    write_csv(rows, buf)
+    return buf.getvalue()
+
+
+def write_csv(rows: Iterable[Mapping[str, object]], out: TextIO) -> None:
+    """:func:`to_csv`, written to ``out`` a row at a time."""
+    w = csv.writer(out, lineterminator="\n")
     w.writerow(COLUMNS)
     for row in rows:
         w.writerow([_csv_cell(row[c]) for c in COLUMNS])
-    return buf.getvalue()
 
 
 def _schema() -> "pa.Schema":
@@ -253,29 +268,40 @@ def _schema() -> "pa.Schema":
     return pa.schema([(c, kind(c)) for c in COLUMNS])
 
 
-def to_parquet(rows: Sequence[Mapping[str, object]], path: str) -> None:
-    """The rows as a Parquet file: timestamps in UTC, costs and quantities as doubles, the rest strings."""
+def to_parquet(rows: Iterable[Mapping[str, object]], path: str, batch: int = 10_000) -> None:
+    """The rows as a Parquet file: timestamps in UTC, costs and quantities as doubles, the rest strings.
+
+    Written ``batch`` rows at a time (one row group each), so the rows can be a stream.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = _schema()
-    table = pa.Table.from_pylist([{c: row[c] for c in COLUMNS} for row in rows], schema=schema)
-    pq.write_table(table, path)
+    with pq.ParquetWriter(path, schema) as writer:
+        chunk: list[dict[str, object]] = []
+        for row in rows:
+            chunk.append({c: row[c] for c in COLUMNS})
+            if len(chunk) >= batch:
+                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                chunk = []
+        if chunk:
+            writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
 
 
 def write(report: "CostReport", output: str | None, *, granularity: Granularity = "run",
-          provider: str = PROVIDER) -> str | None:
-    """Write the report's FOCUS rows to ``output``: Parquet for ``*.parquet``, else CSV.
+          provider: str = PROVIDER, out: TextIO | None = None) -> None:
+    """Stream the report's FOCUS rows to ``output``: Parquet for ``*.parquet``, else CSV.
 
-    Returns the CSV text instead when there is no ``output`` (stdout).
+    With no ``output`` the CSV goes to ``out`` (default: standard output).
     """
-    rows = focus_rows(report.runs, report.tags, granularity=granularity, provider=provider)
+    import sys
+
+    pairs = report.runs.select_with_tags("counted", "start")
+    rows = iter_focus_rows(pairs, granularity=granularity, provider=provider)
     if output and output.lower().endswith((".parquet", ".pq")):
         to_parquet(rows, output)
-        return None
-    text = to_csv(rows)
-    if output:
+    elif output:
         with open(output, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        return None
-    return text
+            write_csv(rows, f)
+    else:
+        write_csv(rows, out or sys.stdout)

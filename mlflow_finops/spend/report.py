@@ -18,23 +18,25 @@ from __future__ import annotations
 import csv
 import html
 import io
+import itertools
 import json
 import logging
+import math
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Literal, Mapping, Sequence, TextIO
 
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from ..charting import html_page, html_table, write_charts
+from ..charting import MAX_TOOLTIPS, html_page, html_table, write_charts
 from ..money import format_usd
 from ..names import REPORTS_EXPERIMENT, TAG_MODEL, TAG_PREFIX, TAG_REPORT, TAG_TEAM
 from ..store import PAGE_SIZE, iter_runs, quote
 from . import rollup
 from .rollup import FIGURES, GROUP_LEVELS, GroupCost, ReportError, RunCost
+from .rows import RunTable, RunView
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..charting import Chart
@@ -62,9 +64,15 @@ GroupBy = Literal["experiment", "model", "team", "run"]
 
 @dataclass
 class CostReport:
-    """Runs in scope and their roll-ups; render with :meth:`to_json`, :meth:`to_csv`, :meth:`to_html`."""
+    """Runs in scope and their roll-ups; render with :meth:`write` (or :meth:`to_json`, :meth:`to_csv`, :meth:`to_html`).
 
-    runs: list[RunCost]
+    ``runs`` is a :class:`~.rows.RunTable` (a plain list of rows is turned into one): the
+    rows live in a temporary SQLite file and are read back in the order each output needs,
+    so the report's memory does not grow with its runs. Totals and groups are summed in
+    one pass the first time they are asked for.
+    """
+
+    runs: RunTable
     metric: str | None = None
     goal: str = "max"
     since: datetime | None = None
@@ -72,31 +80,50 @@ class CostReport:
     filters: dict[str, object] = field(default_factory=dict)
     pages: int = 0
     read_seconds: float = 0.0
-    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # run id -> finops.* tags, when kept
+    tags: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # run id -> finops.* tags, when kept
+    _rollups: dict[str, object] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.runs, RunTable):
+            self.runs = RunTable(self.runs)
 
     # ---------------------------------------------------------------- sums
     @property
-    def counted(self) -> list[RunCost]:
-        return [r for r in self.runs if r.counted]
+    def counted(self) -> RunView:
+        return RunView(self.runs, "counted")
 
     @property
-    def untracked(self) -> list[RunCost]:
-        return [r for r in self.runs if not r.tracked]
+    def untracked(self) -> RunView:
+        return RunView(self.runs, "untracked")
 
     @property
-    def nested(self) -> list[RunCost]:
-        return [r for r in self.runs if r.tracked and r.nested_in is not None]
+    def nested(self) -> RunView:
+        return RunView(self.runs, "nested")
 
     def total(self) -> GroupCost:
-        return rollup.total(self.runs, self.goal)
+        return self._sums()["total"]  # type: ignore[return-value]
 
     def groups(self, by: str) -> list[GroupCost]:
         """Roll-up per experiment / model / team, most expensive first."""
-        return rollup.groups(self.runs, by, self.goal)
+        if by not in GROUP_LEVELS:
+            rollup.groups((), by)  # the one place that words this error
+        return list(self._sums()[by])  # type: ignore[call-overload]
 
-    def sorted_runs(self) -> list[RunCost]:
+    def _sums(self) -> dict[str, object]:
+        if self._rollups is None:
+            total = GroupCost("total", "total")
+            levels: dict[str, dict[str, GroupCost]] = {level: {} for level in GROUP_LEVELS}
+            for r in self.runs:
+                rollup.add(total, r, self.goal)
+                for level, out in levels.items():
+                    key = r.key(level)
+                    rollup.add(out.setdefault(key, GroupCost(level, key)), r, self.goal)
+            self._rollups = {"total": total, **{level: rollup.by_cost(out.values()) for level, out in levels.items()}}
+        return self._rollups
+
+    def sorted_runs(self) -> Iterator[RunCost]:
         """Tracked runs by cost (most expensive first), then untracked ones, newest first."""
-        return rollup.sorted_runs(self.runs)
+        return self.runs.select("all", "cost")
 
     # -------------------------------------------------------------- output
     def summary(self) -> dict[str, object]:
@@ -122,20 +149,41 @@ class CostReport:
             "best_run_id": t.best_run_id,
         }
 
+    def write(self, fmt: Literal["csv", "json", "html"], out: TextIO, by: str | None = None,
+              budgets: Sequence["BudgetStatus"] = ()) -> None:
+        """Write the report to ``out`` a run at a time: CSV (per run, or per ``by`` group), JSON or HTML."""
+        if fmt == "csv":
+            self._write_csv(out, by or "run")
+        elif fmt == "json":
+            self._write_json(out, budgets)
+        elif fmt == "html":
+            out.write(self.to_html(budgets))
+        else:
+            raise ReportError(f"unknown report format {fmt!r} (expected csv, json or html)")
+
     def to_json(self, budgets: Sequence["BudgetStatus"] = ()) -> str:
-        doc = {
-            "summary": self.summary(),
-            "groups": {level: [g.to_dict() for g in self.groups(level)] for level in GROUP_LEVELS},
-            "runs": [_run_dict(r, self.metric) for r in self.sorted_runs()],
-        }
-        if budgets:
-            doc["budgets"] = [b.to_dict() for b in budgets]
-        return json.dumps(doc, indent=2, default=str)
+        return self.render("json", budgets=budgets)
 
     def to_csv(self, by: str = "run") -> str:
         """One row per run (``by='run'``) or per group; untracked figures are empty cells, never 0."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        return self.render("csv", by=by)
+
+    def _write_json(self, out: TextIO, budgets: Sequence["BudgetStatus"]) -> None:
+        head = {
+            "summary": self.summary(),
+            "groups": {level: [g.to_dict() for g in self.groups(level)] for level in GROUP_LEVELS},
+        }
+        if budgets:
+            head["budgets"] = [b.to_dict() for b in budgets]
+        text = json.dumps(head, indent=2, default=str)
+        out.write(text[:-2] + ',\n  "runs": [')  # the head without its closing "}", then the runs one by one
+        for i, r in enumerate(self.sorted_runs()):
+            item = json.dumps(_run_dict(r, self.metric), indent=2, default=str).replace("\n", "\n    ")
+            out.write(("," if i else "") + "\n    " + item)
+        out.write("\n  ]\n}" if len(self.runs) else "]\n}")
+
+    def _write_csv(self, out: TextIO, by: str) -> None:
+        w = csv.writer(out, lineterminator="\n")
         metric_col = f"metric:{self.metric}" if self.metric else "metric"
         if by == "run":
             cols = ["run_id", "run_name", "experiment", "model", "team", "start_time", "status", "tracked",
@@ -152,18 +200,13 @@ class CostReport:
             for g in self.groups(by):
                 d = g.to_dict()
                 w.writerow([_cell(d[c]) for c in cols])
-        return buf.getvalue()
 
     def render(self, fmt: Literal["csv", "json", "html"], by: str | None = None,
                budgets: Sequence["BudgetStatus"] = ()) -> str:
-        """The report as text: CSV (per run, or per ``by`` group), JSON or a self-contained HTML page."""
-        if fmt == "csv":
-            return self.to_csv(by or "run")
-        if fmt == "json":
-            return self.to_json(budgets)
-        if fmt == "html":
-            return self.to_html(budgets)
-        raise ReportError(f"unknown report format {fmt!r} (expected csv, json or html)")
+        """The report as one string (see :meth:`write` to stream it to a file instead)."""
+        buf = io.StringIO()
+        self.write(fmt, buf, by=by, budgets=budgets)
+        return buf.getvalue()
 
     def charts(self, budgets: Sequence["BudgetStatus"] = ()) -> dict[str, tuple[bytes, str]]:
         """name -> (png, html) for every chart this report can draw."""
@@ -176,19 +219,34 @@ class CostReport:
     def _charts(self, budgets: Sequence["BudgetStatus"] = ()) -> dict[str, "Chart"]:
         from . import charts as ch
 
-        out = {
-            "cost_over_time": ch.cost_over_time(
-                [(r.experiment, r.start_time, r.cost_usd) for r in self.counted], "Cost over time per experiment"
-            )
-        }
+        spend = ((r.experiment, r.start_time, r.cost_usd) for r in self.runs.select("counted", "start"))
+        out = {"cost_over_time": ch.cost_over_time(ch.thin_cumulative(spend), "Cost over time per experiment")}
         if self.metric:
-            out["cost_vs_metric"] = ch.cost_vs_metric(
-                [(r.label, r.cost_usd, r.metric, r.experiment) for r in self.counted if r.metric is not None],
-                self.metric, self.goal, f"Cost vs {self.metric}",
-            )
+            points, drawn_from = self._metric_points()
+            out["cost_vs_metric"] = ch.cost_vs_metric(points, self.metric, self.goal, f"Cost vs {self.metric}",
+                                                      drawn_from=drawn_from)
         if budgets:
             out["budget_burndown"] = ch.budget_burndown(list(budgets))
         return out
+
+    def _metric_points(self, limit: int = MAX_TOOLTIPS) -> tuple[list[tuple[str, float, float, str]], int | None]:
+        """The runs the cost-vs-metric chart draws: all of them up to ``limit``; beyond, every
+        k-th by cost plus the whole Pareto front (read cheapest first, so the front is one pass).
+        The second value is how many runs they were drawn from (None: all drawn)."""
+        runs = (r for r in self.runs.select("counted", f"cheap-{self.goal}")
+                if r.metric is not None and math.isfinite(r.metric) and r.cost_usd is not None
+                and math.isfinite(r.cost_usd))
+        n = sum(1 for r in self.runs.select("counted") if r.metric is not None and math.isfinite(r.metric))
+        step = max(1, math.ceil(n / limit))
+        sign = 1.0 if self.goal == "max" else -1.0
+        best = -math.inf
+        points = []
+        for i, r in enumerate(runs):
+            on_front = sign * r.metric > best  # type: ignore[operator]
+            best = max(best, sign * r.metric)  # type: ignore[operator]
+            if on_front or i % step == 0:
+                points.append((r.label, r.cost_usd, r.metric, r.experiment))
+        return points, (n if step > 1 else None)  # type: ignore[return-value]
 
     def to_html(self, budgets: Sequence["BudgetStatus"] = (), max_runs: int = 500) -> str:
         """A self-contained page: summary, charts (inline SVG), roll-ups and runs."""
@@ -208,12 +266,12 @@ class CostReport:
         for level in GROUP_LEVELS:
             rows = [_group_row(g, self.metric) for g in self.groups(level)]
             tables.append(f"<h2>By {level}</h2>" + html_table(_group_header(level, self.metric), rows))
-        runs = self.sorted_runs()
         rows, classes = [], []
-        for r in runs[:max_runs]:
+        for r in itertools.islice(self.sorted_runs(), max_runs):
             rows.append(_run_row(r, self.metric))
             classes.append("untracked" if not r.tracked else "")
-        more = f"<p class=\"meta\">{len(runs) - max_runs} more run(s) in the CSV/JSON output.</p>" if len(runs) > max_runs else ""
+        n = len(self.runs)
+        more = f"<p class=\"meta\">{n - max_runs} more run(s) in the CSV/JSON output.</p>" if n > max_runs else ""
         tables.append("<h2>Runs</h2>" + html_table(_run_header(self.metric), rows, classes) + more)
         return html_page("mlflow-finops cost report", list(self._charts(budgets).values()), intro, "\n".join(tables))
 
@@ -299,25 +357,16 @@ def build_report(
             on_page(n)
 
     t0 = time.perf_counter()
-    rows: list[RunCost] = []
-    raw_metrics: Counter[str] = Counter()
-    metric_values: dict[str, dict[str, float]] = {}
-    tags: dict[str, dict[str, str]] = {}
+    rows = RunTable()
     for run in iter_runs(client, list(names), " AND ".join(clauses), view_type=view, page_size=page_size,
                          on_page=counted_page):
         row, quality = rollup.run_cost(run, names)
-        rows.append(row)
-        if keep_tags:
-            tags[row.run_id] = {k: v for k, v in run.data.tags.items() if k.startswith(TAG_PREFIX)}
-        if row.tracked and quality:
-            raw_metrics.update(quality.keys())
-            metric_values[row.run_id] = quality
-    chosen = metric or rollup.pick_metric(raw_metrics)
+        kept = {k: v for k, v in run.data.tags.items() if k.startswith(TAG_PREFIX)} if keep_tags else None
+        rows.append(row, quality if row.tracked else None, kept)
+    chosen = metric or rollup.pick_metric(rows.metric_counts())
     chosen_goal = goal or rollup.metric_goal(chosen)
     if chosen:
-        rows = [
-            rollup.with_metric(r, metric_values.get(r.run_id, {}).get(chosen)) if r.tracked else r for r in rows
-        ]
+        rows.set_metric(chosen)
     report = CostReport(
         runs=rows,
         metric=chosen,
@@ -327,7 +376,7 @@ def build_report(
         filters={"experiments": list(experiments), "model": model, "team": team},
         pages=pages,
         read_seconds=time.perf_counter() - t0,
-        tags=tags,
+        tags=rows.tags if keep_tags else {},
     )
     _log.info("report: %d run(s) in %d page(s), %.2fs", len(rows), pages, report.read_seconds)
     return report
@@ -477,7 +526,7 @@ def rich_tables(report: CostReport, by: str | None = None, top: int = 15, budget
     ))
     if budgets:
         out.append(budget_rich_table(budgets))
-    no_gpu = not any(r.gpu_hours for r in report.runs)
+    no_gpu = not report.runs.any_gpu()
 
     def cols(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
         if not no_gpu or "GPU h" not in header:
@@ -494,7 +543,7 @@ def rich_tables(report: CostReport, by: str | None = None, top: int = 15, budget
         for row in rows:
             t.add_row(*row)
         out.append(t)
-    runs = report.sorted_runs()[:top]
+    runs = list(itertools.islice(report.sorted_runs(), top))
     t = Table(title=f"Runs ({len(runs)} of {len(report.runs)}, most expensive first, untracked last)")
     header, rows = cols(_run_header(report.metric), [_run_row(r, report.metric) for r in runs])
     for i, col in enumerate(header):
@@ -548,10 +597,9 @@ def log_report(
         client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items() if v is not None])
         with tempfile.TemporaryDirectory() as tmp:
             report.write_charts(os.path.join(tmp, "charts"), budgets)
-            for name, text in (("report.json", report.to_json(budgets)), ("report_runs.csv", report.to_csv("run")),
-                               ("report.html", report.to_html(budgets))):
-                with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
-                    f.write(text)
+            for name, fmt in (("report.json", "json"), ("report_runs.csv", "csv"), ("report.html", "html")):
+                with open(os.path.join(tmp, name), "w", encoding="utf-8", newline="") as f:
+                    report.write(fmt, f, by="run", budgets=budgets)  # type: ignore[arg-type]
             client.log_artifacts(rid, tmp)
     except BaseException:
         client.set_terminated(rid, "FAILED")

@@ -37,6 +37,8 @@ __all__ = [
     "with_metric",
     "total",
     "groups",
+    "add",
+    "by_cost",
     "sorted_runs",
 ]
 
@@ -200,7 +202,7 @@ def total(runs: Iterable[RunCost], goal: str = "max") -> GroupCost:
     """Every run in one group: the report's total line."""
     g = GroupCost("total", "total")
     for r in runs:
-        _add(g, r, goal)
+        add(g, r, goal)
     return g
 
 
@@ -211,11 +213,17 @@ def groups(runs: Iterable[RunCost], by: str, goal: str = "max") -> list[GroupCos
     out: dict[str, GroupCost] = {}
     for r in runs:
         key = r.key(by)
-        _add(out.setdefault(key, GroupCost(by, key)), r, goal)
-    return sorted(out.values(), key=lambda g: (-g.cost_usd, g.key))
+        add(out.setdefault(key, GroupCost(by, key)), r, goal)
+    return by_cost(out.values())
 
 
-def _add(g: GroupCost, r: RunCost, goal: str) -> None:
+def by_cost(groups: Iterable[GroupCost]) -> list[GroupCost]:
+    """Groups most expensive first (ties by key)."""
+    return sorted(groups, key=lambda g: (-g.cost_usd, g.key))
+
+
+def add(g: GroupCost, r: RunCost, goal: str) -> None:
+    """Count one run into a group: untracked and nested runs are counted, not summed."""
     if not r.tracked:
         g.untracked += 1
         return
