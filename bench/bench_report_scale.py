@@ -1,8 +1,9 @@
 """Reports at scale: `mlflow-finops report` over 100,000 runs on PostgreSQL behind `mlflow server`.
 
 Starts a PostgreSQL server (tests/postgres_support.py: initdb into a temp folder, on 127.0.0.1,
-durability off) and `mlflow server --backend-store-uri postgresql://...` on it (MLflow's own
-migrations make the schema). Experiments are created through the server; the runs are
+durability off) and `mlflow server --backend-store-uri postgresql://... --app-name finops` on it
+(MLflow's own migrations make the schema; the finops app serves the report's projection,
+``POST /finops/api/report-runs``). Experiments are created through the server; the runs are
 bulk-loaded with PostgreSQL's COPY into MLflow's tables (runs, tags, params, metrics,
 latest_metrics; column lists from MLflow's SQLAlchemy models), because MLflow's client API
 writes ~20-60 runs/s here (100,000 runs would take an hour). A few runs are then read back
@@ -12,10 +13,14 @@ Each measurement runs in a fresh child process (wall and CPU time from ``wait4``
 from the child's own VmHWM), against the same server, in the same invocation:
 
 - the anchor: ``mlflow.search_runs`` over the same runs (MLflow's own read, into a DataFrame);
-- ``build_report()`` (the library), then ``mlflow-finops report`` (the CLI, JSON to /dev/null);
+- ``build_report()`` (the library, through the projection), the same through ``search_runs``
+  (``MLFLOW_FINOPS_REPORT_READ=search_runs``, what a server without the app gives), then
+  ``mlflow-finops report`` (the CLI, JSON to /dev/null);
 - narrowed reports (one experiment, ``--team``, ``--since``) against ``search_runs`` with the
   same filter string, to show that the narrowing happens in the server's query;
-- ``build_report()`` over 25%, 50% and 100% of the runs, for its memory per run.
+- ``build_report()`` over 25%, 50% and 100% of the runs, with its RSS after each 10,000 runs, and
+  the CLI through ``search_runs`` with 10,000- and 1,000-run pages: the report's memory against the
+  number of runs and the page size.
 
     .venv/bin/python bench/bench_report_scale.py --runs 100000
 """
@@ -55,7 +60,8 @@ def start_mlflow(backend_uri: str, folder: Path) -> tuple[subprocess.Popen, str]
     log = open(folder / "mlflow-server.log", "ab")
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
-         backend_uri, "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+         backend_uri, "--artifacts-destination", str(folder / "artifacts"), "--workers", "1",
+         "--app-name", "finops"],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -143,9 +149,9 @@ def bulk_load(pg: PostgresServer, exp_ids: list[str], n: int, seed: int = 0) -> 
 # Peak RSS is the child's own VmHWM (per address space, reset at exec): wait4's ru_maxrss also
 # counts the forked, not yet exec'd copy of this process, which holds the bulk-load data.
 HWM = """
-def hwm():
+def hwm(field="VmHWM"):
     for line in open("/proc/self/status"):
-        if line.startswith("VmHWM"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
 """
 
@@ -169,10 +175,12 @@ import json, sys, time
 from mlflow_finops.spend.report import build_report
 args = json.loads(sys.argv[1])
 t0 = time.perf_counter()
-rep = build_report(experiments=args.get("experiments", ()), team=args.get("team"))
+rss = []  # RSS after each page: flat when the report keeps nothing per run in memory
+rep = build_report(experiments=args.get("experiments", ()), team=args.get("team"),
+                   on_page=lambda n: rss.append(round(hwm("VmRSS"))))
 t = rep.total()
 print(json.dumps({"runs": len(rep.runs), "cost_usd": t.cost_usd, "pages": rep.pages,
-                  "read_s": time.perf_counter() - t0, "rss_mib": hwm()}))
+                  "read_s": time.perf_counter() - t0, "rss_after_pages_mib": rss, "rss_mib": hwm()}))
 """
 
 CHILD_CLI = HWM + """
@@ -250,10 +258,10 @@ def main() -> None:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_TIMEOUT": "600"}
         rows: list[tuple[str, dict]] = []
 
-        def record(label: str, cmd: list[str]) -> dict:
+        def record(label: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> dict:
             best = None
             for _ in range(args.repeat):
-                m = measure(cmd, env)
+                m = measure(cmd, {**env, **(extra_env or {})})
                 best = m if best is None or m["wall_s"] < best["wall_s"] else best
             rows.append((label, best))
             o = best["out"]
@@ -265,8 +273,11 @@ def main() -> None:
         if "full" not in skip:
             anchor = record("mlflow.search_runs, all runs (anchor)", py(CHILD_ANCHOR, {"max": biggest}))
             lib = record("build_report(), all runs", py(CHILD_REPORT, {}))
-            assert lib["out"]["runs"] == anchor["out"]["runs"] == expected["runs"], (lib, anchor, expected)
-            assert abs(lib["out"]["cost_usd"] - expected["cost_usd"]) < 1e-6 * expected["cost_usd"]
+            slow = record("build_report() through search_runs, all runs", py(CHILD_REPORT, {}),
+                          {"MLFLOW_FINOPS_REPORT_READ": "search_runs"})
+            for got in (lib, slow):
+                assert got["out"]["runs"] == anchor["out"]["runs"] == expected["runs"], (got, anchor, expected)
+                assert abs(got["out"]["cost_usd"] - expected["cost_usd"]) < 1e-6 * expected["cost_usd"]
             assert abs(anchor["out"]["cost_usd"] - expected["cost_usd"]) < 1e-6 * expected["cost_usd"]
         if "narrow" not in skip:
             record("mlflow.search_runs -e bench-0", py(CHILD_ANCHOR, {"max": biggest, "experiment": names[0]}))
@@ -281,11 +292,19 @@ def main() -> None:
                                                                         os.devnull))
         if "cli" not in skip:
             record("mlflow-finops report --format json, all runs", cli("--format", "json", "-o", os.devnull))
-        if "memory" not in skip and args.experiments >= 4:
-            quarter = args.experiments // 4
-            for share in (1, 2):
-                record(f"build_report over {share * 25}% of the runs",
-                       py(CHILD_REPORT, {"experiments": names[: share * quarter]}))
+        if "memory" not in skip:
+            if args.experiments >= 4:
+                quarter = args.experiments // 4
+                for share in (1, 2):
+                    record(f"build_report over {share * 25}% of the runs",
+                           py(CHILD_REPORT, {"experiments": names[: share * quarter]}))
+            if "full" in skip:  # the RSS after each page of a whole-store report
+                record("build_report(), all runs", py(CHILD_REPORT, {}))
+            via = {"MLFLOW_FINOPS_REPORT_READ": "search_runs"}
+            record("search_runs path: report --format json, all runs", cli("--format", "json", "-o", os.devnull),
+                   via)
+            record("search_runs path: report --format json --page-size 1000, all runs",
+                   cli("--format", "json", "--page-size", "1000", "-o", os.devnull), via)
         (folder / "results.json").write_text(json.dumps(rows, indent=1))
         print(f"results: {folder / 'results.json'}")
     finally:

@@ -172,6 +172,7 @@ ENV_RAY_READ_AGENT = "MLFLOW_FINOPS_RAY_READ_AGENT"  # false: probe actors, not 
 ENV_CHARGE_PROCESS_START = "MLFLOW_FINOPS_CHARGE_PROCESS_START"
 ENV_CLAIM_LEASE_S = "MLFLOW_FINOPS_CLAIM_LEASE_S"  # a drift window claim older than this may be taken over
 ENV_SETTLE_S = "MLFLOW_FINOPS_SETTLE_S"  # a data file younger than this is not judged yet
+ENV_REPORT_READ = "MLFLOW_FINOPS_REPORT_READ"  # auto (default) | search_runs: how a report reads runs from a server
 ENV_METRICS = "MLFLOW_FINOPS_METRICS"  # all (default) | core: which finops/* metrics a run gets
 METRICS_ALL = "all"
 METRICS_CORE = "core"

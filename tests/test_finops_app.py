@@ -16,6 +16,7 @@ reason where they are missing. ``finops-basic-auth`` is checked over HTTP where 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -361,5 +362,12 @@ def test_basic_auth_guards_the_page(seeded_store, tmp_path: Path) -> None:
         page = requests.get(f"{url}/finops/", params={"since": "2001-01-01", "until": "2001-01-02"}, auth=admin,
                             timeout=120)
         assert page.status_code == 200 and 'id="summary"' in page.text and 'id="read"' in page.text
+        # the reports' projection: every experiment's runs, so admins only; a user's report uses search_runs
+        body = {"experiment_ids": ["0"], "view": "active"}
+        assert requests.post(f"{url}/finops/api/report-runs", json=body, auth=("analyst", "analyst-Pw-12345"),
+                             timeout=30).status_code == 403
+        answer = requests.post(f"{url}/finops/api/report-runs", json=body, auth=admin, timeout=60)
+        lines = answer.text.splitlines()
+        assert answer.status_code == 200 and json.loads(lines[-1]) == {"end": True, "runs": len(lines) - 2}
     finally:
         server.stop()

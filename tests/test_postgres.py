@@ -31,6 +31,7 @@ from retrain.test_requests import _all_at_once
 import mlflow_finops
 from mlflow_finops.cli import cli
 from mlflow_finops.money import format_usd
+from mlflow_finops.names import ENV_REPORT_READ
 from mlflow_finops.policy import BudgetEnvelope, load_policy
 from mlflow_finops.retrain import request_retrain
 from mlflow_finops.spend.budget import spend
@@ -207,8 +208,34 @@ def test_report_cli_totals_equal_the_runs(pg_uri: str) -> None:
     frame_ = mlflow.search_runs(experiment_names=[name], filter_string=f"attributes.start_time >= {ms(now) - 86_400_000}"
                                 " AND tags.\"finops.team\" = 'growth' AND tags.\"finops.nested_in\" IS NULL")
     assert frame_["metrics.finops/cost_usd"].sum() == pytest.approx(s["cost_usd"])
-    report = build_report(experiments=[name], page_size=2)  # small pages: the paging path over REST
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_REPORT_READ, "search_runs")
+        report = build_report(experiments=[name], page_size=2)  # small pages: the paging path over REST
     assert report.pages >= 3 and report.total().cost_usd == pytest.approx(sum(costs.values()) + 100.0)
+
+
+@pytest.mark.parametrize("scope", [{}, {"team": "growth", "since": 1}, {"model": "m2", "include_deleted": True}],
+                         ids=["all", "team-since", "model-deleted"])
+def test_report_projection_on_postgresql_equals_search_runs(pg_uri: str, monkeypatch: pytest.MonkeyPatch,
+                                                            scope: dict) -> None:
+    """The finops app's projection (SQL on PostgreSQL, in the server) gives the report `search_runs` gives."""
+    client = MlflowClient()
+    name = unique("pg-projection")
+    exp = client.create_experiment(name)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    for i in range(9):
+        rid = make_run(client, exp, now - timedelta(days=i), None if i == 4 else 0.5 * (i + 1),
+                       team=("growth", "risk")[i % 2], model=("m", "m2")[i % 3 == 0])
+        if i == 6:
+            client.delete_run(rid)
+    kwargs = dict(scope, experiments=[name])
+    if kwargs.pop("since", None):
+        kwargs["since"] = now - timedelta(days=5)
+    docs = []
+    for how in ("auto", "search_runs"):
+        monkeypatch.setenv(ENV_REPORT_READ, how)
+        docs.append(json.loads(build_report(**kwargs).to_json()))
+    assert docs[0] == docs[1] and docs[0]["summary"]["runs"] > 0
 
 
 def test_finops_page_plugin_sums_the_runs(pg_uri: str) -> None:

@@ -81,6 +81,9 @@ def _add_route(app: Any, *, admins_only: bool) -> None:
         return _view(admins_only)
 
     app.add_url_rule(_prefix() + ROUTE, "finops_page", finops_page, methods=["GET"])
+    from . import runs_api
+
+    runs_api.add_route(app, _prefix(), admins_only=admins_only)
 
 
 def _view(admins_only: bool) -> Any:

@@ -1,9 +1,10 @@
 """Cost reports: spend per experiment, model, team and run, read from MLflow, with charts.
 
 The ledger is MLflow: every tracked run carries final ``finops/*`` metrics and
-``finops.*`` tags. A report reads the runs in scope page by page
-(:func:`mlflow_finops.store.iter_runs`, 10,000 per request), keeps only the
-figures it needs, and rolls them up. Rules that keep the sums honest:
+``finops.*`` tags. A report reads the runs in scope (:mod:`.reading`: the finops
+app's projection on a server that has it, else ``search_runs`` pages of 10,000),
+keeps only the figures it needs in a temporary table (:mod:`.rows`), and rolls
+them up. Rules that keep the sums honest:
 
 - runs tagged ``finops.nested_in`` are listed but never summed: their cost is
   already inside their parent's;
@@ -32,10 +33,11 @@ from mlflow.tracking import MlflowClient
 
 from ..charting import MAX_TOOLTIPS, html_page, html_table, write_charts
 from ..money import format_usd
-from ..names import REPORTS_EXPERIMENT, TAG_MODEL, TAG_PREFIX, TAG_REPORT, TAG_TEAM
-from ..store import PAGE_SIZE, iter_runs, quote
+from ..names import REPORTS_EXPERIMENT, TAG_MODEL, TAG_REPORT, TAG_TEAM
+from ..store import PAGE_SIZE, quote
 from . import rollup
 from .rollup import FIGURES, GROUP_LEVELS, GroupCost, ReportError, RunCost
+from .reading import read_runs
 from .rows import RunTable, RunView
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,8 +70,8 @@ class CostReport:
 
     ``runs`` is a :class:`~.rows.RunTable` (a plain list of rows is turned into one): the
     rows live in a temporary SQLite file and are read back in the order each output needs,
-    so the report's memory does not grow with its runs. Totals and groups are summed in
-    one pass the first time they are asked for.
+    so the report's memory does not grow with its runs. Totals and groups are summed
+    as the rows arrive (the best run of each group once the metric is known).
     """
 
     runs: RunTable
@@ -111,14 +113,8 @@ class CostReport:
 
     def _sums(self) -> dict[str, object]:
         if self._rollups is None:
-            total = GroupCost("total", "total")
-            levels: dict[str, dict[str, GroupCost]] = {level: {} for level in GROUP_LEVELS}
-            for r in self.runs:
-                rollup.add(total, r, self.goal)
-                for level, out in levels.items():
-                    key = r.key(level)
-                    rollup.add(out.setdefault(key, GroupCost(level, key)), r, self.goal)
-            self._rollups = {"total": total, **{level: rollup.by_cost(out.values()) for level, out in levels.items()}}
+            total, levels = self.runs.rollups(self.goal)
+            self._rollups = {"total": total, **levels}
         return self._rollups
 
     def sorted_runs(self) -> Iterator[RunCost]:
@@ -177,9 +173,8 @@ class CostReport:
             head["budgets"] = [b.to_dict() for b in budgets]
         text = json.dumps(head, indent=2, default=str)
         out.write(text[:-2] + ',\n  "runs": [')  # the head without its closing "}", then the runs one by one
-        for i, r in enumerate(self.sorted_runs()):
-            item = json.dumps(_run_dict(r, self.metric), indent=2, default=str).replace("\n", "\n    ")
-            out.write(("," if i else "") + "\n    " + item)
+        for i, r in enumerate(self.sorted_runs()):  # one line a run: json's C encoder (indent is pure Python)
+            out.write(("," if i else "") + "\n    " + json.dumps(_run_dict(r, self.metric), default=str))
         out.write("\n  ]\n}" if len(self.runs) else "]\n}")
 
     def _write_csv(self, out: TextIO, by: str) -> None:
@@ -323,8 +318,9 @@ def build_report(
 ) -> CostReport:
     """Read the runs in scope from MLflow and return a :class:`CostReport`.
 
-    Filters (model, team, period) go into the ``search_runs`` filter string so
-    the store does the selecting; runs are read ``page_size`` at a time.
+    Filters (model, team, period) go into the store's query (the finops app's
+    projection, or the ``search_runs`` filter string), so the store does the selecting;
+    through ``search_runs`` runs are read ``page_size`` at a time.
     ``keep_tags`` keeps each run's ``finops.*`` tags in ``CostReport.tags`` (the FOCUS export needs them).
     Raises :class:`ReportError` for an unknown experiment or an empty period.
     """
@@ -344,10 +340,12 @@ def build_report(
             if literal is None:
                 raise ReportError(f"--{option} {value!r}: cannot hold both ' and \" quotes")
             clauses.append(f'tags."{key}" = {literal}')
-    if since:
-        clauses.append(f"attributes.start_time >= {int(since.timestamp() * 1000)}")
-    if until:
-        clauses.append(f"attributes.start_time < {int(until.timestamp() * 1000)}")
+    since_ms = int(since.timestamp() * 1000) if since else None
+    until_ms = int(until.timestamp() * 1000) if until else None
+    if since_ms is not None:
+        clauses.append(f"attributes.start_time >= {since_ms}")
+    if until_ms is not None:
+        clauses.append(f"attributes.start_time < {until_ms}")
     pages = 0
 
     def counted_page(n: int) -> None:
@@ -358,10 +356,9 @@ def build_report(
 
     t0 = time.perf_counter()
     rows = RunTable()
-    for run in iter_runs(client, list(names), " AND ".join(clauses), view_type=view, page_size=page_size,
-                         on_page=counted_page):
-        row, quality = rollup.run_cost(run, names)
-        kept = {k: v for k, v in run.data.tags.items() if k.startswith(TAG_PREFIX)} if keep_tags else None
+    for row, quality, kept in read_runs(client, names, " AND ".join(clauses), view=view, model=model, team=team,
+                                        since_ms=since_ms, until_ms=until_ms, keep_tags=keep_tags,
+                                        page_size=page_size, on_page=counted_page):
         rows.append(row, quality if row.tracked else None, kept)
     chosen = metric or rollup.pick_metric(rows.metric_counts())
     chosen_goal = goal or rollup.metric_goal(chosen)

@@ -17,7 +17,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from ..names import METRIC_COST_USD, METRIC_PREFIX, TAG_MODEL, TAG_NESTED_IN, TAG_TEAM
 
@@ -32,12 +32,14 @@ __all__ = [
     "NONE_KEY",
     "FIGURES",
     "run_cost",
+    "row_cost",
     "pick_metric",
     "metric_goal",
     "with_metric",
     "total",
     "groups",
     "add",
+    "add_sums",
     "by_cost",
     "sorted_runs",
 ]
@@ -51,9 +53,6 @@ _LOWER_IS_BETTER = re.compile(r"(loss|error|rmse|mse|mae|mape|logloss|perplexity
 # The run figures a report keeps (``finops/<name>``), in output order.
 FIGURES = ("cost_usd", "usage_cost_usd", "allocation_cost_usd", "idle_cost_usd", "cpu_core_hours",
            "gpu_hours", "energy_kwh", "co2e_kg", "cpu_efficiency", "cpu_allocated_core_hours", "wall_hours")
-# The figures a group sums over its counted runs.
-_SUMMED = ("cost_usd", "idle_cost_usd", "cpu_core_hours", "gpu_hours", "energy_kwh", "co2e_kg",
-           "cpu_allocated_core_hours")
 
 
 class ReportError(ValueError):
@@ -145,9 +144,16 @@ class GroupCost:
 # ===================================================================== one run
 def run_cost(run: "Run", names: dict[str, str]) -> tuple[RunCost, dict[str, float]]:
     """The report's row for one MLflow run, and its finite quality metrics (for picking the metric)."""
-    m = run.data.metrics
-    tags = run.data.tags
     info = run.info
+    return row_cost(info.run_id, info.run_name, info.experiment_id, info.start_time, info.end_time, info.status,
+                    run.data.metrics, run.data.tags, names)
+
+
+def row_cost(run_id: str, run_name: str | None, experiment_id: str, start_ms: int | None, end_ms: int | None,
+             status: str, metrics: Mapping[str, float], tags: Mapping[str, str],
+             names: Mapping[str, str]) -> tuple[RunCost, dict[str, float]]:
+    """:func:`run_cost` from a run's plain values (what the finops app's projection sends)."""
+    m = metrics
     cost = m.get(METRIC_COST_USD)
     tracked = cost is not None and math.isfinite(cost)
     figures = {}
@@ -155,13 +161,13 @@ def run_cost(run: "Run", names: dict[str, str]) -> tuple[RunCost, dict[str, floa
         figures = {name: _finite(m.get(METRIC_PREFIX + name)) for name in FIGURES}
         figures["cost_usd"] = float(cost)
     row = RunCost(
-        run_id=info.run_id,
-        run_name=info.run_name or tags.get("mlflow.runName", ""),
-        experiment_id=info.experiment_id,
-        experiment=names.get(info.experiment_id, info.experiment_id),
-        start_time=(info.start_time or 0) / 1000.0,
-        end_time=info.end_time / 1000.0 if info.end_time else None,
-        status=info.status,
+        run_id=run_id,
+        run_name=run_name or tags.get("mlflow.runName", ""),
+        experiment_id=experiment_id,
+        experiment=names.get(experiment_id, experiment_id),
+        start_time=(start_ms or 0) / 1000.0,
+        end_time=end_ms / 1000.0 if end_ms else None,
+        status=status,
         team=tags.get(TAG_TEAM),
         model=tags.get(TAG_MODEL),
         nested_in=tags.get(TAG_NESTED_IN),
@@ -224,17 +230,29 @@ def by_cost(groups: Iterable[GroupCost]) -> list[GroupCost]:
 
 def add(g: GroupCost, r: RunCost, goal: str) -> None:
     """Count one run into a group: untracked and nested runs are counted, not summed."""
+    if add_sums(g, r) and r.metric is not None and (g.best_metric is None or _better(r.metric, g.best_metric, goal)):
+        g.best_metric, g.best_run_id, g.best_run_cost_usd = r.metric, r.run_id, r.cost_usd
+
+
+def add_sums(g: GroupCost, r: RunCost) -> bool:
+    """:func:`add` but the best run (chosen later, once the metric is known); True when the run is summed."""
     if not r.tracked:
         g.untracked += 1
-        return
+        return False
     if r.nested_in is not None:
         g.nested += 1
-        return
+        return False
     g.runs += 1
-    for name in _SUMMED:
-        setattr(g, name, getattr(g, name) + (getattr(r, name) or 0.0))
-    if r.metric is not None and (g.best_metric is None or _better(r.metric, g.best_metric, goal)):
-        g.best_metric, g.best_run_id, g.best_run_cost_usd = r.metric, r.run_id, r.cost_usd
+    # the figures a group sums (GroupCost's float fields), one line each: every run is added into
+    # four groups, so this is a report's inner loop
+    g.cost_usd += r.cost_usd or 0.0
+    g.idle_cost_usd += r.idle_cost_usd or 0.0
+    g.cpu_core_hours += r.cpu_core_hours or 0.0
+    g.gpu_hours += r.gpu_hours or 0.0
+    g.energy_kwh += r.energy_kwh or 0.0
+    g.co2e_kg += r.co2e_kg or 0.0
+    g.cpu_allocated_core_hours += r.cpu_allocated_core_hours or 0.0
+    return True
 
 
 def _better(a: float, b: float, goal: str) -> bool:

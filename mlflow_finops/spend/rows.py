@@ -11,17 +11,20 @@ a fixed size, so a report's memory does not grow with the number of its runs.
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 import threading
 from collections import Counter
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Iterable, Iterator, Mapping
 
-from .rollup import RunCost
+from . import rollup
+from .rollup import GROUP_LEVELS, NONE_KEY, GroupCost, RunCost
 
 __all__ = ["RunTable", "RunView"]
 
 _COLUMNS = tuple(f.name for f in fields(RunCost))
+_VALUES = operator.attrgetter(*_COLUMNS)  # a row's column values, in C
 _SELECT = ", ".join(_COLUMNS)
 _BATCH = 2_000  # rows buffered before one INSERT
 _CACHE_KIB = 8_192  # SQLite's page cache; beyond it pages go to the temporary file
@@ -62,6 +65,10 @@ class RunTable:
         self._quality: list[tuple] = []
         self._n = 0
         self._indexed = False
+        # sums kept as rows arrive (a report needs no pass over its rows for them); the best run
+        # of each group waits for the metric: rollups() finds it in SQL
+        self._total = GroupCost("total", "total")
+        self._groups: dict[str, dict[str, GroupCost]] = {level: {} for level in GROUP_LEVELS}
         self.extend(rows)
 
     # ------------------------------------------------------------ writing
@@ -70,7 +77,14 @@ class RunTable:
         """Add one run; ``quality`` (its model metrics) is kept for :meth:`set_metric`."""
         seq = self._n
         self._n += 1
-        self._rows.append((seq, *(getattr(row, c) for c in _COLUMNS),
+        rollup.add_sums(self._total, row)
+        for level, groups in self._groups.items():
+            key = row.key(level)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = GroupCost(level, key)
+            rollup.add_sums(group, row)
+        self._rows.append((seq, *_VALUES(row),
                            json.dumps(dict(tags), sort_keys=True) if tags is not None else None))
         if quality:
             self._quality.extend((seq, k, float(v)) for k, v in quality.items())
@@ -106,6 +120,25 @@ class RunTable:
                 "WHERE cost_usd IS NOT NULL", (name,))
 
     # ------------------------------------------------------------ reading
+    def rollups(self, goal: str = "max") -> tuple[GroupCost, dict[str, list[GroupCost]]]:
+        """The total and the groups of every level (most expensive first), as :func:`~.rollup.groups`
+        gives them: sums in read order, and per group the run with the best metric (``goal``),
+        the first of equal ones, found with one SQL window query per level."""
+        order = "DESC" if goal == "max" else "ASC"
+        total = replace(self._total)
+        levels = {level: {k: replace(g) for k, g in groups.items()} for level, groups in self._groups.items()}
+        keys = {"total": "'total'", "experiment": "experiment",
+                **{level: f"CASE WHEN {level} IS NULL OR {level} = '' THEN '{NONE_KEY}' ELSE {level} END"
+                   for level in ("model", "team")}}
+        for level, key in keys.items():
+            sql = (f"SELECT k, run_id, metric, cost_usd FROM (SELECT {key} AS k, run_id, metric, cost_usd, "
+                   f"ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY metric {order}, seq) AS rn FROM runs "
+                   f"{_WHERE['counted']} AND metric IS NOT NULL) WHERE rn = 1")
+            for k, run_id, metric, cost in self._query(sql):
+                g = total if level == "total" else levels[level][k]
+                g.best_metric, g.best_run_id, g.best_run_cost_usd = metric, run_id, cost
+        return total, {level: rollup.by_cost(groups.values()) for level, groups in levels.items()}
+
     def __len__(self) -> int:
         return self._n
 

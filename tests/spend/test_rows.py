@@ -35,16 +35,17 @@ def rc(i: int, cost: float | None, *, start: float = 0.0, nested: bool = False, 
 # Few distinct costs and start times: ties everywhere, where an order is easiest to get wrong.
 rows = st.lists(
     st.tuples(st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0, 2.0])), st.sampled_from([0.0, 5.0, 9.0]),
-              st.booleans(), st.sampled_from(["a", "b"])),
+              st.booleans(), st.sampled_from(["a", "b"]), st.sampled_from([None, 0.5, 0.7]),
+              st.sampled_from([None, "", "growth"])),
     max_size=40,
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(rows)
-def test_the_table_gives_back_the_rows_in_every_order_the_report_uses(spec) -> None:
-    runs = [rc(i, cost, start=start, nested=nested, experiment=exp) for i, (cost, start, nested, exp) in
-            enumerate(spec)]
+@given(rows, st.sampled_from(["max", "min"]))
+def test_the_table_gives_back_the_rows_in_every_order_the_report_uses(spec, goal: str) -> None:
+    runs = [rc(i, cost, start=start, nested=nested, experiment=exp, metric=metric, team=team)
+            for i, (cost, start, nested, exp, metric, team) in enumerate(spec)]
     table = RunTable(runs)
     assert list(table) == runs and len(table) == len(runs)
     assert [r.run_id for r in table.select("all", "cost")] == [r.run_id for r in rollup.sorted_runs(runs)]
@@ -53,10 +54,10 @@ def test_the_table_gives_back_the_rows_in_every_order_the_report_uses(spec) -> N
                         ("nested", lambda r: r.tracked and r.nested_in is not None)):
         assert list(table.select(which)) == [r for r in runs if keep(r)]
         assert table.count(which) == sum(1 for r in runs if keep(r))
-    report = CostReport(runs=runs)
-    assert report.total() == rollup.total(runs)
+    report = CostReport(runs=runs, goal=goal)  # sums as the rows arrive, best runs in SQL: as rollup's
+    assert report.total() == rollup.total(runs, goal)
     for level in GROUP_LEVELS:
-        assert report.groups(level) == rollup.groups(runs, level)
+        assert report.groups(level) == rollup.groups(runs, level, goal)
 
 
 def test_the_metric_is_chosen_after_every_run_and_tags_stay_with_their_run() -> None:
