@@ -12,8 +12,9 @@ Request body (JSON): ``experiment_ids`` (list), ``view`` ("active" or "all"), ``
 ``all_finops_tags`` (every ``finops.*`` tag, for FOCUS; else only the ones a report reads).
 Answer: a first line ``{"format": 1}``, then ``[run_id, name, experiment_id, start_ms,
 end_ms, status, {metric: value}, {tag: value}]`` per run, then ``{"end": true, "runs": N}``;
-a stream without that last line was cut short. Metrics that are NaN are left out (a report
-treats them as absent). A store that is not SQL answers 501, and the client reads through
+a stream without that last line was cut short. Metrics: the ``finops/*`` figures a report
+sums and every model metric (not ``finops/*`` or ``system/*``); NaN ones are left out (a
+report treats them as absent). A store that is not SQL answers 501, and the client reads through
 ``search_runs`` instead; so does a client the server's basic auth does not take for an admin
 (403), since ``search_runs`` applies per-experiment permissions.
 """
@@ -25,7 +26,7 @@ import logging
 from typing import Any, Callable, Iterator
 
 from ..names import TAG_MODEL, TAG_PREFIX, TAG_TEAM
-from ..spend.reading import FORMAT, REPORT_TAGS, ROUTE
+from ..spend.reading import FORMAT, NOT_QUALITY, REPORT_FIGURES, REPORT_TAGS, ROUTE
 
 __all__ = ["add_route"]
 
@@ -130,6 +131,7 @@ def _lines(store: Any, q: _Query) -> Iterator[str]:
     stmt = stmt.order_by(runs.c.start_time.desc(), runs.c.run_uuid)
     wanted = (or_(tags.c.key.like(TAG_PREFIX + "%"), tags.c.key == "mlflow.runName") if q.all_finops_tags
               else tags.c.key.in_(REPORT_TAGS))
+    figures = frozenset(REPORT_FIGURES)  # filtered here, not in SQL: a key condition there changes PostgreSQL's plan
     yield json.dumps({"format": FORMAT}) + "\n"
     n = 0
     if not q.experiment_ids:
@@ -144,7 +146,7 @@ def _lines(store: Any, q: _Query) -> Iterator[str]:
             for rid, key, value, is_nan in lookups.execute(
                     select(metrics.c.run_uuid, metrics.c.key, metrics.c.value, metrics.c.is_nan)
                     .where(in_chunk(metrics.c.run_uuid, ids))).all():  # .all(): one fetch, not one per row
-                if not is_nan:
+                if not is_nan and (key in figures or not key.startswith(NOT_QUALITY)):
                     m.setdefault(rid, {})[key] = value
             t: dict[str, dict[str, str]] = {}
             for rid, key, value in lookups.execute(

@@ -23,18 +23,22 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ..names import ENV_REPORT_READ, TAG_MODEL, TAG_NESTED_IN, TAG_PREFIX, TAG_TEAM
+from ..names import ENV_REPORT_READ, METRIC_PREFIX, TAG_MODEL, TAG_NESTED_IN, TAG_PREFIX, TAG_TEAM
 from ..store import iter_runs
 from . import rollup
-from .rollup import RunCost
+from .rollup import FIGURES, RunCost
 
-__all__ = ["ROUTE", "FORMAT", "REPORT_TAGS", "read_runs"]
+__all__ = ["ROUTE", "FORMAT", "REPORT_TAGS", "REPORT_FIGURES", "NOT_QUALITY", "read_runs"]
 
 _log = logging.getLogger(__name__)
 
 ROUTE = "/finops/api/report-runs"
 FORMAT = 1
 REPORT_TAGS = (TAG_MODEL, TAG_TEAM, TAG_NESTED_IN, "mlflow.runName")  # the tags rollup.row_cost reads
+# The metrics rollup.row_cost reads: these figures, and every metric under none of these prefixes
+# (the model metrics a report picks from); other finops/* and system/* metrics are not sent.
+REPORT_FIGURES = tuple(METRIC_PREFIX + name for name in FIGURES)
+NOT_QUALITY = rollup.NOT_QUALITY
 _FALL_BACK = {403, 404, 405, 501}
 
 Read = tuple[RunCost, dict[str, float], "dict[str, str] | None"]  # row, quality metrics, kept tags

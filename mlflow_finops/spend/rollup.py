@@ -31,6 +31,7 @@ __all__ = [
     "GROUP_LEVELS",
     "NONE_KEY",
     "FIGURES",
+    "NOT_QUALITY",
     "run_cost",
     "row_cost",
     "pick_metric",
@@ -47,7 +48,7 @@ __all__ = [
 GROUP_LEVELS: tuple[str, ...] = ("experiment", "model", "team")
 NONE_KEY = "(none)"
 # Metrics that are not about model quality: never picked as "the model metric".
-_NOT_QUALITY = (METRIC_PREFIX, "system/")
+NOT_QUALITY = (METRIC_PREFIX, "system/")
 _PREFERRED = ("accuracy", "f1", "f1_score", "roc_auc", "auc", "r2", "r2_score", "rmse", "mae", "mse", "loss")
 _LOWER_IS_BETTER = re.compile(r"(loss|error|rmse|mse|mae|mape|logloss|perplexity|latency|wer|cer)", re.I)
 # The run figures a report keeps (``finops/<name>``), in output order.
@@ -173,7 +174,7 @@ def row_cost(run_id: str, run_name: str | None, experiment_id: str, start_ms: in
         nested_in=tags.get(TAG_NESTED_IN),
         **figures,
     )
-    quality = {k: v for k, v in m.items() if not k.startswith(_NOT_QUALITY) and math.isfinite(v)}
+    quality = {k: v for k, v in m.items() if not k.startswith(NOT_QUALITY) and math.isfinite(v)}
     return row, quality
 
 

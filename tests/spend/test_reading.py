@@ -57,7 +57,9 @@ def _seed(client: MlflowClient) -> None:
                 metrics += [Metric("finops/cost_usd", 0.25 * (i + 1) + e, ms, 0),
                             Metric("finops/cpu_core_hours", 0.01 * i, ms, 0),
                             Metric("finops/gpu_hours", math.nan, ms, 0),
-                            Metric("finops/energy_kwh", math.inf if i == 2 else 0.003, ms, 0)]
+                            Metric("finops/energy_kwh", math.inf if i == 2 else 0.003, ms, 0),
+                            Metric("finops/ram_gb_hours", 0.5, ms, 0),  # a figure no report reads
+                            Metric("system/cpu_utilization_percentage", 40.0, ms, 0)]
             if i == 6:
                 metrics.append(Metric("f1", math.nan, ms, 0))
             client.log_batch(run.info.run_id, metrics=metrics, tags=[RunTag("mlflow.note.content", "n")])
@@ -104,6 +106,9 @@ def test_the_projection_is_what_was_asked_for(finops_server: MlflowServer) -> No
     assert all(r[7][TAG_TEAM] == "risk" and "other" not in r[7] for r in runs)  # only the tags a report reads
     assert [r[3] for r in runs] == sorted((r[3] for r in runs), reverse=True)  # newest first
     assert all("f1" not in r[6] and r[6]["accuracy"] != 0.1 for r in runs)  # no NaN; the latest step
+    # what a report reads, nothing more: its finops/* figures and the model metrics
+    assert {k for r in runs for k in r[6]} == {"accuracy", "loss", "finops/cost_usd", "finops/cpu_core_hours",
+                                               "finops/energy_kwh"}
     bad = requests.post(finops_server.url + reading.ROUTE, json={"view": "some"}, timeout=30)
     assert bad.status_code == 400 and "bad report-runs request" in bad.json()["error"]
 
