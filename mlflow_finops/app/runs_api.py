@@ -110,6 +110,22 @@ def _in_chunk(store: Any) -> Callable[[Any, list[str]], Any]:
     return lambda column, ids: column.in_(ids)
 
 
+def _rows(session: Any, stmt: Any) -> list[tuple]:
+    """All rows of ``stmt`` as plain tuples from the DB-API cursor: SQLAlchemy's Row objects cost
+    ~2 us each, and a report reads ~14 metric rows a run."""
+    connection = session.connection()
+    compiled = stmt.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    if compiled.positional:
+        params = tuple(params[name] for name in compiled.positiontup)
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
 def _lines(store: Any, q: _Query) -> Iterator[str]:
     """The answer, line by line; an error mid-stream ends it without the last line (the client says so)."""
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun, SqlTag
@@ -143,15 +159,14 @@ def _lines(store: Any, q: _Query) -> Iterator[str]:
         for chunk in result.partitions(_CHUNK):
             ids = [row[0] for row in chunk]
             m: dict[str, dict[str, float]] = {}
-            for rid, key, value, is_nan in lookups.execute(
-                    select(metrics.c.run_uuid, metrics.c.key, metrics.c.value, metrics.c.is_nan)
-                    .where(in_chunk(metrics.c.run_uuid, ids))).all():  # .all(): one fetch, not one per row
+            for rid, key, value, is_nan in _rows(lookups, select(
+                    metrics.c.run_uuid, metrics.c.key, metrics.c.value, metrics.c.is_nan)
+                    .where(in_chunk(metrics.c.run_uuid, ids))):
                 if not is_nan and (key in figures or not key.startswith(NOT_QUALITY)):
                     m.setdefault(rid, {})[key] = value
             t: dict[str, dict[str, str]] = {}
-            for rid, key, value in lookups.execute(
-                    select(tags.c.run_uuid, tags.c.key, tags.c.value)
-                    .where(and_(in_chunk(tags.c.run_uuid, ids), wanted))).all():
+            for rid, key, value in _rows(lookups, select(tags.c.run_uuid, tags.c.key, tags.c.value)
+                                         .where(and_(in_chunk(tags.c.run_uuid, ids), wanted))):
                 t.setdefault(rid, {})[key] = value
             lines = [json.dumps([rid, name, str(exp), start, end, status, m.get(rid, {}), t.get(rid, {})])
                      for rid, name, exp, start, end, status in chunk]
