@@ -61,6 +61,7 @@ import logging  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -245,13 +246,12 @@ def store_costs(folder: Path) -> dict:
 
     report = build_report(MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}"))
     parts = {"champion": 0.0, "checks": 0.0, "retrains": 0.0}
+    each: dict[str, list[tuple[float, float]]] = {"checks": [], "retrains": []}  # (start, CPU core-s) per run
     for r in report.counted:
-        if r.run_name == "champion-v1":
-            parts["champion"] += r.cost_usd
-        elif "monitoring" in r.experiment:
-            parts["checks"] += r.cost_usd
-        else:
-            parts["retrains"] += r.cost_usd
+        part = "champion" if r.run_name == "champion-v1" else "checks" if "monitoring" in r.experiment else "retrains"
+        parts[part] += r.cost_usd
+        if part in each:
+            each[part].append((r.start_time or 0, (r.cpu_core_hours or 0.0) * 3600))
     total = report.total()
     return {
         "cost_usd": total.cost_usd,
@@ -260,7 +260,23 @@ def store_costs(folder: Path) -> dict:
         "runs_untracked": len(report.untracked),
         "checks": sum(1 for r in report.counted if "monitoring" in r.experiment),
         **{f"cost_{k}_usd": v for k, v in parts.items()},
+        **{f"cpu_s_{k}": [c for _, c in sorted(v)] for k, v in each.items()},  # in start order
     }
+
+
+def run_parts(results: dict[str, dict]) -> str:
+    """(c)'s checks and retrains one by one, in CPU core-s: what a floor of its cost is built from."""
+    costs = results.get("gated", {}).get("costs", {})
+    checks, retrains = costs.get("cpu_s_checks") or [], costs.get("cpu_s_retrains") or []
+    if not checks and not retrains:
+        return ""
+
+    def spread(xs: list[float]) -> str:
+        return f"{min(xs):.2f}-{max(xs):.2f} (median {statistics.median(xs):.2f})" if xs else "-"
+
+    return (f"(c)'s runs, CPU core-s each: {len(checks)} drift checks {spread(checks)}; {len(retrains)} retrains "
+            f"{spread(retrains)}, the first (the warm actor's start) {retrains[0]:.2f}" if retrains else
+            f"(c)'s runs, CPU core-s each: {len(checks)} drift checks {spread(checks)}; no retrain")
 
 
 def summarize(results: dict[str, dict]) -> list[dict]:
@@ -465,6 +481,9 @@ of policy processes in all.
         notes = trigger_notes(all_results[s.name])
         if notes:
             parts.append(f"(c)'s gate and trigger, window by window:\n\n```\n{notes}\n```\n")
+        each = run_parts(all_results[s.name])
+        if each:
+            parts.append(each + ".\n")
     parts.append("""\
 Not in any policy's figure: what runs outside a tracked run (process start and imports, the
 gate's construction, the scheduler, the prequential scoring) and the Ray cluster's own processes
@@ -562,6 +581,8 @@ def main() -> None:
         notes = trigger_notes(results)
         if notes:
             print(f"\n{stream.name}: (c)'s gate and trigger, window by window:\n{notes}", flush=True)
+        if run_parts(results):
+            print(f"{stream.name}: {run_parts(results)}", flush=True)
         chart(stream, rows, out / f"headline-{stream.name}.png")
     load1 = os.getloadavg()[0]
     print(f"\nall done in {(time.perf_counter() - t_all) / 60:.1f} min", flush=True)
