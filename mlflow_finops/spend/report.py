@@ -107,8 +107,7 @@ class CostReport:
 
     def groups(self, by: str) -> list[GroupCost]:
         """Roll-up per experiment / model / team, most expensive first."""
-        if by not in GROUP_LEVELS:
-            rollup.groups((), by)  # the one place that words this error
+        rollup.check_level(by)
         return list(self._sums()[by])  # type: ignore[call-overload]
 
     def _sums(self) -> dict[str, object]:
@@ -231,7 +230,7 @@ class CostReport:
         runs = (r for r in self.runs.select("counted", f"cheap-{self.goal}")
                 if r.metric is not None and math.isfinite(r.metric) and r.cost_usd is not None
                 and math.isfinite(r.cost_usd))
-        n = sum(1 for r in self.runs.select("counted") if r.metric is not None and math.isfinite(r.metric))
+        n = self.runs.count_charted()
         step = max(1, math.ceil(n / limit))
         sign = 1.0 if self.goal == "max" else -1.0
         best = -math.inf

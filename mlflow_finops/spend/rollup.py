@@ -213,10 +213,15 @@ def total(runs: Iterable[RunCost], goal: str = "max") -> GroupCost:
     return g
 
 
-def groups(runs: Iterable[RunCost], by: str, goal: str = "max") -> list[GroupCost]:
-    """Roll-up per experiment / model / team, most expensive first (ties by key)."""
+def check_level(by: str) -> None:
+    """Raise :class:`ReportError` naming the levels when ``by`` is not one of them."""
     if by not in GROUP_LEVELS:
         raise ReportError(f"cannot group by {by!r} (expected one of: {', '.join(GROUP_LEVELS)})")
+
+
+def groups(runs: Iterable[RunCost], by: str, goal: str = "max") -> list[GroupCost]:
+    """Roll-up per experiment / model / team, most expensive first (ties by key)."""
+    check_level(by)
     out: dict[str, GroupCost] = {}
     for r in runs:
         key = r.key(by)

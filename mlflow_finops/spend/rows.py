@@ -163,6 +163,12 @@ class RunTable:
             return self._n
         return next(self._query(f"SELECT COUNT(*) FROM runs {_WHERE[which]}"))[0]
 
+    def count_charted(self) -> int:
+        """Counted rows with a finite metric and cost: the runs a cost-vs-metric chart can draw
+        (NaN is stored as NULL; 9e999 is SQLite's infinity)."""
+        return next(self._query(f"SELECT COUNT(*) FROM runs {_WHERE['counted']} AND metric IS NOT NULL "
+                                "AND abs(metric) < 9e999 AND abs(cost_usd) < 9e999"))[0]
+
     def any_gpu(self) -> bool:
         """Whether any run used a GPU (the terminal table hides the column otherwise)."""
         return next(self._query("SELECT EXISTS (SELECT 1 FROM runs WHERE gpu_hours != 0)"))[0] == 1

@@ -173,6 +173,17 @@ def test_the_cost_vs_metric_sample_keeps_the_whole_pareto_front() -> None:
     assert none is None and len(all_points) == 150
 
 
+def test_the_chart_counts_only_runs_with_a_finite_metric_and_cost() -> None:
+    inf, nan = math.inf, math.nan
+    runs = [rc(0, 1.0, metric=0.5), rc(1, 1.0, metric=inf), rc(2, 1.0, metric=-inf), rc(3, 1.0, metric=nan),
+            rc(4, 1.0), rc(5, inf, metric=0.5), rc(6, None, metric=0.5), rc(7, 1.0, metric=0.5, nested=True),
+            rc(8, 0.0, metric=0.0)]
+    table = RunTable(runs)
+    assert table.count_charted() == 2
+    points, drawn_from = CostReport(runs=runs * 3, metric="accuracy")._metric_points(limit=4)
+    assert drawn_from == 6 and {p[0] for p in points} <= {runs[0].label, runs[8].label}
+
+
 def test_focus_parquet_is_written_in_row_groups_with_the_rows_of_the_csv(tmp_path: Path) -> None:
     runs = [(rc(i, float(i + 1), start=1_700_000_000.0 + 3600 * i), {"finops.team": "growth"}) for i in range(5)]
     out = tmp_path / "focus.parquet"
