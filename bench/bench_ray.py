@@ -4,7 +4,8 @@ A 3-node ``ray.cluster_utils.Cluster`` on 127.0.0.1 (head + 2 nodes, 1 CPU
 each, labels market=on_demand / spot / spot), a SQLite MLflow store in a temp
 folder, and a busy process outside Ray (orphaned, so not a descendant of this
 driver) burning one core all along. Each repeat is one tracked MLflow run
-(``mlflow_finops.autolog(interval_s=1.0)``) of a job whose tasks are pinned to
+(``mlflow_finops.autolog(interval_s=1.0)``, a sample a second; ``--interval-s 10`` is
+``autolog()``'s default) of a job whose tasks are pinned to
 every node (NodeAffinitySchedulingStrategy), each doing ~2.5 s of CPU (numpy
 work or a spin loop) and measuring its own ``time.process_time()``.
 
@@ -24,6 +25,7 @@ read (MLFLOW_FINOPS_RAY_READ_LOCAL=false), and ``--probes`` through a probe
 actor per node (the fallback; MLFLOW_FINOPS_RAY_READ_AGENT=false too).
 
     .venv/bin/python bench/bench_ray.py [--runs 3] [--tasks-per-node 3] [--task-cpu-s 2.5] [--agent | --probes]
+                                        [--interval-s 1]
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def main() -> None:
     ap.add_argument("--tasks-per-node", type=int, default=3)
     ap.add_argument("--task-cpu-s", type=float, default=2.5)
     ap.add_argument("--no-burner", action="store_true", help="leave out the busy neighbour")
+    ap.add_argument("--interval-s", type=float, default=1.0,
+                    help="the tracker's sampling interval (autolog()'s default is 10)")
     path = ap.add_mutually_exclusive_group()
     path.add_argument("--agent", action="store_true",
                       help="read every node from Ray's agent reports, as nodes on other hosts "
@@ -147,7 +151,7 @@ def main() -> None:
     burner = None if args.no_burner else outside_burner()
     rows = []
     try:
-        mlflow_finops.autolog(interval_s=1.0)
+        mlflow_finops.autolog(interval_s=args.interval_s)
         for i in range(args.runs):
             t = time.time()
             with mlflow.start_run() as run:
