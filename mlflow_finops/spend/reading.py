@@ -63,8 +63,12 @@ def read_runs(client: MlflowClient, names: Mapping[str, str], filter_string: str
             return
     for run in iter_runs(client, list(names), filter_string, view_type=view, page_size=page_size, on_page=on_page):
         row, quality = rollup.run_cost(run, names)
-        tags = {k: v for k, v in run.data.tags.items() if k.startswith(TAG_PREFIX)} if keep_tags else None
-        yield row, quality, tags
+        yield row, quality, _finops_tags(run.data.tags) if keep_tags else None
+
+
+def _finops_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The ``finops.*`` tags of a run (what FOCUS rows are built from)."""
+    return {k: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
 
 
 def _host_creds(client: MlflowClient):
@@ -110,8 +114,7 @@ def _projected(response, names: Mapping[str, str], keep_tags: bool, page_size: i
             run_id, name, experiment_id, start_ms, end_ms, status, metrics, tags = item
             row, quality = rollup.row_cost(run_id, name, experiment_id, start_ms, end_ms, status, metrics, tags,
                                            names)
-            kept = {k: v for k, v in tags.items() if k.startswith(TAG_PREFIX)} if keep_tags else None
-            yield row, quality, kept
+            yield row, quality, _finops_tags(tags) if keep_tags else None
             n += 1
             pending += 1
             if pending >= page_size:

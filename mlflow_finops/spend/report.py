@@ -227,10 +227,8 @@ class CostReport:
         """The runs the cost-vs-metric chart draws: all of them up to ``limit``; beyond, every
         k-th by cost plus the whole Pareto front (read cheapest first, so the front is one pass).
         The second value is how many runs they were drawn from (None: all drawn)."""
-        runs = (r for r in self.runs.select("counted", f"cheap-{self.goal}")
-                if r.metric is not None and math.isfinite(r.metric) and r.cost_usd is not None
-                and math.isfinite(r.cost_usd))
-        n = self.runs.count_charted()
+        runs = self.runs.select("charted", f"cheap-{self.goal}")  # finite metric and cost
+        n = self.runs.count("charted")
         step = max(1, math.ceil(n / limit))
         sign = 1.0 if self.goal == "max" else -1.0
         best = -math.inf

@@ -45,6 +45,10 @@ _WHERE = {
     "counted": "WHERE cost_usd IS NOT NULL AND nested_in IS NULL",
     "untracked": "WHERE cost_usd IS NULL",
     "nested": "WHERE cost_usd IS NOT NULL AND nested_in IS NOT NULL",
+    # counted runs a cost-vs-metric chart can draw: finite metric and cost (NaN is stored as
+    # NULL; 9e999 is SQLite's infinity)
+    "charted": "WHERE cost_usd IS NOT NULL AND nested_in IS NULL AND metric IS NOT NULL "
+               "AND abs(metric) < 9e999 AND abs(cost_usd) < 9e999",
 }
 
 
@@ -146,7 +150,7 @@ class RunTable:
         return self.select("all", "seq")
 
     def select(self, which: str = "all", order: str = "seq") -> Iterator[RunCost]:
-        """Rows of one kind (all, counted, untracked, nested) in ``order``: ``seq`` (read order),
+        """Rows of one kind (all, counted, untracked, nested, charted) in ``order``: ``seq`` (read order),
         ``cost`` (as :func:`~.rollup.sorted_runs`), ``start`` (oldest first, then run id), or
         ``cheap-max`` / ``cheap-min`` (cheapest first, better metric first among equal costs)."""
         for values in self._query(f"SELECT {_SELECT} FROM runs {_WHERE[which]} ORDER BY {_ORDERS[order]}"):
@@ -162,12 +166,6 @@ class RunTable:
         if which == "all":
             return self._n
         return next(self._query(f"SELECT COUNT(*) FROM runs {_WHERE[which]}"))[0]
-
-    def count_charted(self) -> int:
-        """Counted rows with a finite metric and cost: the runs a cost-vs-metric chart can draw
-        (NaN is stored as NULL; 9e999 is SQLite's infinity)."""
-        return next(self._query(f"SELECT COUNT(*) FROM runs {_WHERE['counted']} AND metric IS NOT NULL "
-                                "AND abs(metric) < 9e999 AND abs(cost_usd) < 9e999"))[0]
 
     def any_gpu(self) -> bool:
         """Whether any run used a GPU (the terminal table hides the column otherwise)."""

@@ -179,7 +179,8 @@ def test_the_chart_counts_only_runs_with_a_finite_metric_and_cost() -> None:
             rc(4, 1.0), rc(5, inf, metric=0.5), rc(6, None, metric=0.5), rc(7, 1.0, metric=0.5, nested=True),
             rc(8, 0.0, metric=0.0)]
     table = RunTable(runs)
-    assert table.count_charted() == 2
+    assert table.count("charted") == 2
+    assert [r.run_id for r in table.select("charted")] == [runs[0].run_id, runs[8].run_id]
     points, drawn_from = CostReport(runs=runs * 3, metric="accuracy")._metric_points(limit=4)
     assert drawn_from == 6 and {p[0] for p in points} <= {runs[0].label, runs[8].label}
 
