@@ -394,6 +394,10 @@ class RetrainPolicy(_Section):
     ray_address: str | None = Field(
         None, description="Ray Jobs API address, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS, else that)."
     )
+    connect_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="How long joining the Ray cluster as a driver (the warm actor's runner) "
+        "may take before the attempt runs as a Ray job instead; a cluster that is not there fails at once.",
+    )
     strategy: RetrainStrategy = Field(
         "auto", description="auto: a full refit while the data is small (refit_max_rows), else partial_fit, "
         "else warm_start, else refit."

@@ -27,6 +27,9 @@ __all__ = [
     "wait_until_jobs_run",
     "stop_local_cluster",
     "local_cluster_processes",
+    "ClusterUnreachable",
+    "gcs_address_of",
+    "join",
 ]
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,13 @@ DEFAULT_GCS_PORT = 6379
 
 class RayClusterError(RuntimeError):
     """A local Ray cluster could not be started (Ray missing, ``ray start`` failed)."""
+
+
+class ClusterUnreachable(RuntimeError):
+    """This process cannot join a Ray cluster as a driver (not there, or not within the time allowed)."""
+
+
+JOBS_HTTP_TIMEOUT_S = 30.0  # one request to the Jobs API (Ray's own client sets none: a silent server hangs it)
 
 
 def jobs_address(configured: str | None = None) -> str:
@@ -74,11 +84,20 @@ def ray_auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def jobs_client(address: str | None = None) -> Any:
-    """A Ray ``JobSubmissionClient`` for ``address`` (see :func:`jobs_address`), with its token."""
+def jobs_client(address: str | None = None, timeout_s: float = JOBS_HTTP_TIMEOUT_S) -> Any:
+    """A Ray ``JobSubmissionClient`` for ``address`` (see :func:`jobs_address`), with its token.
+
+    Every request it sends gives up after ``timeout_s``: Ray's client waits for ever on a Jobs
+    API that accepts the connection and never answers, and a cron job must not.
+    """
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(jobs_address(address), headers=ray_auth_headers() or None)
+    class BoundedJobSubmissionClient(JobSubmissionClient):
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", timeout_s)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return BoundedJobSubmissionClient(jobs_address(address), headers=ray_auth_headers() or None)
 
 
 def cluster_status(dashboard_url: str, timeout_s: float = 10.0) -> dict:
@@ -89,6 +108,132 @@ def cluster_status(dashboard_url: str, timeout_s: float = 10.0) -> dict:
                         timeout=timeout_s)
     resp.raise_for_status()
     return resp.json()
+
+
+# ------------------------------------------------------------------ joining a cluster as a driver
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+DEFAULT_CONNECT_TIMEOUT_S = 60.0
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` (a ``ray://`` or ``http://`` prefix allowed) split, or None when it has no port."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+
+
+def gcs_address_of(jobs_url: str) -> str | None:
+    """The GCS address of the cluster on this machine whose Jobs API is ``jobs_url``, else None.
+
+    A local cluster's dashboard process names both on its command line (``--port`` and
+    ``--gcs-address``), so the driver joins exactly the cluster the policy points at, even
+    with several local clusters running (Ray's ``"auto"`` takes the one started last).
+    """
+    import psutil
+
+    hp = _host_port(jobs_url)
+    if hp is None or hp[0] not in LOOPBACK_HOSTS + (_own_host(),):
+        return None
+    for p in psutil.process_iter(["cmdline"]):
+        args = p.info["cmdline"] or []
+        if not any(a.endswith(os.path.join("dashboard", "dashboard.py")) for a in args):
+            continue
+        if f"--port={hp[1]}" in args:
+            for a in args:
+                if a.startswith("--gcs-address="):
+                    return a.split("=", 1)[1]
+    return None
+
+
+def _own_host() -> str:
+    import socket
+
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def _keep_ray_on_loopback() -> None:
+    """Make Ray keep ``127.0.0.1`` as this driver's address instead of the host's LAN address.
+
+    Ray replaces a loopback GCS address (and this node's own address) with the host's outward
+    address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set before Ray was imported; a
+    cluster started on loopback (``ray up``) listens on loopback only, so Ray would retry for
+    ever. The variable is set for Ray imports to come, and Ray's constant for one imported already.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def _last_started_cluster() -> str | None:
+    """The GCS address of the cluster this machine started last (Ray's own note of it), else None."""
+    try:
+        from ray._private.utils import read_ray_address
+
+        return read_ray_address() or None
+    except Exception:  # noqa: BLE001 - Ray's private helper moved: "auto" still finds it
+        return None
+
+
+def join(address: str | None = None, *, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, **init_kwargs: Any) -> Any:
+    """``ray.init`` to the cluster at GCS ``address`` (default ``$RAY_ADDRESS``, else Ray's ``"auto"``), bounded.
+
+    On loopback or not: a loopback address stays on loopback (:func:`_keep_ray_on_loopback`).
+    The GCS port is tried first (a closed one fails at once, naming it), and ``ray.init`` must
+    return within ``timeout_s``; either failure is :class:`ClusterUnreachable` with the address
+    tried and what to set. Returns Ray's context. Connected already: returns None.
+    """
+    import socket
+    import threading
+
+    env_address = os.environ.get("RAY_ADDRESS", "")
+    if not address and not env_address.startswith(("http://", "https://")):
+        address = env_address
+    address = address or _last_started_cluster() or "auto"
+    if address.startswith(("http://", "https://")):
+        raise ClusterUnreachable(f"{address} is a Jobs API address, not a Ray GCS address (host:port)")
+    hp = _host_port(address)
+    if hp is not None and hp[0] in LOOPBACK_HOSTS:
+        _keep_ray_on_loopback()
+    import ray
+
+    if ray.is_initialized():
+        return None
+    hint = ("start one with `mlflow-finops ray up`, or set RAY_ADDRESS to the GCS address (host:port) "
+            "of a running cluster")
+    if hp is not None:
+        try:
+            socket.create_connection(hp, timeout=min(5.0, timeout_s)).close()
+        except OSError as exc:
+            raise ClusterUnreachable(f"no Ray cluster answers at {address} ({exc.strerror or exc}): {hint}") from None
+    result: dict[str, Any] = {}
+    saved = os.environ.pop("RAY_ADDRESS", None)  # ray.init reads it for "auto"; it may be a Jobs API URL
+
+    def init() -> None:
+        try:
+            result["ctx"] = ray.init(address=address, **init_kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            result["error"] = exc
+
+    try:
+        worker = threading.Thread(target=init, name="finops-ray-join", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+    finally:
+        if saved is not None:
+            os.environ["RAY_ADDRESS"] = saved
+    if worker.is_alive():
+        raise ClusterUnreachable(
+            f"Ray at {address} did not accept this process as a driver within {timeout_s:.0f} s "
+            f"([retrain] connect_timeout_s): {hint}")
+    if "error" in result:
+        exc = result["error"]
+        raise ClusterUnreachable(f"cannot join Ray at {address}: {str(exc).strip().splitlines()[-1:] or exc}: "
+                                 f"{hint}") from exc
+    return result["ctx"]
 
 
 # ------------------------------------------------------------------ a local cluster (ray up / ray down)
@@ -154,8 +299,10 @@ def start_local_cluster(
            "--disable-usage-stats"]
     options = ("--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port")
-    for option, free in zip(options, free_ports(len(options))):
+    picked = free_ports(len(options))
+    for option, free in zip(options, picked):
         cmd += [option, str(free)]
+    cmd += worker_port_options({port, dashboard_port, *picked})
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         stop_local_cluster(port)
@@ -167,6 +314,24 @@ def start_local_cluster(
         stop_local_cluster(port)
         raise
     return cluster
+
+
+RAY_WORKER_PORTS = (10002, 19999)  # Ray's default range for its workers' ports
+
+
+def worker_port_options(taken: set[int]) -> list[str]:
+    """``--min/max-worker-port`` keeping Ray's workers off ``taken`` ports (none needed when none is in range).
+
+    ``ray start`` refuses a ``--port`` inside its workers' range (10002-19999) rather than
+    work around it; the workers get the longest stretch of that range that holds no taken port.
+    """
+    lo, hi = RAY_WORKER_PORTS
+    inside = sorted(p for p in taken if lo <= p <= hi)
+    if not inside:
+        return []
+    edges = [lo - 1, *inside, hi + 1]
+    start, end = max(((a + 1, b - 1) for a, b in zip(edges, edges[1:])), key=lambda r: r[1] - r[0])
+    return ["--min-worker-port", str(start), "--max-worker-port", str(end)]
 
 
 def wait_until_jobs_run(address: str, timeout_s: float = 120.0) -> None:

@@ -410,7 +410,7 @@ def promote(client: MlflowClient, name: str, version: str, learned: pd.DataFrame
     return ref_path
 
 
-def _connect_ray() -> None:
+def _connect_ray(timeout_s: float) -> None:
     """Fan-out to Ray (if the training uses it) is charged to this run, on every node.
 
     Joins the cluster of ``$RAY_ADDRESS`` (a Ray job's driver has it) unless connected already;
@@ -421,7 +421,9 @@ def _connect_ray() -> None:
 
         if ray.is_initialized() or not os.environ.get("RAY_ADDRESS"):
             return
-        ray.init(log_to_driver=False)
+        from ..ray_cluster import join
+
+        join(timeout_s=timeout_s, log_to_driver=False)
     except Exception as exc:
         log.info("not connected to Ray (%s); tracking this process tree only", exc)
 
@@ -438,7 +440,7 @@ def run_job(cfg: JobConfig, run_id: str, cap_usd: float | None = None) -> Retrai
     client = MlflowClient()
     champion_version = client.get_model_version_by_alias(name, CHAMPION)
     champion = load_version(champion_version)
-    _connect_ray()
+    _connect_ray(rp.connect_timeout_s)
     autolog(interval_s=rp.sample_interval_s, policy=cfg.policy)
     with mlflow.start_run(run_id=run_id):
         try:

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
+from .. import ray_cluster
 from ..names import ENV_CHARGE_PROCESS_START, RETRAIN_ACTOR_NAME, RETRAIN_ACTOR_NAMESPACE
 from ..policy import RetrainPolicy
 
@@ -51,9 +52,9 @@ KEEP_ENDED = 100  # retrains whose status the actor remembers after they ended
 _SUCCEEDED = ("promoted", "not_promoted")  # as a job's exit code 0; any other verdict is a Ray FAILED
 
 
-class ClusterUnreachable(RuntimeError):
-    """This process cannot join the cluster as a Ray driver, which the actor needs (a Ray job
-    needs only the Jobs API's HTTP): the supervisor runs the attempt as a Ray job instead."""
+# This process cannot join the cluster as a Ray driver, which the actor needs (a Ray job needs
+# only the Jobs API's HTTP): the supervisor runs the attempt as a Ray job instead.
+ClusterUnreachable = ray_cluster.ClusterUnreachable
 
 
 class RetrainStopped(BaseException):
@@ -239,45 +240,30 @@ class RetrainWorker:
 
 
 # ====================================================================== the supervisor's side
-@contextlib.contextmanager
-def _no_http_ray_address() -> Iterator[None]:
-    """``$RAY_ADDRESS`` may be the Jobs API's (HTTP) for the jobs runner; ``ray.init`` would take it."""
-    saved = os.environ.get("RAY_ADDRESS")
-    if saved and saved.startswith(("http://", "https://")):
-        del os.environ["RAY_ADDRESS"]
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ["RAY_ADDRESS"] = saved
-
-
 def _port(address: str) -> str:
     return address.rstrip("/").rsplit(":", 1)[-1]
 
 
-def connect(jobs_address: str) -> None:
-    """Connect this process to the cluster behind ``jobs_address`` as a Ray driver, once.
+def connect(jobs_address: str, timeout_s: float = ray_cluster.DEFAULT_CONNECT_TIMEOUT_S) -> None:
+    """Connect this process to the cluster behind ``jobs_address`` as a Ray driver, once, within ``timeout_s``.
 
-    The GCS address is ``$RAY_ADDRESS`` when it is one (not HTTP), else the cluster this host
-    runs (``ray start`` / Ray's test clusters write it down: ``"auto"``); the connected cluster's
-    dashboard must be the one at ``jobs_address`` (same port). :class:`ClusterUnreachable` if not.
+    The GCS address is that of the local cluster whose Jobs API is ``jobs_address`` when one
+    runs on this machine, else ``$RAY_ADDRESS`` when it is one (not HTTP), else the cluster
+    this host started last; the connected cluster's dashboard must be the one at
+    ``jobs_address`` (same port). :class:`ClusterUnreachable` if not.
     """
     import ray
 
     if ray.is_initialized():
         return  # connected already (by us, checked; or by the caller's own ray.init)
-    with _no_http_ray_address():
-        address = os.environ.get("RAY_ADDRESS") or "auto"
-        try:
-            ctx = ray.init(address=address, namespace=RETRAIN_ACTOR_NAMESPACE, log_to_driver=False)
-        except Exception as exc:
-            raise ClusterUnreachable(f"cannot join Ray at {address} as a driver: {exc}") from exc
+    address = ray_cluster.gcs_address_of(jobs_address)
+    ctx = ray_cluster.join(address, timeout_s=timeout_s, namespace=RETRAIN_ACTOR_NAMESPACE, log_to_driver=False)
     dashboard = str(getattr(ctx, "dashboard_url", "") or "")
     if dashboard and _port(dashboard) != _port(jobs_address):
+        gcs = ray.get_runtime_context().gcs_address
         ray.shutdown()
         raise ClusterUnreachable(
-            f"Ray at {address} has its dashboard at {dashboard}, not {jobs_address}: "
+            f"Ray at {gcs} has its dashboard at {dashboard}, not {jobs_address}: "
             "set RAY_ADDRESS to the GCS address of that cluster"
         )
 
@@ -298,7 +284,7 @@ class ActorRunner:
         is its first retrain's cost)."""
         import ray
 
-        connect(self.jobs_address)
+        connect(self.jobs_address, self.rp.connect_timeout_s)
         if create:
             return ray.remote(RetrainWorker).options(
                 name=RETRAIN_ACTOR_NAME, namespace=RETRAIN_ACTOR_NAMESPACE, lifetime="detached",
