@@ -127,6 +127,13 @@ class MlflowServer:
         except OSError:
             return False
 
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a lost machine would: no shutdown of any kind."""
+        if self.alive():
+            assert self.pid is not None
+            os.killpg(self.pid, signal.SIGKILL)
+        self.stop()  # waits until it is gone and its port closed
+
     def stop(self) -> None:
         if self.alive():
             assert self.pid is not None

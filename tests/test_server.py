@@ -105,3 +105,32 @@ def test_unreachable_at_run_end_spools_and_sync_delivers(
     metrics = MlflowClient().get_run(run.info.run_id).data.metrics
     assert metrics["finops/cpu_core_hours"] * 3600 >= 0.6
     assert not list((tmp_path / "spool").glob("*.jsonl"))
+
+
+def test_a_run_that_ended_while_the_server_was_down_is_ended_by_sync(
+    mlflow_server, server_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server is SIGKILLed before ``end_run``: MLflow's own end fails and the last batch is
+    spooled; ``sync`` after the restart delivers it and ends the run as it ended, when it ended."""
+    monkeypatch.setenv("MLFLOW_FINOPS_FLUSH_TIMEOUT_S", "1")
+    mlflow_finops.autolog(interval_s=0.2)
+    run = mlflow.start_run()
+    burn(0.3)
+    mlflow_server.kill()
+    ended_ms = int(time.time() * 1000)
+    with pytest.raises(Exception):  # MLflow's own end_run: the server is gone (training code sees MLflow's error)
+        mlflow.end_run()
+    after_end_ms = int(time.time() * 1000)
+    assert list((tmp_path / "spool").glob("*.jsonl"))
+    mlflow_server.start()
+    assert MlflowClient().get_run(run.info.run_id).info.status == "RUNNING"  # nothing re-sent it yet
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "mlflow-finops"), "sync"], capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert not list((tmp_path / "spool").glob("*.jsonl"))
+    ended = MlflowClient().get_run(run.info.run_id)
+    assert ended.info.status == "FINISHED"
+    assert ended_ms <= ended.info.end_time <= after_end_ms  # when it ended, not when sync ran
+    assert ended.data.tags["finops.tracking_status"] == "complete"
+    assert ended.data.metrics["finops/cpu_core_hours"] * 3600 >= 0.2

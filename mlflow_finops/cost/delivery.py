@@ -60,9 +60,13 @@ class Batch:
     run_id: str
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+    # (status, end time ms): the run ended so, and MLflow may not have heard it (its server was
+    # down at ``end_run``): once this batch is delivered, a run still RUNNING is ended so.
+    end: tuple[str, int] | None = None
 
     def chunks(self) -> list["Batch"]:
-        """Requests within ``log_batch``'s limits (at least one, maybe empty), metrics in order."""
+        """Requests within ``log_batch``'s limits (at least one, maybe empty), metrics in order;
+        the run's end goes with the last."""
         per_request = MAX_METRICS_PER_REQUEST - MAX_TAGS_PER_REQUEST  # room for a full page of tags
         tags = list(self.tags.items())
         count = max(-(-len(self.metrics) // per_request), -(-len(tags) // MAX_TAGS_PER_REQUEST), 1)
@@ -72,6 +76,7 @@ class Batch:
                 self.run_id,
                 self.metrics[k * per_request : (k + 1) * per_request],
                 dict(tags[k * MAX_TAGS_PER_REQUEST : (k + 1) * MAX_TAGS_PER_REQUEST]),
+                self.end if k == count - 1 else None,
             )
             for k in range(count)
         ]
@@ -98,12 +103,34 @@ def _is_http(uri: str) -> bool:
 def deliver(batch: Batch) -> None:
     """Send one batch; raises on any failure (the caller keeps the batch)."""
     for chunk in batch.chunks():
-        if not chunk.metrics and not chunk.tags:
-            continue
-        if _is_http(chunk.tracking_uri):
-            _deliver_http(chunk)
-        else:
-            _deliver_client(chunk)
+        if chunk.metrics or chunk.tags:
+            if _is_http(chunk.tracking_uri):
+                _deliver_http(chunk)
+            else:
+                _deliver_client(chunk)
+        if chunk.end is not None:
+            _deliver_end(chunk)
+
+
+RUN_END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+def _deliver_end(batch: Batch) -> None:
+    """End the run as it ended, unless MLflow has an end for it already (its own ``end_run`` got through)."""
+    assert batch.end is not None
+    status, end_ms = batch.end
+    if _is_http(batch.tracking_uri):
+        run = _http(batch.tracking_uri, "/api/2.0/mlflow/runs/get", "GET", params={"run_id": batch.run_id}).json()
+        if run.get("run", {}).get("info", {}).get("status") == "RUNNING":
+            _http(batch.tracking_uri, "/api/2.0/mlflow/runs/update", "POST",
+                  json={"run_id": batch.run_id, "status": status, "end_time": end_ms})
+            _log.info("mlflow-finops: run %s ended %s (its end had not reached MLflow)", batch.run_id, status)
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(batch.tracking_uri)
+    if client.get_run(batch.run_id).info.status == "RUNNING":
+        client.set_terminated(batch.run_id, status, end_time=end_ms)
 
 
 def _http(uri: str, endpoint: str, method: str, **kwargs: Any) -> Any:
@@ -194,8 +221,13 @@ class Outbox:
                     path,
                 )
 
-    def close(self, timeout_s: float = 15.0) -> int:
-        """Deliver what is queued within ``timeout_s``; spool the rest. Returns batches spooled."""
+    def close(self, timeout_s: float = 15.0, end: tuple[str, str, int] | None = None) -> int:
+        """Deliver what is queued within ``timeout_s``; spool the rest. Returns batches spooled.
+
+        ``end``: (run id, status, end time ms) of a run ending now; when its batches are spooled,
+        the last carries its end, so that delivering them later also ends the run (MLflow's own
+        ``end_run`` fails too while the server is away).
+        """
         deadline = time.monotonic() + timeout_s
         with self._cond:
             self._closing = True
@@ -207,6 +239,10 @@ class Outbox:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=max(deadline - time.monotonic(), 0.5))
+        if end is not None:
+            ours = [i for i, b in enumerate(leftovers) if b.run_id == end[0]]
+            if ours:
+                leftovers[ours[-1]] = replace(leftovers[ours[-1]], end=(end[1], end[2]))
         path = write_spool(leftovers) if leftovers else None
         if path is not None:  # a failed write logs the loss itself
             _log.warning(
@@ -289,6 +325,7 @@ def _merge(batches: list[Batch]) -> list[Batch]:
             out[key] = Batch(b.tracking_uri, b.run_id)
         out[key].metrics.extend(b.metrics)
         out[key].tags.update(b.tags)
+        out[key].end = b.end or out[key].end
     return list(out.values())
 
 
@@ -363,7 +400,10 @@ def _write_lines(folder: Path, stem: str, lines: list[bytes], suffix: str = ".js
 
 
 def _encode(batch: Batch) -> bytes:
-    return json.dumps(asdict(replace(batch, tracking_uri=redact_uri(batch.tracking_uri)))).encode()
+    d = asdict(replace(batch, tracking_uri=redact_uri(batch.tracking_uri)))
+    if d["end"] is None:
+        del d["end"]  # the line as it was before runs' ends were spooled
+    return json.dumps(d).encode()
 
 
 def write_spool(batches: list[Batch]) -> Path | None:
@@ -403,9 +443,16 @@ def write_spool(batches: list[Batch]) -> Path | None:
 def _parse(line: bytes) -> Batch:
     """One spooled batch, checked field by field: anything else is a corrupt line."""
     d = json.loads(line)
-    if not isinstance(d, dict) or set(d) != {"tracking_uri", "run_id", "metrics", "tags"}:
-        raise ValueError(f"expected the keys tracking_uri, run_id, metrics, tags; got {sorted(d)[:10]}"
+    if not isinstance(d, dict) or not {"tracking_uri", "run_id", "metrics", "tags"} <= set(d) \
+            or not set(d) <= {"tracking_uri", "run_id", "metrics", "tags", "end"}:
+        raise ValueError(f"expected the keys tracking_uri, run_id, metrics, tags (and end); got {sorted(d)[:10]}"
                          if isinstance(d, dict) else "not a JSON object")
+    end = d.get("end")
+    if end is not None and not (
+        isinstance(end, list) and len(end) == 2 and end[0] in RUN_END_STATUSES
+        and isinstance(end[1], int) and not isinstance(end[1], bool)
+    ):
+        raise ValueError(f"bad run end {str(end)[:80]}")
     uri, run_id, metrics, tags = d["tracking_uri"], d["run_id"], d["metrics"], d["tags"]
     if not (isinstance(uri, str) and uri and isinstance(run_id, str) and run_id):
         raise ValueError("tracking_uri and run_id must be non-empty strings")
@@ -421,7 +468,7 @@ def _parse(line: bytes) -> Batch:
         if not ok:
             raise ValueError(f"bad metric row {str(m)[:80]}")
         rows.append((m[0], float(m[1]), m[2], m[3]))
-    return Batch(uri, run_id, rows, tags)
+    return Batch(uri, run_id, rows, tags, (end[0], end[1]) if end is not None else None)
 
 
 def _lease_of(path: Path) -> tuple[str, int | None, str | None, float]:

@@ -76,7 +76,7 @@ from ..names import (
 from ..policy import Policy, RayPolicy, load_policy
 from ..pricing import Allocation, CostBreakdown, PriceCatalog
 from .context import run_tags
-from .delivery import Batch, Outbox
+from .delivery import RUN_END_STATUSES, Batch, Outbox
 from .gpu import GpuSampler
 from .orphans import END_SIGTERM, end_orphaned_runs, process_tags
 from .process import ProcessTreeSampler, allocated_cpus, allocated_ram_gb
@@ -244,7 +244,12 @@ class CostTracker:
         return self
 
     def stop(self, status: str | None = None) -> CostBreakdown:
-        """Take a last sample, log the final scalars and deliver (or spool) everything."""
+        """Take a last sample, log the final scalars and deliver (or spool) everything.
+
+        ``status``: the run ends now, so (``FINISHED``, ``FAILED``, ``KILLED``); when its last
+        batches must be spooled, delivering them later also ends the run, whose own ``end_run``
+        failed too. None: the run goes on (tracking stops, or another process ends it).
+        """
         with _state_lock, self._lock:
             if not self.running:
                 return self._last
@@ -281,7 +286,8 @@ class CostTracker:
         self._outbox.put(
             Batch(self.tracking_uri, self.run_id, self._metric_rows(final, final=True, extra=final_only), tags)
         )
-        spooled = self._outbox.close(self.flush_timeout_s)
+        end = (self.run_id, status, int(time.time() * 1000)) if status in RUN_END_STATUSES else None
+        spooled = self._outbox.close(self.flush_timeout_s, end=end)
         if not spooled:
             self._publish_cost_view(final)
         ran_s = self.history[-1][0] - self._t0 if self.history else 0.0
@@ -786,7 +792,7 @@ def track_cost(
         with _state_lock:
             if owns_root and _root is tracker:
                 _root = None
-        _guard(tracker.stop, status)
+        _guard(tracker.stop, status if started_here else None)  # a run given by id is ended by its owner
         if started_here:
             end = _originals.get("end_run", mlflow.tracking.fluent.end_run)
             end(status)

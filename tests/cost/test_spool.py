@@ -8,6 +8,7 @@ refuses a batch is MLflow refusing to log to a deleted run or a bad metric name.
 
 from __future__ import annotations
 
+from dataclasses import replace
 import json
 import logging
 import os
@@ -344,10 +345,23 @@ def test_parse_a_good_line() -> None:
     assert isinstance(b.metrics[0][1], float)
 
 
+def test_a_runs_end_travels_with_its_last_chunk_and_through_the_spool() -> None:
+    b = d._parse(json.dumps({**GOOD, "end": ["KILLED", 1700000000123]}).encode())
+    assert b.end == ("KILLED", 1700000000123)
+    assert d._parse(d._encode(b)) == b
+    assert "end" not in json.loads(d._encode(replace(b, end=None)))  # a line without an end is as before
+    many = replace(b, metrics=[(COST, 1.0, i, 0) for i in range(2000)])
+    assert [c.end for c in many.chunks()] == [None, None, ("KILLED", 1700000000123)]
+
+
 @pytest.mark.parametrize("change, message", [
     ([], "not a JSON object"),
-    ({"extra": 1}, "expected the keys tracking_uri, run_id, metrics, tags; got "
+    ({"extra": 1}, "expected the keys tracking_uri, run_id, metrics, tags (and end); got "
                    "['extra', 'metrics', 'run_id', 'tags', 'tracking_uri']"),
+    ({"end": ["DONE", 5]}, "bad run end ['DONE', 5]"),
+    ({"end": ["FINISHED", 5.5]}, "bad run end ['FINISHED', 5.5]"),
+    ({"end": ["FINISHED", True]}, "bad run end ['FINISHED', True]"),
+    ({"end": ["FINISHED"]}, "bad run end ['FINISHED']"),
     ({"tracking_uri": ""}, "tracking_uri and run_id must be non-empty strings"),
     ({"tracking_uri": 5}, "tracking_uri and run_id must be non-empty strings"),
     ({"run_id": ""}, "tracking_uri and run_id must be non-empty strings"),
