@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 from ..money import format_usd
+from ..units import format_co2e, format_energy
 from ..names import ENV_POLICY
 from ..spend.report import budget_table
 from ..spend.rollup import GROUP_LEVELS, NONE_KEY, GroupCost
@@ -95,7 +96,7 @@ def sections(data: PageData, prefix: str, *, cached_at: datetime, ttl_s: float) 
         _card(str(t.runs), "tracked runs", "tracked-runs"),
         _card(str(t.untracked), "untracked runs (no cost, not summed)", "untracked-runs"),
         _card(format_usd(t.idle_cost_usd), "paid for idle capacity", "idle-cost"),
-        _card(f"{t.energy_kwh:.3g} kWh", f"{t.co2e_kg:.3g} kg CO2e", "energy"),
+        _card(format_energy(t.energy_kwh), format_co2e(t.co2e_kg), "energy"),
         "</div>",
     ])
     yield from _budgets(data)

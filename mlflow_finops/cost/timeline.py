@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..charting import Chart, empty, label, new_figure, render
 from ..money import format_usd
+from ..units import format_energy
 from ..names import ARTIFACT_TIMELINE_HTML, ARTIFACT_TIMELINE_PNG
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,7 +50,7 @@ def _timeline_chart(history: History, title: str) -> Chart:
     ax.set_ylabel("cumulative cost (USD)")
     ax.set_title(label(
         f"{title} — {format_usd(final.cost_usd)} ({final.allocation_mode}), idle {format_usd(final.idle_cost_usd)}, "
-        f"CPU efficiency {final.cpu_efficiency:.0%}, {final.energy_kwh * 1000:.3g} Wh"),
+        f"CPU efficiency {final.cpu_efficiency:.0%}, {format_energy(final.energy_kwh)}"),
         fontsize=10,
     )
     ax.legend(loc="upper left", fontsize=8)

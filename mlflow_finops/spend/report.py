@@ -33,6 +33,7 @@ from mlflow.tracking import MlflowClient
 
 from ..charting import MAX_TOOLTIPS, html_page, html_table, write_charts
 from ..money import format_usd
+from ..units import format_co2e, format_energy
 from ..names import REPORTS_EXPERIMENT, TAG_MODEL, TAG_REPORT, TAG_TEAM
 from ..store import PAGE_SIZE, quote
 from . import rollup
@@ -249,7 +250,7 @@ class CostReport:
             f"<p>Scope: {html.escape(scope)}; period: {html.escape(period)}.<br>"
             f"<b>{format_usd(s['cost_usd'])}</b> over {s['tracked_runs']} tracked run(s) "
             f"({s['nested_runs']} nested run(s) inside them, {s['untracked_runs']} untracked run(s) not costed); "
-            f"idle {format_usd(s['idle_cost_usd'])}, {_num(s['energy_kwh'])} kWh, {_num(s['co2e_kg'])} kg CO2e.</p>"
+            f"idle {format_usd(s['idle_cost_usd'])}, {format_energy(s['energy_kwh'])}, {format_co2e(s['co2e_kg'])}.</p>"
         )
         tables = []
         if budgets:
@@ -445,14 +446,15 @@ def _run_dict(r: RunCost, metric: str | None) -> dict[str, object]:
 
 
 def _group_header(level: str, metric: str | None) -> list[str]:
-    return [level, "runs", "cost", "idle cost", "CPU h", "GPU h", "energy kWh", "CO2e kg", "CPU eff.",
+    return [level, "runs", "cost", "idle cost", "CPU h", "GPU h", "energy", "CO2e", "CPU eff.",
             f"best {metric}" if metric else "best metric", "cost of best", "untracked"]
 
 
 def _group_row(g: GroupCost, metric: str | None) -> list[str]:
     return [
         g.key, str(g.runs) + (f" (+{g.nested} nested)" if g.nested else ""), format_usd(g.cost_usd),
-        format_usd(g.idle_cost_usd), _num(g.cpu_core_hours), _num(g.gpu_hours), _num(g.energy_kwh), _num(g.co2e_kg),
+        format_usd(g.idle_cost_usd), _num(g.cpu_core_hours), _num(g.gpu_hours), format_energy(g.energy_kwh),
+        format_co2e(g.co2e_kg),
         _pct(g.cpu_efficiency), _num(g.best_metric), format_usd(g.best_run_cost_usd),
         str(g.untracked) if g.untracked else "",
     ]
@@ -460,7 +462,7 @@ def _group_row(g: GroupCost, metric: str | None) -> list[str]:
 
 def _run_header(metric: str | None) -> list[str]:
     return ["run", "experiment", "model", "team", "started (UTC)", "cost", "idle cost", "CPU h", "GPU h",
-            "energy kWh", "CO2e kg", "CPU eff.", metric or "metric"]
+            "energy", "CO2e", "CPU eff.", metric or "metric"]
 
 
 def _run_row(r: RunCost, metric: str | None) -> list[str]:
@@ -468,8 +470,8 @@ def _run_row(r: RunCost, metric: str | None) -> list[str]:
     head = [name, r.experiment, r.model or "", r.team or "", _iso(r.start_time), format_usd(r.cost_usd, none="untracked")]
     if not r.tracked:
         return head + [""] * 7  # nothing known: blank, never 0
-    return head + [format_usd(r.idle_cost_usd), _num(r.cpu_core_hours), _num(r.gpu_hours), _num(r.energy_kwh),
-                   _num(r.co2e_kg), _pct(r.cpu_efficiency), _num(r.metric)]
+    return head + [format_usd(r.idle_cost_usd), _num(r.cpu_core_hours), _num(r.gpu_hours), format_energy(r.energy_kwh),
+                   format_co2e(r.co2e_kg), _pct(r.cpu_efficiency), _num(r.metric)]
 
 
 def budget_table(budgets: Sequence["BudgetStatus"]) -> tuple[list[str], list[list[str]]]:
@@ -515,7 +517,7 @@ def rich_tables(report: CostReport, by: str | None = None, top: int = 15, budget
         ("Total ", "bold"), (format_usd(s["cost_usd"]), "bold green"),
         f" over {s['tracked_runs']} tracked run(s); {s['nested_runs']} nested (inside their parents), ",
         (f"{s['untracked_runs']} untracked", "yellow" if s["untracked_runs"] else ""),
-        f"; idle {format_usd(s['idle_cost_usd'])}, {_num(s['energy_kwh'])} kWh, {_num(s['co2e_kg'])} kg CO2e"
+        f"; idle {format_usd(s['idle_cost_usd'])}, {format_energy(s['energy_kwh'])}, {format_co2e(s['co2e_kg'])}"
         + (f"; metric {report.metric} ({'higher' if report.goal == 'max' else 'lower'} is better)" if report.metric else ""),
     ))
     if budgets:
