@@ -178,6 +178,12 @@ def _last_started_cluster() -> str | None:
         return None
 
 
+def _not_main_thread_note(record: logging.LogRecord) -> bool:
+    """Ray's note that a driver started off the main thread sets no SIGTERM handler: the
+    process keeps its own (the cost tracker's flush, or the default), which is what we want."""
+    return "SIGTERM handler is not set" not in record.getMessage()
+
+
 def join(address: str | None = None, *, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, **init_kwargs: Any) -> Any:
     """``ray.init`` to the cluster at GCS ``address`` (default ``$RAY_ADDRESS``, else Ray's ``"auto"``), bounded.
 
@@ -218,11 +224,14 @@ def join(address: str | None = None, *, timeout_s: float = DEFAULT_CONNECT_TIMEO
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             result["error"] = exc
 
+    ray_log = logging.getLogger("ray._private.worker")
+    ray_log.addFilter(_not_main_thread_note)
     try:
         worker = threading.Thread(target=init, name="finops-ray-join", daemon=True)
         worker.start()
         worker.join(timeout_s)
     finally:
+        ray_log.removeFilter(_not_main_thread_note)
         if saved is not None:
             os.environ["RAY_ADDRESS"] = saved
     if worker.is_alive():
