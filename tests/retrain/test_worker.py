@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from mlflow_finops import load_policy
 from mlflow_finops.names import RETRAIN_ACTOR_CLASS, RETRAIN_ACTOR_NAME, RETRAIN_ACTOR_NAMESPACE
+from mlflow_finops.ray_cluster import join
 from mlflow_finops.retrain import RetrainSupervisor, jobs_address, request_retrain
 from mlflow_finops.retrain.worker import ActorRunner, RetrainWorker
 
@@ -47,11 +48,11 @@ def actor_cluster(ray_cluster, monkeypatch: pytest.MonkeyPatch):
     """The session's cluster named by its GCS address, with no retrain actor before or after."""
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
     if not ray.is_initialized():
-        ray.init(address=ray_cluster.address, namespace=RETRAIN_ACTOR_NAMESPACE, log_to_driver=False)
+        join(ray_cluster.address, namespace=RETRAIN_ACTOR_NAMESPACE, log_to_driver=False)
     _kill_actor()
     yield ray_cluster
     if not ray.is_initialized():
-        ray.init(address=ray_cluster.address, namespace=RETRAIN_ACTOR_NAMESPACE, log_to_driver=False)
+        join(ray_cluster.address, namespace=RETRAIN_ACTOR_NAMESPACE, log_to_driver=False)
     _kill_actor()
     ray.shutdown()
 
