@@ -67,6 +67,10 @@ class DriftDecision:
     run_id: str | None = None
     window_key: str | None = None
     elapsed_s: float = 0.0
+    # what the decision rests on, without its verdict: the drifted share, the performance, persistence
+    signal: str = ""
+    # the model's measured loss, in metric units (positive = worse); None when no labels were scored
+    loss: float | None = None
 
     @property
     def retrain(self) -> bool:
