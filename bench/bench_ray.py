@@ -39,7 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _local_ray import free_port  # before ray is imported: keeps Ray on loopback
+import _local_ray  # noqa: F401  (before ray is imported: keeps Ray on loopback)
+
+from mlflow_finops.ray_cluster import free_ports
 
 
 def outside_burner() -> int:
@@ -120,7 +122,7 @@ def main() -> None:
             "node_ip_address": "127.0.0.1",
             "include_dashboard": True,  # Ray's state API (list_tasks / list_actors) is served there
             "dashboard_host": "127.0.0.1",
-            "dashboard_port": free_port(),
+            "dashboard_port": free_ports(1)[0],
             "labels": {"market": "on_demand"},
         },
     )
