@@ -93,7 +93,7 @@ def trigger(policy: Policy, model: str, out: CheckOutcome) -> "TriggerVerdict | 
     """Weigh a retrain signal; file the request when it is worth it. The verdict (None: no signal).
 
     The signal is the gate's (:attr:`DriftDecision.signal`, with its measured
-    :attr:`~DriftDecision.loss`), or, on a labelled window the gate passed, the last retrain
+    :attr:`~DriftDecision.loss`), or, on a labelled batch the gate passed, the last retrain
     having bought more than the tolerated loss (:func:`~mlflow_finops.retrain.trigger.still_buying`).
     The verdict, with its numbers, goes on the check's run.
     """

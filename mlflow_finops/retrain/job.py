@@ -134,7 +134,7 @@ def champion_ledger(cfg: JobConfig, version: Any) -> Ledger:
     person) the policy's reference file, whole, else nothing.
 
     :class:`LedgerError` or :class:`DataInputError` when the ledger or reference cannot be read:
-    learning everything again would learn windows twice.
+    learning everything again would learn batches of data twice.
     """
     where = version.tags.get(TAG_LEARNED)
     if where:
