@@ -27,7 +27,7 @@ from ..policy import DriftPolicy, ModelPolicy, PerformancePolicy, Policy, Policy
 from ..names import TAG_BASELINE_PREFIX, tag
 from ..scoring import gain, score
 from .profile import Infinite, ReferenceProfile, finite
-from .results import ColumnDrift, ColumnType, DriftDecision, PerformanceResult
+from .results import ColumnDrift, ColumnType, DriftDecision, FirstBaseline, PerformanceResult
 from .rules import NO_HISTORY, CheckHistory, ColumnScore, Ruling, apply_correction, decide, insufficient_data, performance_result
 from .sampling import measure, plan_columns, sample
 
@@ -55,17 +55,6 @@ log = logging.getLogger(__name__)
 _PROGRESS_MIN_ROWS = 100_000
 
 DriftInputError = DataInputError  # the name the gate's users catch: data it cannot judge
-
-
-@dataclass(frozen=True)
-class FirstBaseline:
-    """A registered version's score on the first labelled window it served: the baseline of its
-    loss when no retrain's held-out score is better (``finops.baseline.<metric>`` on the version)."""
-
-    name: str
-    version: str
-    metric: str
-    score: float
 
 
 @dataclass

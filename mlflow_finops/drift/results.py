@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ColumnDrift", "ColumnType", "Decision", "DriftDecision", "PerformanceResult"]
+__all__ = ["ColumnDrift", "ColumnType", "Decision", "DriftDecision", "FirstBaseline", "PerformanceResult"]
 
 Decision = Literal["retrain", "no_drift", "pending", "cooldown", "insufficient_data"]
 ColumnType = Literal["numerical", "categorical"]
@@ -44,6 +44,17 @@ class PerformanceResult:
     baseline: str = "reference"  # what ``reference`` is: "reference", "promotion", "first labelled window"
     version: str | None = None  # the registered model version scored, when the model is a registry alias
     rows: int = 0  # labelled current rows scored
+
+
+@dataclass(frozen=True)
+class FirstBaseline:
+    """A registered version's score on the first labelled window it served: the baseline of its
+    loss when no retrain's held-out score is better (``finops.baseline.<metric>`` on the version)."""
+
+    name: str
+    version: str
+    metric: str
+    score: float
 
 
 @dataclass
