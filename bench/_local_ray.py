@@ -1,19 +1,12 @@
-"""What the Ray benchmarks share: a cluster kept on loopback, and free ports for it.
+"""What the Ray benchmarks share (free ports: ``ray_cluster.free_ports``; joining a loopback
+cluster: ``ray_cluster.join``, which keeps Ray on 127.0.0.1 by itself).
 
-Import it before ``ray``: Ray reads the variable below when it is imported (without
-it Ray advertises the host's own IP and a local multi-node cluster hangs).
+Import it before ``ray``: Ray reads the variable below when it is imported.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -90,7 +90,6 @@ def make_champion(folder: Path) -> None:
     logs scikit-learn by default (skops), its accuracy on those rows tagged as its promotion score."""
     import mlflow
     import pandas as pd
-    import skops.io as sio
     from sklearn.compose import make_column_transformer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -104,13 +103,10 @@ def make_champion(folder: Path) -> None:
     ).fit(X, y)
     os.chdir(folder)  # the model's artifacts go in the bench's folder
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    import mlflow_finops
+
     with mlflow.start_run():
-        info = mlflow.sklearn.log_model(model, name="model", registered_model_name="churn-cold",
-                                        skops_trusted_types=sio.get_untrusted_types(data=sio.dumps(model)))
-    client = mlflow.MlflowClient()
-    version = info.registered_model_version
-    client.set_registered_model_alias("churn-cold", "champion", version)
-    client.set_model_version_tag("churn-cold", version, "finops.accuracy", f"{model.score(X, y):.6f}")
+        mlflow_finops.register_champion(model, "churn-cold", metric="accuracy", score=model.score(X, y))
 
 
 def make_runs(folder: Path, n: int) -> None:

@@ -18,12 +18,13 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from mlflow_finops.ray_cluster import free_ports
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -115,12 +116,6 @@ def populate(db: Path, runs: int, seed: int = 7) -> None:
     con.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(port: int, path: str) -> tuple[float, float, int, bytes]:
     """(seconds to the first byte of the body, seconds to the last, status, body)."""
     t0 = time.perf_counter()
@@ -152,7 +147,7 @@ def main() -> None:
         print(f"  populated in {time.perf_counter() - t0:.0f} s")
     policy = OUT / "finops-page-policy.toml"
     policy.write_text(POLICY)
-    port = _free_port()
+    port = free_ports(1)[0]
     root = OUT / "finops-page-server"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()

@@ -9,14 +9,14 @@ training data) and windows that arrive one by one:
 
 Policies, each in its own process with its own fresh SQLite MLflow store
 (``<out>/<stream>/<policy>/mlflow.db``), one after the other, all starting from
-the same champion (``train_champion`` of ``examples/retrain_loop.py``:
+the same champion (``train_champion`` of ``bench/_harness.py``, as the demo trains it:
 RandomForestClassifier(60) on the reference) and the same policy file:
 
 - **(a) scheduled**: after every window a full retrain from scratch on everything
   seen so far, in-process under ``mlflow_finops.autolog()``, logged and registered
   as the new ``@champion``;
 - **(b) never**: the first champion stays;
-- **(c) gated**: ``run_loop`` of ``examples/retrain_loop.py`` with its defaults (the
+- **(c) gated**: the loop of ``examples/retrain_loop.py`` (``bench/_harness.py``) with its defaults (the
   gate on every window, the project's retrain trigger, retrains on Ray driven to
   their end, promoted only when better);
 - **(d) every**: the same retrain every window, no gate, no trigger: per window
@@ -27,7 +27,7 @@ RandomForestClassifier(60) on the reference) and the same policy file:
   first window it served (a from-scratch retrain has no held-out score of its own).
 
 (c) and (d) use a Ray cluster of their own (free ports, their own ``RAY_TMPDIR``,
-stopped after; ``ray_cluster`` of the example); no policy uses a cluster that
+stopped after; ``mlflow_finops.local_cluster``); no policy uses a cluster that
 happens to answer on the default port.
 
 Per stream and policy: total cost = the sum of ``finops/cost_usd`` over every
@@ -51,7 +51,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # drivers of our loopback clusters stay on loopback
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
@@ -73,7 +72,6 @@ from pathlib import Path  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DATA = REPO.parent / "shared" / "data"
-sys.path.insert(0, str(REPO / "examples"))
 
 POLICIES = ("scheduled", "never", "gated", "every", "anchor")
 LETTER = dict(zip(POLICIES, "abcde"))
@@ -113,7 +111,8 @@ class Stream:
                        windows=min(windows or self.windows, self.windows))
 
     def load(self):
-        """(reference, windows) in time order."""
+        """(reference, windows) in time order (the synthetic stream and the time-order cut: the demo's data)."""
+        sys.path.insert(0, str(REPO / "examples"))
         from stream import DRIFT_POINTS, cut, synthetic
 
         from mlflow_finops.frames import read_frame
@@ -153,47 +152,41 @@ def run_policy(name: str, stream: Stream, folder: Path, n_estimators: int) -> di
     import mlflow
     import pandas as pd
 
+    import _harness as h
     import mlflow_finops
-    import retrain_loop as ex
+    from mlflow_finops.names import TAG_MODEL
 
     _setup_store(folder)
     root = folder / "loop"
     reference, windows = stream.load()
-    factory = functools.partial(ex.new_model, n_estimators)
+    factory = functools.partial(h.new_model, n_estimators)
     t0 = time.perf_counter()
     out: dict = {"policy": name, "stream": stream.name, "n_estimators": n_estimators, "reasons": [], "triggers": []}
     if name == "gated":
-        res = ex.run_loop(root, reference, windows, target=stream.target, model_factory=factory,
-                          drift_points=stream.drift_points, echo=lambda s: print(s, flush=True))
-        out.update(accuracy=res.accuracy, decisions=res.decisions, retrains=res.retrains, reasons=res.reasons,
-                   triggers=res.triggers, features=res.features)
+        out.update(h.gated(root, reference, windows, target=stream.target, model_factory=factory,
+                           drift_points=stream.drift_points, echo=lambda s: print(s, flush=True)))
         out["wall_s"] = time.perf_counter() - t0
         return out
 
-    features = ex.resolve_features(reference, stream.target, None, ())
+    features = h.features_of(reference, stream.target)
     out.update(features=features, accuracy=[], decisions=[], retrains=[])
 
     def setup(ray_address: str | None):
-        policy = ex.prepare(root, ex.policy_text(model=ex.MODEL, registered=ex.REGISTERED, experiment=ex.EXPERIMENT,
-                                                 target=stream.target, features=features, drop=(),
-                                                 ray_address=ray_address))
+        policy = h.prepare(root, target=stream.target, features=features, ray_address=ray_address)
         reference.to_parquet(root / "reference.parquet")
         mlflow_finops.autolog(interval_s=1.0)
         print(f"training the champion on the reference ({len(reference):,} rows) ...", flush=True)
-        ex.train_champion(policy, reference, target=stream.target, features=features, model_factory=factory,
-                          model=ex.MODEL, registered=ex.REGISTERED, experiment=ex.EXPERIMENT)
-        return policy, ex.ChampionScorer(ex.REGISTERED, features, stream.target)
+        h.train_champion(policy, reference, target=stream.target, features=features, model_factory=factory)
+        return policy, h.ChampionScorer(features, stream.target)
 
     if name == "every":
-        with ex.ray_cluster(echo=lambda s: print(s, flush=True)) as jobs:
-            policy, scorer = setup(jobs)
+        with mlflow_finops.local_cluster(num_cpus=2) as cluster:
+            policy, scorer = setup(cluster.jobs_url)
             for w, df in enumerate(windows, start=1):
                 df.to_parquet(root / "incoming" / f"window-{w:02d}.parquet")
                 acc = scorer(df)
-                mlflow_finops.request_retrain(policy, ex.MODEL, reason=f"every window: window {w}")
-                done = [{"state": str(r.state), "cost_usd": r.cost_usd, "ray_job_id": r.ray_job_id,
-                         "run_id": r.run_id, "model_version": r.model_version}
-                        for r in mlflow_finops.RetrainSupervisor(policy).run_pending(ex.MODEL, wait=True)]
+                mlflow_finops.request_retrain(policy, h.MODEL, reason=f"every window: window {w}")
+                done = [h.retrain_row(r) for r in mlflow_finops.drain(policy, h.MODEL, timeout_s=h.DRAIN_TIMEOUT_S)]
                 out["accuracy"].append(acc)
                 out["decisions"].append("every")
                 out["retrains"].append(done)
@@ -218,11 +211,11 @@ def run_policy(name: str, stream: Stream, folder: Path, n_estimators: int) -> di
         done: list[dict] = []
         if retrain:
             t = time.perf_counter()
-            mlflow.set_experiment(ex.EXPERIMENT + "/training")
-            with mlflow.start_run(run_name=f"{name}-retrain-w{w}", tags={"finops.model": ex.MODEL}) as run:
+            mlflow.set_experiment(h.EXPERIMENT + "/training")
+            with mlflow.start_run(run_name=f"{name}-retrain-w{w}", tags={TAG_MODEL: h.MODEL}) as run:
                 data = pd.concat(seen, ignore_index=True)
                 model = factory().fit(data[features], data[stream.target])
-                version = ex.log_champion(model, ex.REGISTERED)
+                version = mlflow_finops.register_champion(model, h.REGISTERED)
                 mlflow.log_metric("train/rows", len(data))
             done.append({"state": "promoted", "run_id": run.info.run_id, "rows": len(data), "model_version": version,
                          "seconds": time.perf_counter() - t})
@@ -442,13 +435,13 @@ def readme_block(streams: list[Stream], all_rows: dict[str, list[dict]], all_res
     parts = [f"""\
 `bench/bench_headline.py`, five policies on each stream, each policy in its own process and fresh
 SQLite store, one after the other, all from the same first champion (`RandomForestClassifier(60,
-n_jobs=2)` on the stream's reference, `train_champion` of `examples/retrain_loop.py`) and the same
-policy file (the example's: prices, tags, budget, `[retrain]` warm start +2 x 20 trees past
+n_jobs=2)` on the stream's reference, as `examples/retrain_loop.py` trains it) and the same
+policy file (the example's, `examples/retrain_loop.toml`: prices, tags, budget, `[retrain]` warm start +2 x 20 trees past
 `refit_max_rows`, no `[drift]` or `[trigger]` keys, so the project's defaults). The first champion's
 version carries its validation score (fitted without the newest 20% of the reference, scored on
 them), as a retrained version carries its held-out score. **(a)** a full retrain from scratch on
 everything seen after every window, in-process under `autolog()`, registered as the new champion;
-**(b)** never; **(c)** `run_loop` of the example: the drift gate on every window (the champion's
+**(b)** never; **(c)** the example's loop (`run_schedule` then `drain` per window): the drift gate on every window (the champion's
 loss since promotion on the labelled window; drift only while labels lag), the project's retrain
 trigger (which also follows a retrain that bought more than the tolerated loss), and retrains on
 Ray (the project's default `[retrain] runner`: a warm actor; `auto` update: a full refit while

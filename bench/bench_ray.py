@@ -39,7 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _local_ray import free_port  # before ray is imported: keeps Ray on loopback
+import _local_ray  # noqa: F401  (before ray is imported: keeps Ray on loopback)
+
+from mlflow_finops.ray_cluster import free_ports, join
 
 
 def outside_burner() -> int:
@@ -120,14 +122,14 @@ def main() -> None:
             "node_ip_address": "127.0.0.1",
             "include_dashboard": True,  # Ray's state API (list_tasks / list_actors) is served there
             "dashboard_host": "127.0.0.1",
-            "dashboard_port": free_port(),
+            "dashboard_port": free_ports(1)[0],
             "labels": {"market": "on_demand"},
         },
     )
     for _ in range(2):
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={"market": "spot"})
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
+    join(cluster.address, log_to_driver=False)  # as the product joins a loopback cluster
     nodes = [n for n in ray.nodes() if n["Alive"]]
     labels = {n["NodeID"]: n["Labels"].get("market", "?") for n in nodes}
     print(f"cluster: {len(nodes)} nodes up in {time.time() - t_start:.1f} s "

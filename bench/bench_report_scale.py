@@ -43,7 +43,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from postgres_support import PostgresServer, _free_port as free_port, why_no_postgres  # noqa: E402
+from postgres_support import PostgresServer, why_no_postgres  # noqa: E402
+
+from mlflow_finops.ray_cluster import free_ports  # noqa: E402
 
 BIN = Path(sys.executable).parent
 FIGURES = ["cost_usd", "usage_cost_usd", "allocation_cost_usd", "idle_cost_usd", "cpu_core_hours",
@@ -56,7 +58,7 @@ DAYS = 90
 
 # ------------------------------------------------------------------ servers
 def start_mlflow(backend_uri: str, folder: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    port = free_ports(1)[0]
     log = open(folder / "mlflow-server.log", "ab")
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",

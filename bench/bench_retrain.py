@@ -67,7 +67,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _local_ray import free_port  # before ray is imported: keeps Ray on loopback
+import _local_ray  # noqa: F401  (before ray is imported: keeps Ray on loopback)
+
+from mlflow_finops.names import (METRIC_COST_USD, METRIC_PREFIX, METRIC_ROWS_NEW, TAG_RETRAIN_RUNNER,
+                                 TAG_UPDATE_PATH, eval_challenger, eval_champion)
+from mlflow_finops.ray_cluster import free_ports, wait_until_jobs_run
 
 N_FEATURES = 20
 SAMPLE_INTERVAL_S = 1.0
@@ -107,71 +111,69 @@ def register_champion(model, names: list[str], fmt: str = "skops") -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    if fmt == "skops":
-        import skops.io as sio
+    import mlflow_finops
 
-        serialization = {"skops_trusted_types": sio.get_untrusted_types(data=sio.dumps(model))}
-    else:
-        serialization = {"serialization_format": fmt}
     for name in names:
         with mlflow.start_run(run_name=f"champion-{name}"):
-            info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name, **serialization)
+            if fmt == "skops":
+                mlflow_finops.register_champion(model, name)
+                continue
+            info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name, serialization_format=fmt)
         MlflowClient().set_registered_model_alias(name, "champion", str(info.registered_model_version))
     time.sleep(0.05)  # the new data files are strictly newer than the champion versions
 
 
 def retrain(policy_path: Path, model: str, timeout_s: float = 300.0) -> dict:
-    """request_retrain + RetrainSupervisor.process until done (a real Ray job); what the run recorded."""
+    """request_retrain, then drained to its end (a real Ray job or the warm actor); what the run recorded."""
     from mlflow.tracking import MlflowClient
 
+    import mlflow_finops
     from mlflow_finops import load_policy
-    from mlflow_finops.retrain import RetrainSupervisor, request_retrain
+    from mlflow_finops.retrain import request_retrain
 
     policy = load_policy(policy_path)
     t0 = time.time()
     run_id = request_retrain(policy, model, reason="bench")
-    sup = RetrainSupervisor(policy)
-    # process(wait=False) step by step, as the scheduler does: same submit and supervision
-    # (cap backstop included), with a deadline in case the cluster dies under us
-    out = sup.process(run_id, wait=False)
-    while not out.done:
-        if time.time() - t0 > timeout_s:
-            raise SystemExit(f"retrain {run_id} of {model} still {out.state} after {timeout_s:.0f} s: {out.reason}")
-        time.sleep(policy.retrain.poll_s)
-        out = sup.process(run_id, wait=False)
+    # step by step, as the scheduler does: same submit and supervision (cap backstop included),
+    # with a deadline in case the cluster dies under us
+    try:
+        [out] = [o for o in mlflow_finops.drain(policy, model, timeout_s=timeout_s) if o.run_id == run_id]
+    except TimeoutError as exc:
+        raise SystemExit(str(exc)) from None
     wall = time.time() - t0
     run = MlflowClient().get_run(run_id)
     job_status = None
-    if out.ray_job_id and run.data.tags.get("finops.retrain_runner", "job") == "job":
-        from ray.job_submission import JobSubmissionClient
+    if out.ray_job_id and run.data.tags.get(TAG_RETRAIN_RUNNER, "job") == "job":
+        from ray.job_submission import JobStatus, JobSubmissionClient
 
         jobs = JobSubmissionClient(policy.retrain.ray_address)
-        while (job_status := str(jobs.get_job_status(out.ray_job_id).value)) in ("PENDING", "RUNNING"):
+        while not (status := jobs.get_job_status(out.ray_job_id)).is_terminal():
             if time.time() - t0 > timeout_s:
                 break
             time.sleep(0.5)  # the job's process may outlive its run by a moment
+        job_status = JobStatus(status).value
         if os.environ.get("BENCH_JOB_LOGS"):
             print(jobs.get_job_logs(out.ray_job_id)[-3000:])
     m, tags = run.data.metrics, run.data.tags
-    wall_s = m.get("finops/wall_hours", float("nan")) * 3600
-    cost = m.get("finops/cost_usd", float("nan"))
+    wall_s = m.get(METRIC_PREFIX + "wall_hours", float("nan")) * 3600
+    cost = m.get(METRIC_COST_USD, float("nan"))
     return {
         "run_id": run_id,
         "state": out.state,
         "reason": out.reason,
         "status": run.info.status,
-        "path": tags.get("finops.update_path"),
+        "path": tags.get(TAG_UPDATE_PATH),
         "cost": cost,
         "cap": out.cap_usd,
-        "cpu_s": m.get("finops/cpu_core_hours", float("nan")) * 3600,
+        "cpu_s": m.get(METRIC_PREFIX + "cpu_core_hours", float("nan")) * 3600,
         "wall_s": wall_s,
         "rate": cost / wall_s if wall_s else float("nan"),
-        "acc": m.get("eval/challenger_accuracy"),
-        "champ_acc": m.get("eval/champion_accuracy"),
-        "rows": m.get("retrain/rows_new"),
+        "acc": m.get(eval_challenger("accuracy")),
+        "champ_acc": m.get(eval_champion("accuracy")),
+        "rows": m.get(METRIC_ROWS_NEW),
         "round_trip_s": wall,
         "job_status": job_status,
-        "runner": tags.get("finops.retrain_runner"),
+        "runner": tags.get(TAG_RETRAIN_RUNNER),
     }
 
 
@@ -490,17 +492,17 @@ def main() -> int:
     from ray.cluster_utils import Cluster
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    port = free_port()
+    port, agent_port = free_ports(2)
     t0 = time.time()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": port,
         # not Ray's fixed default 52365: another local cluster (`ray start --head`) may hold it,
         # and then this head's job agent never comes up ("No available agent to submit job")
-        "dashboard_agent_listen_port": free_port(),
+        "dashboard_agent_listen_port": agent_port,
     })
     jobs = f"http://127.0.0.1:{port}"
-    _wait_for_jobs_api(jobs)
+    wait_until_jobs_run(jobs)
     print(f"Ray head (2 CPUs) up in {time.time() - t0:.1f} s, Jobs API {jobs}; MLflow store {tmp / 'mlflow.db'}; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}", flush=True)
     try:
@@ -515,25 +517,6 @@ def main() -> int:
     print(f"\ntotal {time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}")
     return 0
 
-
-def _wait_for_jobs_api(address: str, timeout_s: float = 120.0) -> None:
-    """Until a trivial job has run: the head's job agent starts some seconds after the API answers."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            client = JobSubmissionClient(address)
-            job = client.submit_job(entrypoint=f"{sys.executable} -c pass")
-            break
-        except Exception:
-            if time.time() > deadline:
-                raise
-            time.sleep(1.0)
-    while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-        if time.time() > deadline:
-            raise TimeoutError(f"warm-up job {job} still {status}")
-        time.sleep(0.5)
 
 if __name__ == "__main__":
     sys.exit(main())

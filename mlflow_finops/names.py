@@ -8,6 +8,8 @@ one edit and a grep for a constant finds every reader and writer.
 
 from __future__ import annotations
 
+from enum import Enum
+
 # ------------------------------------------------------------------ prefixes
 TAG_PREFIX = "finops."
 METRIC_PREFIX = "finops/"
@@ -113,6 +115,37 @@ TAG_REPORT = "finops.report"
 WORKLOAD_DRIFT_CHECK = "drift_check"
 WORKLOAD_RETRAIN = "retrain"
 
+# ------------------------------------------------------------------ values of finops.retrain_state
+class RetrainState(str, Enum):
+    """The value of ``finops.retrain_state``; compares equal to its text (``"promoted"``)."""
+
+    PENDING = "pending"
+    WAITING = "waiting"
+    RETRY = "retry"
+    SUBMITTED = "submitted"
+    RUNNING = "running"  # written by the job once its run has started
+    PROMOTED = "promoted"
+    NOT_PROMOTED = "not_promoted"
+    CAPPED = "capped"
+    FAILED = "failed"
+    OUT_OF_BUDGET = "out_of_budget"
+    DROPPED = "dropped"
+    NO_NEW_DATA = "no_new_data"
+
+    def __str__(self) -> str:  # the tag's text, wherever the state is shown or written
+        return self.value
+
+    @property
+    def terminal(self) -> bool:
+        """The request is over: nothing more will happen to it."""
+        return self not in _OPEN
+
+
+_OPEN = frozenset(
+    {RetrainState.PENDING, RetrainState.WAITING, RetrainState.RETRY, RetrainState.SUBMITTED, RetrainState.RUNNING}
+)
+
+
 # ------------------------------------------------------------------ values of finops.tracking_status
 TRACKING_LIVE = "live"  # a tracker samples the run now (a dead process's run is ended by the next one)
 TRACKING_COMPLETE = "complete"
@@ -123,6 +156,21 @@ METRIC_COST_USD = "finops/cost_usd"
 METRIC_GPU_PEAK_MEMORY_GB = "finops/gpu_peak_memory_gb"
 METRIC_RAY_CPU_CORE_HOURS = "finops/ray_cpu_core_hours"
 METRIC_NODE_PREFIX = "finops/node/"
+# a retrain run's evaluation: champion and challenger on the same held-out rows, in the policy's metric
+METRIC_EVAL_CHAMPION_PREFIX = "eval/champion_"
+METRIC_EVAL_CHALLENGER_PREFIX = "eval/challenger_"
+METRIC_ROWS_NEW = "retrain/rows_new"  # rows a retrain learned
+METRIC_ROWS_HOLDOUT = "retrain/rows_holdout"  # the newest rows it held out to judge the challenger
+
+
+def eval_champion(metric: str) -> str:
+    """``eval/champion_<metric>``: the champion's score on a retrain's held-out rows."""
+    return METRIC_EVAL_CHAMPION_PREFIX + metric
+
+
+def eval_challenger(metric: str) -> str:
+    """``eval/challenger_<metric>``: the challenger's score on the same rows."""
+    return METRIC_EVAL_CHALLENGER_PREFIX + metric
 
 
 def node_metric(node: str, figure: str) -> str:

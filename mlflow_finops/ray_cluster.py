@@ -7,13 +7,15 @@ module import: a process that never talks to Ray never pays for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 __all__ = [
     "DEFAULT_JOBS_ADDRESS",
@@ -30,6 +32,8 @@ __all__ = [
     "ClusterUnreachable",
     "gcs_address_of",
     "join",
+    "local_cluster",
+    "LocalCluster",
 ]
 
 log = logging.getLogger(__name__)
@@ -430,3 +434,40 @@ def local_cluster_processes(gcs_address: str) -> list[Any]:
         except psutil.Error:
             continue
     return list(out.values())
+
+
+@contextlib.contextmanager
+def local_cluster(num_cpus: int = 2) -> Iterator[LocalCluster]:
+    """A local Ray cluster of this process's own, for the ``with`` block: stopped after it, and only it.
+
+    It listens on free ports, never on a default one where someone else's cluster may answer,
+    and has its own Ray temp dir: a job's driver joins the cluster started last in its temp
+    dir, which under the shared /tmp/ray can be another one. While it runs, ``$RAY_ADDRESS``
+    is its GCS address, so this process joins it as a driver (the warm retrain actor's
+    runner); the environment is restored and the temp dir removed afterwards.
+    """
+    tmp = tempfile.mkdtemp(prefix="rl-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    gcs_port, dashboard_port = free_ports(2)
+    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
+    os.environ["RAY_TMPDIR"] = tmp  # inherited by `ray start` and so by every process of the cluster
+    started = False
+    try:
+        log.info("starting a local Ray cluster (%d CPUs, GCS 127.0.0.1:%d, Jobs API port %d, temp dir %s)",
+                 num_cpus, gcs_port, dashboard_port, tmp)
+        cluster = start_local_cluster(num_cpus, port=gcs_port, dashboard_port=dashboard_port)
+        started = True
+        os.environ["RAY_ADDRESS"] = cluster.gcs_address  # this process joins it (join(), on loopback): never "auto"
+        yield cluster
+    finally:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if started:
+            n = stop_local_cluster(gcs_port)
+            log.info("stopped the local Ray cluster (GCS 127.0.0.1:%d, %d processes)", gcs_port, n)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,13 @@ import mlflow
 import pytest
 import requests
 
+from mlflow_finops.ray_cluster import free_ports
+
 BIN = Path(sys.executable).parent
 
 # The one variable the suite sets for every test (tests/README.md says why it changes nothing a
 # user would see): Ray's usage statistics off, as `mlflow-finops ray up` has them.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------- test workers
@@ -81,7 +76,7 @@ class MlflowServer:
         self.root = root
         self.backend_uri = backend_uri or f"sqlite:///{root / 'server.db'}"
         self.app_name = app_name  # an `mlflow.app` plugin (`--app-name`)
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.pid: int | None = None
         self.log = root / "server.log"
@@ -182,7 +177,7 @@ class RayTestCluster:
     def __init__(self) -> None:
         from ray.cluster_utils import Cluster
 
-        self.dashboard_port = free_port()
+        self.dashboard_port = free_ports(1)[0]
         self.cluster = Cluster(
             initialize_head=True,
             head_node_args={
@@ -191,7 +186,7 @@ class RayTestCluster:
                 "include_dashboard": True,
                 "dashboard_host": "127.0.0.1",
                 "dashboard_port": self.dashboard_port,
-                "dashboard_agent_listen_port": free_port(),  # not Ray's fixed default (52365)
+                "dashboard_agent_listen_port": free_ports(1)[0],  # not Ray's fixed default (52365)
                 "labels": {"market": "on_demand"},
             },
         )

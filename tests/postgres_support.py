@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from mlflow_finops.ray_cluster import free_ports
 
 __all__ = ["PostgresServer", "pg_bin_dir", "why_no_postgres"]
 
@@ -63,12 +64,6 @@ def why_no_postgres() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     """One PostgreSQL cluster in a temp folder, on 127.0.0.1:``port``, with database ``database``.
 
@@ -83,7 +78,7 @@ class PostgresServer:
         self.bin = bin_dir
         self.user = user
         self.database = database
-        self.port = _free_port()
+        self.port = free_ports(1)[0]
         self.root = Path(tempfile.mkdtemp(prefix="mlflow-finops-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"

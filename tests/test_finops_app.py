@@ -40,7 +40,7 @@ from mlflow_finops.names import (METRIC_COST_USD, TAG_DRIFT_RUN_ID, TAG_MODEL, T
 from mlflow_finops.policy import load_policy
 from mlflow_finops.spend.budget import budget_status
 from mlflow_finops.spend.report import build_report, parse_when
-from conftest import free_port
+from mlflow_finops.ray_cluster import free_ports
 from store_support import template_db
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -125,7 +125,7 @@ class AppServer:
     """``mlflow server --app-name NAME`` on 127.0.0.1 (1 worker) in its own process group."""
 
     def __init__(self, root: Path, db_uri: str, app_name: str, env: dict[str, str]):
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / f"server-{app_name}.log"
         cmd = [str(BIN / "mlflow"), "server", "--app-name", app_name, "--host", "127.0.0.1", "--port",

@@ -85,6 +85,9 @@ def test_drift_without_harm_spends_nothing_and_a_real_loss_is_weighed(loop_env) 
     turned, verdict = _check(tmp, policy, "w3.parquet", window(600, seed=4, flip=True), gates)
     assert turned.decision.decision == "retrain" and verdict is not None and verdict.retrain
     assert verdict.loss > 0.5 and verdict.expected_gain == pytest.approx(verdict.loss)
+    # the decision carries what it rests on: the measured signal without the verdict, and the loss
+    assert turned.decision.reason == turned.decision.signal + ": retrain recommended"
+    assert turned.decision.loss == verdict.loss and verdict.reason.startswith(turned.decision.signal)
     assert "cost not known before the first retrain: retrain" in verdict.reason
     client = MlflowClient()
     tags = client.get_run(turned.decision.run_id).data.tags
@@ -160,3 +163,25 @@ def test_a_loss_is_measured_from_the_better_of_promotion_and_first_window(loop_e
     client.set_model_version_tag("churn-reg", "1", "finops.accuracy", "0.999900")
     out, _ = _check(tmp, policy, "w3.parquet", window(600, seed=7), gates)
     assert out.decision.performance.baseline == "promotion" and out.decision.performance.reference == 0.9999
+
+
+def test_drain_returns_each_open_requests_last_step_and_leaves_none_it_ended(loop_env) -> None:
+    """A request that cannot run (its budget is spent) ends at its first step; drain says so and
+    leaves nothing open (no Ray is reached: the budget is read before any cluster)."""
+    from mlflow_finops.loop import drain
+    from mlflow_finops.retrain.requests import request_retrain
+    from mlflow_finops.retrain.state import RetrainState
+
+    tmp, _ = loop_env
+    policy_file = tmp / "finops.toml"
+    policy_file.write_text(policy_file.read_text() + '[budgets.tiny]\namount_usd = 0.0001\nmodels = ["churn"]\n')
+    policy = load_policy(policy_file)
+    client = MlflowClient()
+    spent = client.create_run(client.create_experiment("training"), tags={TAG_MODEL: "churn"})
+    client.log_metric(spent.info.run_id, METRIC_COST_USD, 1.0)
+    client.set_terminated(spent.info.run_id)
+    run_id = request_retrain(policy, "churn", reason="test")
+    [out] = drain(policy, "churn", timeout_s=60)
+    assert out.run_id == run_id and out.state == RetrainState.OUT_OF_BUDGET and out.done
+    assert "spent" in out.reason
+    assert drain(policy, "churn", timeout_s=60) == []  # nothing left open

@@ -50,10 +50,12 @@ def test_ray_up_beside_a_cluster_holding_the_default_ports(ray_cluster) -> None:
                              str(dashboard)], capture_output=True, text=True, timeout=240)
         assert up.returncode == 0, up.stderr
         assert "Ray is up" in up.stdout
+        from ray.job_submission import JobStatus
+
         from mlflow_finops.ray_cluster import jobs_client
 
         jobs = jobs_client(f"http://127.0.0.1:{dashboard}")
-        assert any(str(j.status).endswith("SUCCEEDED") for j in jobs.list_jobs())  # the readiness probe ran
+        assert any(j.status == JobStatus.SUCCEEDED for j in jobs.list_jobs())  # the readiness probe ran
         assert requests.get(ray_cluster.dashboard_url + "/api/version", timeout=5).status_code in (200, 401)
     finally:
         for sock in held:

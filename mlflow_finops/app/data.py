@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Iterator
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from ..names import (METRIC_COST_USD, REPORTS_EXPERIMENT, RETRAINS_EXPERIMENT, TAG_DRIFT_RUN_ID, TAG_MODEL,
-                     TAG_MODEL_VERSION, TAG_REASON, TAG_RETRAIN_STATE)
+from ..names import (METRIC_COST_USD, METRIC_EVAL_CHALLENGER_PREFIX, REPORTS_EXPERIMENT, RETRAINS_EXPERIMENT,
+                     TAG_DRIFT_RUN_ID, TAG_MODEL, TAG_MODEL_VERSION, TAG_REASON, TAG_RETRAIN_STATE, RetrainState,
+                     eval_challenger, eval_champion)
 from ..policy import PolicyError, find_policy_path, load_policy
 from ..scoring import HIGHER_IS_BETTER
 from ..spend import rollup
@@ -40,7 +41,6 @@ __all__ = ["PageData", "Front", "Retrain", "gather", "fronts", "FRONTS"]
 FRONTS = 4  # Pareto charts drawn: the most expensive experiments (each chart costs 0.3-3 s to draw)
 RETRAINS = 50  # newest retrains listed
 _RETRAINS_PREFIX = RETRAINS_EXPERIMENT.split("{")[0]  # "finops-retrains/"
-_EVAL_CHALLENGER, _EVAL_CHAMPION = "eval/challenger_", "eval/champion_"
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Retrain:
     def bought(self) -> float:
         """What the model gained: the gain when the challenger was promoted, else nothing."""
         g = self.gain
-        return max(g, 0.0) if self.state == "promoted" and g is not None else 0.0
+        return max(g, 0.0) if self.state == RetrainState.PROMOTED and g is not None else 0.0
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,8 @@ def _experiment_names(client: MlflowClient) -> dict[str, str]:
 
 def _retrain(run, row: rollup.RunCost) -> Retrain:
     tags, m = run.data.tags, run.data.metrics
-    metric = next((k[len(_EVAL_CHALLENGER):] for k in sorted(m) if k.startswith(_EVAL_CHALLENGER)), None)
+    prefix = METRIC_EVAL_CHALLENGER_PREFIX
+    metric = next((k[len(prefix):] for k in sorted(m) if k.startswith(prefix)), None)
     cost = m.get(METRIC_COST_USD)
     return Retrain(
         run_id=row.run_id, experiment_id=row.experiment_id,
@@ -175,8 +176,8 @@ def _retrain(run, row: rollup.RunCost) -> Retrain:
         cost_usd=float(cost) if cost is not None and math.isfinite(cost) else None,
         drift_run_id=tags.get(TAG_DRIFT_RUN_ID), model_version=tags.get(TAG_MODEL_VERSION),
         reason=tags.get(TAG_REASON, ""), metric=metric,
-        champion=m.get(_EVAL_CHAMPION + metric) if metric else None,
-        challenger=m.get(_EVAL_CHALLENGER + metric) if metric else None,
+        champion=m.get(eval_champion(metric)) if metric else None,
+        challenger=m.get(eval_challenger(metric)) if metric else None,
     )
 
 

@@ -13,8 +13,8 @@ from typing import Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 from ..money import format_usd
+from ..names import ENV_POLICY, RetrainState
 from ..units import format_co2e, format_energy
-from ..names import ENV_POLICY
 from ..spend.report import budget_table
 from ..spend.rollup import GROUP_LEVELS, NONE_KEY, GroupCost
 from .data import PageData, Retrain, fronts
@@ -200,7 +200,7 @@ def _retrains(data: PageData, prefix: str) -> str:
         drift = ""
         if r.drift_run_id:
             drift = _run_link(prefix, data.run_experiments.get(r.drift_run_id), r.drift_run_id, r.drift_run_id[:8])
-        rows.append(("over" if r.state in ("failed", "capped") else "", [
+        rows.append(("over" if r.state in (RetrainState.FAILED, RetrainState.CAPPED) else "", [
             _e(r.model), _run_link(prefix, r.experiment_id, r.run_id, r.run_id[:8]), _e(_when(r.start_time)),
             _e(r.state), drift, _e(f"v{r.model_version}" if r.model_version else ""),
             _e(format_usd(r.cost_usd, none="untracked")), _e(_eval(r)), _e(_gain(r)), _e(_per_point(r)),
@@ -223,7 +223,7 @@ def _gain(r: Retrain) -> str:
     if g is None:
         return ""
     text = f"{g * 100:+.1f} pt" if r.metric in _POINTS else f"{g:+.4g}"
-    if r.state != "promoted":
+    if r.state != RetrainState.PROMOTED:
         return text + " (not promoted)"
     return text + " bought" if g > 0 else text
 

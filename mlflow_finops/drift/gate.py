@@ -27,7 +27,7 @@ from ..policy import DriftPolicy, ModelPolicy, PerformancePolicy, Policy, Policy
 from ..names import TAG_BASELINE_PREFIX, tag
 from ..scoring import gain, score
 from .profile import Infinite, ReferenceProfile, finite
-from .results import ColumnDrift, ColumnType, DriftDecision, PerformanceResult
+from .results import ColumnDrift, ColumnType, DriftDecision, FirstBaseline, PerformanceResult
 from .rules import NO_HISTORY, CheckHistory, ColumnScore, Ruling, apply_correction, decide, insufficient_data, performance_result
 from .sampling import measure, plan_columns, sample
 
@@ -65,6 +65,8 @@ class Judgement:
     sampled_rows_reference: int = 0
     sampled_rows_current: int = 0
     performance: PerformanceResult | None = None
+    # the champion's score on its first labelled window, to remember on its version (this is that window)
+    first_baseline: FirstBaseline | None = None
     # what the HTML reports would show: (artifact name, reference sample, current sample, columns)
     reports: list[tuple[str, pd.DataFrame, pd.DataFrame, list[Any]]] = field(default_factory=list)
 
@@ -327,6 +329,8 @@ class DriftGate:
     ) -> tuple[DriftDecision, list[tuple[str, Any]]]:
         """Judge, then decide; ``history`` is asked for only then (a logging process may still be reading it)."""
         judged = self._judge(cur)
+        if judged.first_baseline is not None and self.log_to_mlflow:
+            tag_first_baseline(judged.first_baseline)
         ruling = decide(self.policy, judged.drifted_columns, len(judged.columns), judged.performance, history(), now_ms)
         decision = self._decision(ruling, judged, len(cur), infinite, window_key, t0)
         mode = self.policy.html_report
@@ -374,6 +378,8 @@ class DriftGate:
             performance=judged.performance,
             window_key=window_key,
             elapsed_s=time.perf_counter() - t0,
+            signal=ruling.signal,
+            loss=None if (perf := judged.performance) is None else gain(perf.metric, perf.reference, perf.current),
         )
 
     def _judge(self, cur: pd.DataFrame) -> Judgement:
@@ -400,16 +406,18 @@ class DriftGate:
                 )
                 for pl in plans
             }
-            performance = None
+            performance, first = None, None
             if p.performance is not None:
                 bar.step("performance")
-                performance = self._performance(cur)
+                performance, first = self._performance(cur)
         return Judgement(
-            columns, measured.sampled_rows_reference, measured.sampled_rows_current, performance, measured.reports
+            columns, measured.sampled_rows_reference, measured.sampled_rows_current, performance, first,
+            measured.reports,
         )
 
-    def _performance(self, cur: pd.DataFrame) -> PerformanceResult | None:
-        """The model's metric on the labelled current window, against its baseline.
+    def _performance(self, cur: pd.DataFrame) -> tuple[PerformanceResult | None, FirstBaseline | None]:
+        """The model's metric on the labelled current window, against its baseline; and, when this
+        is the champion's first labelled window, its score there to remember (nothing is written here).
 
         The baseline is the model's score on the reference, or (``baseline =
         "promotion"``) the registered champion's score when it was promoted.
@@ -420,7 +428,7 @@ class DriftGate:
         if len(labelled) < perf.min_rows:
             log.info("current data has %d labelled rows in %r (fewer than %d): performance signal skipped",
                      len(labelled), self.target, perf.min_rows)
-            return None
+            return None, None
         if perf.baseline == "promotion":
             return self._loss_since_promotion(labelled, perf)
         model = self._performance_model
@@ -434,9 +442,11 @@ class DriftGate:
             self._perf_reference = self._score(model, ref, perf.metric)
         cur_s = sample(labelled, n, list(labelled.columns), self.random_state + 6)
         current = self._score(model, cur_s, perf.metric)
-        return replace(performance_result(perf.metric, self._perf_reference, current, perf.margin), rows=len(cur_s))
+        return replace(performance_result(perf.metric, self._perf_reference, current, perf.margin), rows=len(cur_s)), None
 
-    def _loss_since_promotion(self, labelled: pd.DataFrame, perf: PerformancePolicy) -> PerformanceResult | None:
+    def _loss_since_promotion(
+        self, labelled: pd.DataFrame, perf: PerformancePolicy,
+    ) -> tuple[PerformanceResult | None, FirstBaseline | None]:
         """The registered champion on the labelled window vs the better of its score at promotion
         and its score on its first labelled window (:func:`better_baseline`).
 
@@ -459,21 +469,18 @@ class DriftGate:
                 model = self._champions[version.version] = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
         except Exception as exc:  # no champion yet, or the registry is unreachable: drift decides
             log.info("no champion to score for %s (%s: %s): performance signal skipped", uri, type(exc).__name__, exc)
-            return None
+            return None, None
         n = self.policy.sample_rows
         cur_s = sample(labelled, n, list(labelled.columns), self.random_state + 6)
         current = self._score(model, cur_s, perf.metric)
         promoted = version.tags.get(tag(perf.metric))
         first_tag = version.tags.get(f"{TAG_BASELINE_PREFIX}{perf.metric}")
-        if first_tag is None:  # this is its first labelled window: remembered on the version
-            first = current
-            if self.log_to_mlflow:
-                client.set_model_version_tag(name, version.version, f"{TAG_BASELINE_PREFIX}{perf.metric}", f"{current:.6f}")
-        else:
-            first = float(first_tag)
+        # this is its first labelled window: remembered on the version (tag_first_baseline)
+        remember = FirstBaseline(name, str(version.version), perf.metric, current) if first_tag is None else None
+        first = current if first_tag is None else float(first_tag)
         baseline, source = better_baseline(perf.metric, None if promoted is None else float(promoted), first)
         result = performance_result(perf.metric, baseline, current, perf.margin)
-        return replace(result, baseline=source, version=str(version.version), rows=len(cur_s))
+        return replace(result, baseline=source, version=str(version.version), rows=len(cur_s)), remember
 
     def _score(self, model: Any, frame: pd.DataFrame, metric: str) -> float:
         """``metric`` of ``model`` on ``frame``, from the columns the model was trained on."""
@@ -482,6 +489,14 @@ class DriftGate:
         if self.model_features:
             X = X[self.model_features]
         return score(model, X, frame[self.target], metric)
+
+
+def tag_first_baseline(first: FirstBaseline) -> None:
+    """Write a version's first labelled window score on it (``finops.baseline.<metric>``)."""
+    from mlflow import MlflowClient
+
+    MlflowClient().set_model_version_tag(first.name, first.version, f"{TAG_BASELINE_PREFIX}{first.metric}",
+                                         f"{first.score:.6f}")
 
 
 def better_baseline(metric: str, promoted: float | None, first: float) -> tuple[float, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ColumnDrift", "ColumnType", "Decision", "DriftDecision", "PerformanceResult"]
+__all__ = ["ColumnDrift", "ColumnType", "Decision", "DriftDecision", "FirstBaseline", "PerformanceResult"]
 
 Decision = Literal["retrain", "no_drift", "pending", "cooldown", "insufficient_data"]
 ColumnType = Literal["numerical", "categorical"]
@@ -46,6 +46,17 @@ class PerformanceResult:
     rows: int = 0  # labelled current rows scored
 
 
+@dataclass(frozen=True)
+class FirstBaseline:
+    """A registered version's score on the first labelled window it served: the baseline of its
+    loss when no retrain's held-out score is better (``finops.baseline.<metric>`` on the version)."""
+
+    name: str
+    version: str
+    metric: str
+    score: float
+
+
 @dataclass
 class DriftDecision:
     """What the gate decided and why; ``retrain`` is what a scheduler acts on."""
@@ -67,6 +78,10 @@ class DriftDecision:
     run_id: str | None = None
     window_key: str | None = None
     elapsed_s: float = 0.0
+    # what the decision rests on, without its verdict: the drifted share, the performance, persistence
+    signal: str = ""
+    # the model's measured loss, in metric units (positive = worse); None when no labels were scored
+    loss: float | None = None
 
     @property
     def retrain(self) -> bool:

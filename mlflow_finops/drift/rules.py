@@ -57,6 +57,7 @@ class Ruling:
     reason: str
     drift_detected: bool  # the columns' share reached drift_share, or performance degraded
     drift_share: float  # drifted columns / checked columns
+    signal: str = ""  # what was measured (drifted share, performance, persistence), without the verdict
 
 
 class Verdict(NamedTuple):
@@ -158,7 +159,8 @@ def decide(
     signal = retrain_signal(p.retrain_on, share >= p.drift_share, performance)
 
     def ruling(decision: Decision, tail: str) -> Ruling:
-        return Ruling(decision, "; ".join(reasons) + tail, signal, share)
+        measured = "; ".join(reasons)
+        return Ruling(decision, measured + tail, signal, share, measured)
 
     if not signal:
         return ruling("no_drift", ": no retrain")

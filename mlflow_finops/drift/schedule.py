@@ -24,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import pandas as pd
 
@@ -56,7 +56,6 @@ class CheckOutcome:
     message: str
     decision: DriftDecision | None = None
     window_key: str | None = None
-    trigger: Any = None  # what the loop's retrain trigger made of the decision (mlflow_finops.loop)
 
     @property
     def retrain(self) -> bool:

@@ -1,6 +1,7 @@
 """Retraining within budget: requests kept in MLflow (``requests``), the state machine as pure
 functions (``state``), opportunistic windows (``windows``), the supervisor of Ray jobs
-(``supervisor``), and the job's own update, evaluation and promotion (``job``).
+(``supervisor``), and the job (``job``): its update (``update``, pure scikit-learn) and its
+registry writes (``registry``).
 
 Imports the shared modules, :mod:`mlflow_finops.cost` and :mod:`mlflow_finops.spend`
 (budgets); never drift/.
@@ -18,7 +19,7 @@ _EXPORTS = {
     "RetrainSupervisor": "supervisor",
     "RetrainOutcome": "supervisor",
     "jobs_address": "supervisor",
-    "ray_auth_headers": "_ray",
+    "register_champion": "registry",
     "window_state": "windows",
     "WindowState": "windows",
 }

@@ -1,7 +1,8 @@
 """The retrain state machine, as pure functions: no MLflow, no Ray, no clock of its own.
 
 A retrain request is an MLflow run whose tag ``finops.retrain_state`` holds a
-:class:`RetrainState`. Every transition is decided here, from plain values: the
+:class:`RetrainState` (declared with the other names written into MLflow, in
+:mod:`mlflow_finops.names`, where every reader finds it; the FinOps page too). Every transition is decided here, from plain values: the
 request's own facts (:class:`RetrainRequest`, read from its tags), what the
 budget allows (:class:`BudgetCheck`), whether the window is open
 (:class:`~mlflow_finops.retrain.windows.WindowState`) and the time. The
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
 from typing import Literal, Mapping, Protocol
 
 from ..money import format_usd
@@ -33,6 +33,7 @@ from ..names import (
     TAG_REQUESTED_AT,
     TAG_RETRAIN_STATE,
     TAG_RETRY_AT,
+    RetrainState,
 )
 
 __all__ = [
@@ -52,35 +53,6 @@ __all__ = [
     "cancelled",
 ]
 
-
-class RetrainState(str, Enum):
-    """The value of ``finops.retrain_state``; compares equal to its text (``"promoted"``)."""
-
-    PENDING = "pending"
-    WAITING = "waiting"
-    RETRY = "retry"
-    SUBMITTED = "submitted"
-    RUNNING = "running"  # written by the job once its run has started
-    PROMOTED = "promoted"
-    NOT_PROMOTED = "not_promoted"
-    CAPPED = "capped"
-    FAILED = "failed"
-    OUT_OF_BUDGET = "out_of_budget"
-    DROPPED = "dropped"
-    NO_NEW_DATA = "no_new_data"
-
-    def __str__(self) -> str:  # the tag's text, wherever the state is shown or written
-        return self.value
-
-    @property
-    def terminal(self) -> bool:
-        """The request is over: nothing more will happen to it."""
-        return self not in _OPEN
-
-
-_OPEN = frozenset(
-    {RetrainState.PENDING, RetrainState.WAITING, RetrainState.RETRY, RetrainState.SUBMITTED, RetrainState.RUNNING}
-)
 
 PRIORITY_ORDER = {"critical": 0, "standard": 1, "exploratory": 2}
 

@@ -129,10 +129,6 @@ class RetrainOutcome:
     def done(self) -> bool:
         return RetrainState(self.state).terminal
 
-    @property
-    def promoted(self) -> bool:
-        return self.state == RetrainState.PROMOTED
-
 
 def jobs_address(rp: RetrainPolicy) -> str:
     """The Ray Jobs API address for a retrain policy (its ``ray_address``, else ``$RAY_ADDRESS``, else local)."""

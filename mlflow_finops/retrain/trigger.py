@@ -38,6 +38,8 @@ from ..names import (
     TAG_RETRAIN_STATE,
     TAG_TRIGGER,
     TAG_TRIGGER_REASON,
+    eval_challenger,
+    eval_champion,
 )
 from ..scoring import gain
 from .state import RetrainState
@@ -142,7 +144,7 @@ def past_retrains(client: "MlflowClient", experiment_id: str, metric: str, limit
         m = run.data.metrics
         bought = 0.0
         if state == RetrainState.PROMOTED.value:
-            challenger, champion = m.get(f"eval/challenger_{metric}"), m.get(f"eval/champion_{metric}")
+            challenger, champion = m.get(eval_challenger(metric)), m.get(eval_champion(metric))
             if challenger is not None and champion is not None:
                 bought = max(gain(metric, challenger, champion), 0.0)
         out.append(PastRetrain(bought, float(m.get(METRIC_COST_USD, 0.0))))

@@ -73,7 +73,10 @@ class RunnerStatus:
 
     @property
     def ended(self) -> bool:
-        return self.status in ENDED
+        """Ray says the attempt is over (``JobStatus.is_terminal``); Ray is loaded wherever a status is read."""
+        from ray.job_submission import JobStatus
+
+        return JobStatus(self.status).is_terminal()
 
 
 @dataclass

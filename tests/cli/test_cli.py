@@ -54,11 +54,11 @@ def test_sync_with_nothing_spooled(tmp_path: Path) -> None:
 
 def test_sync_counts_what_is_left_and_what_is_dead_lettered(tmp_path: Path) -> None:
     """One line that adds up, and a non-zero exit whenever anything was not delivered."""
-    from conftest import free_port
+    from mlflow_finops.ray_cluster import free_ports
 
     spool = tmp_path / "spool"
     spool.mkdir()
-    down = f"http://127.0.0.1:{free_port()}"
+    down = f"http://127.0.0.1:{free_ports(1)[0]}"
     waiting = {"tracking_uri": down, "run_id": "r1", "metrics": [["finops/cost_usd", 1.0, 1, 0]], "tags": {}}
     (spool / "waiting.jsonl").write_text(json.dumps(waiting) + "\n" + json.dumps(waiting) + "\n")
     (spool / "corrupt.jsonl").write_text('{"tracking_uri": "x", "run_id": "r2", "metrics": [], "tags": {}, "k": 1}\n')
@@ -78,9 +78,9 @@ def test_ray_up_and_down_touch_only_their_own_cluster(ray_cluster) -> None:
     import psutil
     import requests
 
-    from conftest import free_port
+    from mlflow_finops.ray_cluster import free_ports
 
-    port, dashboard = free_port(), free_port()
+    port, dashboard = free_ports(2)
     up = subprocess.run([EXE, "ray", "up", "--num-cpus", "1", "--port", str(port), "--dashboard-port", str(dashboard)],
                         capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stderr

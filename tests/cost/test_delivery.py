@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from mlflow.tracking import MlflowClient
+
+from mlflow_finops.ray_cluster import free_ports
 
 from mlflow_finops.cost.delivery import (
     CLAIM_LEASE_S,
@@ -79,7 +80,7 @@ def test_a_batch_over_mlflows_request_limits_is_sent_in_chunks(sqlite_uri: str) 
 
 def test_unreachable_server_spools_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_HTTP_TIMEOUT_S, "2")
-    down = f"http://127.0.0.1:{free_port()}"
+    down = f"http://127.0.0.1:{free_ports(1)[0]}"
     outbox = Outbox(min_interval_s=0).start()
     for step in range(3):
         outbox.put(cost_batch(down, "run-a", step))
@@ -112,7 +113,7 @@ def test_sync_keeps_what_it_cannot_deliver_and_delivers_it_later(sqlite_uri: str
     for step in range(2):
         outbox.put(cost_batch(sqlite_uri, run_id, step))
     assert outbox.close(timeout_s=3) == 2
-    other = f"http://127.0.0.1:{free_port()}"
+    other = f"http://127.0.0.1:{free_ports(1)[0]}"
     outbox = Outbox(min_interval_s=0).start()
     outbox.put(cost_batch(other, "run-elsewhere", 7))
     assert outbox.close(timeout_s=3) == 1
@@ -273,7 +274,7 @@ def test_an_unwritable_spool_folder_falls_back_and_says_so(
         folder.write_text("in the way")
     else:
         folder.symlink_to(folder.parent / "nowhere")
-    down = f"http://127.0.0.1:{free_port()}"
+    down = f"http://127.0.0.1:{free_ports(1)[0]}"
     outbox = Outbox(min_interval_s=0).start()
     for step in range(3):
         outbox.put(cost_batch(down, "run-a", step))
@@ -319,7 +320,7 @@ def test_a_batch_put_after_close_is_delivered_or_spooled(sqlite_uri: str, monkey
     assert outbox.close(timeout_s=5) == 0
     outbox.put(cost_batch(sqlite_uri, run_id, 8))  # e.g. a nested run ended after its parent
     assert [h.value for h in client.get_metric_history(run_id, METRIC_COST_USD)] == [4.0]
-    down = f"http://127.0.0.1:{free_port()}"
+    down = f"http://127.0.0.1:{free_ports(1)[0]}"
     outbox.put(cost_batch(down, "run-late", 9))
     assert [(b["run_id"], b["metrics"][0][3]) for b in spooled()] == [("run-late", 9)]
 
@@ -331,7 +332,7 @@ def test_spool_files_are_private_and_hold_no_credentials(
     monkeypatch.setenv(ENV_HTTP_TIMEOUT_S, "1")
     spool_dir().mkdir(parents=True, mode=0o755)
     os.chmod(spool_dir(), 0o755)  # as earlier versions left it
-    port = free_port()
+    port = free_ports(1)[0]
     outbox = Outbox(min_interval_s=0).start()
     outbox.put(cost_batch(f"http://finops-user:s3cret@127.0.0.1:{port}", "run-a", 1))
     with caplog.at_level(logging.WARNING):

@@ -69,9 +69,9 @@ def test_every_nodes_share_lands_in_the_run(ray_driver, sqlite_uri: str, tmp_pat
     if read == "probe":
         monkeypatch.setenv("MLFLOW_FINOPS_RAY_READ_AGENT", "false")
     if read == "agent-unreachable":
-        from conftest import free_port
+        from mlflow_finops.ray_cluster import free_ports
 
-        monkeypatch.setattr(ray_nodes, "agent_url", lambda state_api_url: f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setattr(ray_nodes, "agent_url", lambda state_api_url: f"http://127.0.0.1:{free_ports(1)[0]}")
     (tmp_path / "finops.toml").write_text(
         '[[ray.node_prices]]\nlabels = { market = "spot" }\nprices = { market = "spot", spot_discount = 0.7 }\n'
     )

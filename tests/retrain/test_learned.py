@@ -241,7 +241,7 @@ def test_nothing_new_once_every_row_is_learned(root: Path) -> None:
 def test_a_long_lived_process_keeps_the_registered_challenger_as_the_next_champion(root: Path) -> None:
     """The warm actor's saving: the promoted challenger is not loaded back from the store, and a skops
     challenger trusts its champion's types without a second dump to list them."""
-    from mlflow_finops.retrain import job
+    from mlflow_finops.retrain import registry
 
     ref = _rows(range(40), 0.0)
     (root / "finops.toml").write_text(
@@ -259,9 +259,9 @@ def test_a_long_lived_process_keeps_the_registered_challenger_as_the_next_champi
     state, _ = _retrain(root)
     assert state == RetrainState.PROMOTED and _champion() == "2"
     v2 = MlflowClient().get_model_version(REG, "2")
-    remembered = job.load_version(v2)
+    remembered = registry.load_version(v2)
     assert len(remembered.estimators_) == 5  # the challenger object itself: 3 trees + 2
-    assert job.load_version(v2) is remembered  # no second load
+    assert registry.load_version(v2) is remembered  # no second load
     flavor = mlflow.models.get_model_info(f"models:/{REG}/2").flavors["sklearn"]
     assert flavor["serialization_format"] == "skops"
     assert flavor["skops_trusted_types"] == ["sklearn.tree._tree.Tree"]  # the champion's, reused

@@ -12,9 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LinearRegression
 
-from mlflow_finops.retrain.job import _judge, evaluate, load_config
+from mlflow_finops.retrain.job import load_config, register_and_promote
 from mlflow_finops.retrain.ledger import FileRecord, Ledger
 from mlflow_finops.retrain.state import RetrainState
+from mlflow_finops.retrain.update import evaluate
 
 
 @pytest.mark.parametrize(
@@ -47,8 +48,9 @@ def test_champion_moves_only_for_a_challenger_better_by_more_than_the_margin(
     learned = Ledger((FileRecord("0" * 64, 100, 40, 30, "new.csv"),))
     with mlflow.start_run() as run:
         ev = evaluate(champion, challenger, X.iloc[30:], data["y"].iloc[30:], cfg.retrain)
-        state = _judge(cfg, client, client.get_model_version_by_alias("m-reg", "champion"), challenger, ev,
-                       path="refit", rows=data.iloc[:30], ledger=learned, update_note=[])
+        state = register_and_promote(cfg, client, client.get_model_version_by_alias("m-reg", "champion"),
+                                     challenger, ev, path="refit", rows=data.iloc[:30], ledger=learned,
+                                     update_note=[])
     assert state == verdict
     tags = client.get_run(run.info.run_id).data.tags
     assert tags["finops.retrain_state"] == verdict.value and tags["finops.model_version"] == "2"

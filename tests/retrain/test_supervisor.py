@@ -343,7 +343,9 @@ def test_one_ray_job_per_attempt(tmp_path: Path, ray_cluster, sqlite_uri: str) -
     # cancel stops the job (and drops the request)
     out = RetrainSupervisor(policy).cancel(run_id, "test over")
     assert out.state == "dropped"
-    _wait_for("stopped job", lambda: str(jobs.get_job_status(sid)).endswith("STOPPED"), 60)
+    from ray.job_submission import JobStatus
+
+    _wait_for("stopped job", lambda: jobs.get_job_status(sid) == JobStatus.STOPPED, 60)
 
 
 def test_a_submission_failure_leaves_the_request_with_its_reason(tmp_path: Path, sqlite_uri: str) -> None:
@@ -401,5 +403,7 @@ def test_the_job_gets_no_credentials_and_a_running_job_can_be_cancelled(
     _wait_for("running job", lambda: c.get_run(run_id).data.tags.get("finops.retrain_state") == "running")
     out = sup.cancel(run_id, "test over")
     assert out.state == "dropped"
-    _wait_for("stopped job", lambda: str(jobs.get_job_status(out.ray_job_id)).endswith("STOPPED"), 60)
+    from ray.job_submission import JobStatus
+
+    _wait_for("stopped job", lambda: jobs.get_job_status(out.ray_job_id) == JobStatus.STOPPED, 60)
     assert c.get_run(run_id).data.tags["finops.retrain_state"] == "dropped"
