@@ -87,3 +87,40 @@ def test_the_default_cluster_is_never_used_silently(monkeypatch: pytest.MonkeyPa
         assert ray_cluster.jobs_address("http://10.0.0.1:8265") == "http://10.0.0.1:8265"
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "127.0.0.1:8265, whoever started it" in warnings[0]
+
+
+@pytest.mark.parametrize("taken, options", [
+    ({6379, 8265, 40001}, []),                                     # the defaults: outside Ray's worker range
+    ({16379, 18265}, ["--min-worker-port", "10002", "--max-worker-port", "16378"]),
+    ({10002}, ["--min-worker-port", "10003", "--max-worker-port", "19999"]),
+    ({12000, 19999}, ["--min-worker-port", "12001", "--max-worker-port", "19998"]),
+])
+def test_ray_up_keeps_rays_workers_off_the_ports_it_was_given(taken: set[int], options: list[str]) -> None:
+    from mlflow_finops.ray_cluster import worker_port_options
+
+    assert worker_port_options(taken) == options
+
+
+def test_joining_a_cluster_that_is_not_there_fails_at_once_naming_it() -> None:
+    """In a user's environment (no Ray variable): one line naming the address and what to do."""
+    (port,) = free_ports(1)
+    script = ("from mlflow_finops.ray_cluster import join, ClusterUnreachable\n"
+              f"try:\n    join('127.0.0.1:{port}', timeout_s=60)\n"
+              "except ClusterUnreachable as exc:\n    print(exc)\n")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    assert out.returncode == 0, out.stderr
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in out.stdout
+    assert "mlflow-finops ray up" in out.stdout and "RAY_ADDRESS" in out.stdout
+    assert time.monotonic() - started < 30  # the closed port is seen at once, not after the 60 s
+
+
+@pytest.mark.slow
+def test_the_gcs_of_a_local_cluster_is_found_from_its_jobs_api(ray_cluster) -> None:
+    from mlflow_finops.ray_cluster import gcs_address_of
+
+    assert gcs_address_of(ray_cluster.dashboard_url) == ray_cluster.address
+    (unused,) = free_ports(1)
+    assert gcs_address_of(f"http://127.0.0.1:{unused}") is None
+    assert gcs_address_of("http://ray-head.example:8265") is None  # another machine: $RAY_ADDRESS says

@@ -97,7 +97,10 @@ def ray_up(num_cpus: int, port: int, dashboard_port: int) -> None:
     """Start a local Ray head with the Jobs API on http://127.0.0.1:PORT.
 
     Equivalent to `ray start --head --node-ip-address 127.0.0.1 ...`; point
-    retraining at it with [retrain].ray_address or RAY_ADDRESS.
+    retraining at it with [retrain].ray_address (the Jobs API URL it prints).
+    It listens on 127.0.0.1 only: join it from your own Python with
+    mlflow_finops.ray_cluster.join("127.0.0.1:PORT"), which keeps Ray on
+    loopback (Ray's own ray.init would try this machine's LAN address).
     """
     from ..ray_cluster import RayClusterError, start_local_cluster
 
@@ -106,7 +109,8 @@ def ray_up(num_cpus: int, port: int, dashboard_port: int) -> None:
     except RayClusterError as exc:
         fail(str(exc), EXIT_INTERNAL)
     down = "mlflow-finops ray down" + (f" --port {port}" if port != 6379 else "")
-    click.echo(f"Ray is up: Jobs API at {cluster.jobs_url} (stop it with `{down}`)")
+    click.echo(f"Ray is up: Jobs API at {cluster.jobs_url}, GCS at {cluster.gcs_address} "
+               f"(stop it with `{down}`)")
 
 
 @ray_group.command("down")
