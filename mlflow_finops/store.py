@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from typing import Callable, Iterable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
@@ -16,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["PAGE_SIZE", "all_experiment_ids", "get_or_create_experiment", "iter_runs", "quote"]
+__all__ = ["PAGE_SIZE", "all_experiment_ids", "get_or_create_experiment", "iter_runs", "quote", "redact_uri"]
 
 PAGE_SIZE = 10_000
 # Experiments are few; a page of this size is one request on any store.
@@ -95,3 +96,17 @@ def quote(value: str) -> str | None:
     if '"' not in value:
         return f'"{value}"'
     return None
+
+
+def redact_uri(value: str) -> str:
+    """``value`` without the ``user:password@`` of a URL: what may be written to disk or handed to a
+    Ray job (anything that is not such a URL is returned as it is)."""
+    if "@" not in value or "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return value
+    if "@" not in parts.netloc:
+        return value
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

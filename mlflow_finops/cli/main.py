@@ -93,7 +93,7 @@ def sync() -> None:
             dead/ with a .reason file, as they can never be delivered (corrupt,
             or their run does not exist). Each loss is logged with its reason.
     """
-    from ..cost.delivery import DEAD_LETTER_DIR, spool_dir, sync_spool
+    from ..cost.spool import DEAD_LETTER_DIR, spool_dir, sync_spool
 
     result = sync_spool()
     line = f"delivered {result.delivered} spooled batch(es); {result.left} left; {result.dead} dead-lettered"

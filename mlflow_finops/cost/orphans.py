@@ -33,7 +33,7 @@ from ..names import (
     TRACKING_LIVE,
 )
 from ..store import all_experiment_ids, quote
-from .delivery import spool_dir
+from .spool import spool_dir
 from .process import machine_info
 
 _log = logging.getLogger(__name__)

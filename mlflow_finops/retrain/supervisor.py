@@ -48,7 +48,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.tracking import MlflowClient
 
@@ -73,6 +72,7 @@ from ..names import (
 )
 from ..policy import Policy, RetrainPolicy, load_policy
 from ..spend.budget import envelopes_for, spend
+from ..store import redact_uri
 from .. import claims
 from .requests import model_policy, open_requests, request_retrain, retrain_experiment_name
 from .state import (
@@ -559,19 +559,6 @@ def _absolute_uri(uri: str) -> str:
     return uri
 
 
-def _without_userinfo(value: str) -> str:
-    """``value`` with any ``user:password@`` of a URL removed (other values unchanged)."""
-    if "@" not in value or "://" not in value:
-        return value
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return value
-    if "@" not in parts.netloc:
-        return value
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
 def job_env(environ: Mapping[str, str], tracking_uri: str) -> dict[str, str]:
     """The Ray job's environment: non-secret ``MLFLOW_*`` settings only, URIs without userinfo.
 
@@ -579,10 +566,10 @@ def job_env(environ: Mapping[str, str], tracking_uri: str) -> dict[str, str]:
     no credential travels in it; the job authenticates with the nodes' own.
     """
     env = {
-        k: _without_userinfo(v) for k, v in environ.items()
+        k: redact_uri(v) for k, v in environ.items()
         if k.startswith("MLFLOW_") and not any(word in k for word in _SECRET_WORDS)
     }
-    env["MLFLOW_TRACKING_URI"] = _without_userinfo(_absolute_uri(tracking_uri))
+    env["MLFLOW_TRACKING_URI"] = redact_uri(_absolute_uri(tracking_uri))
     env[ENV_CHARGE_PROCESS_START] = "true"  # the job's start-up is the retrain's cost
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

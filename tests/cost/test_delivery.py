@@ -21,17 +21,9 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_finops.ray_cluster import free_ports
 
-from mlflow_finops.cost.delivery import (
-    CLAIM_LEASE_S,
-    DEAD_LETTER_DIR,
-    HOST,
-    Batch,
-    Outbox,
-    redact_uri,
-    spool_dir,
-    sync_spool,
-    write_spool,
-)
+from mlflow_finops.cost.delivery import Outbox
+from mlflow_finops.cost.spool import CLAIM_LEASE_S, DEAD_LETTER_DIR, HOST, spool_dir, sync_spool, write_spool
+from mlflow_finops.cost.transport import Batch, redact_uri
 from mlflow_finops.names import ENV_HTTP_TIMEOUT_S, METRIC_COST_USD, TAG_TEAM
 
 
@@ -198,7 +190,7 @@ def test_a_sync_killed_mid_way_loses_nothing(sqlite_uri: str, tmp_path: Path) ->
     spool_one(sqlite_uri, run_id, 6)
     code = (
         "import os, signal\n"
-        "import mlflow_finops.cost.delivery as d\n"
+        "import mlflow_finops.cost.spool as d\n"
         "def die(batch): os.kill(os.getpid(), signal.SIGKILL)\n"
         "d.deliver = die\n"  # the fault: the process dies in the middle of delivering
         "d.sync_spool()\n"
@@ -367,7 +359,7 @@ def test_sync_sends_with_the_credentials_of_the_process_that_syncs(
     import mlflow
 
     mlflow.set_tracking_uri(with_creds)
-    from mlflow_finops.cost.delivery import _delivery_uri
+    from mlflow_finops.cost.spool import delivery_uri as _delivery_uri
 
     assert _delivery_uri(server_uri, None) == with_creds
     assert sync_spool() == (1, 0, 0)

@@ -32,19 +32,11 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 from store_support import AUTH_PASSWORD, AUTH_USER, auth_rest_store, copied_store, rest_store, template_db  # noqa: F401
 
-from mlflow_finops.cost import delivery as d
-from mlflow_finops.cost.delivery import (
-    CLAIM_LEASE_S,
-    HOST,
-    Batch,
-    Outbox,
-    SyncResult,
-    deliver,
-    redact_uri,
-    spool_dir,
-    sync_spool,
-    write_spool,
-)
+from mlflow_finops.cost import delivery, transport
+from mlflow_finops.cost import spool as d
+from mlflow_finops.cost.delivery import Outbox
+from mlflow_finops.cost.spool import CLAIM_LEASE_S, HOST, SyncResult, spool_dir, sync_spool, write_spool
+from mlflow_finops.cost.transport import Batch, deliver, redact_uri
 from mlflow_finops.names import ENV_HTTP_TIMEOUT_S, ENV_LOG_INTERVAL_S, ENV_SPOOL_DIR
 
 COST = "finops/cost_usd"
@@ -69,7 +61,7 @@ def spooled(folder: Path | None = None) -> list[dict]:
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == d.__name__ and r.levelno == level]
+    return [r.getMessage() for r in caplog.records if r.name.startswith("mlflow_finops.cost.") and r.levelno == level]
 
 
 @pytest.fixture(autouse=True)
@@ -159,9 +151,9 @@ def test_redact_uri_and_short_errors() -> None:
     assert redact_uri("https://token@host/p") == "https://host/p"
     assert redact_uri("http://u:p@h@host:5000/x") == "http://host:5000/x"
     assert redact_uri("file:///a@b") == "file:///a@b"
-    assert d._short(ValueError("first http://u:p@host/x\nsecond")) == "first http://host/x"
-    assert d._short(KeyError()) == "KeyError"
-    assert d._short(ValueError("x" * 300)) == "x" * 200
+    assert transport.short_error(ValueError("first http://u:p@host/x\nsecond")) == "first http://host/x"
+    assert transport.short_error(KeyError()) == "KeyError"
+    assert transport.short_error(ValueError("x" * 300)) == "x" * 200
 
 
 def test_merge_one_batch_per_store_and_run_metrics_in_order_later_tags_win() -> None:
@@ -169,7 +161,7 @@ def test_merge_one_batch_per_store_and_run_metrics_in_order_later_tags_win() -> 
     b1 = Batch("u", "b", [("m", 2.0, 2, 2)])
     a2 = Batch("u", "a", [("m", 3.0, 3, 3)], {"t": "2"})
     other = Batch("v", "a", [("m", 4.0, 4, 4)])
-    merged = d._merge([a1, b1, a2, other])
+    merged = delivery._merge([a1, b1, a2, other])
     assert [(b.tracking_uri, b.run_id, [m[1] for m in b.metrics], b.tags) for b in merged] == [
         ("u", "a", [1.0, 3.0], {"t": "2", "only1": "x"}), ("u", "b", [2.0], {}), ("v", "a", [4.0], {})]
     assert a1.metrics == [("m", 1.0, 1, 1)]  # the inputs are not changed
@@ -237,7 +229,7 @@ def test_a_spool_file_atomic_private_and_without_credentials(tmp_path: Path) -> 
     ]
     assert batches[0].tracking_uri == "http://u:s3cret@host:5000"  # the caller's batch is not changed
     assert sorted(p.name for p in spool_dir().iterdir()) == [path.name]  # no temporary file left
-    assert d._safe("x" * 100) == "x" * 64 and d._safe("") == "run"
+    assert d.safe_stem("x" * 100) == "x" * 64 and d.safe_stem("") == "run"
 
 
 @pytest.mark.parametrize("mode", [0o755, 0o644], ids=oct)
@@ -270,7 +262,7 @@ def test_a_spool_folder_is_made_with_its_parents(monkeypatch: pytest.MonkeyPatch
 def test_a_writer_that_dies_before_its_rename_leaves_a_named_lease() -> None:
     code = (
         "import os, signal, pathlib\n"
-        "import mlflow_finops.cost.delivery as d\n"
+        "import mlflow_finops.cost.spool as d\n"
         "pathlib.Path.replace = lambda self, target: os.kill(os.getpid(), signal.SIGKILL)\n"  # the fault
         "d.write_spool([d.Batch('sqlite:///x.db', 'r', [('m', 1.0, 1, 1)])])\n"
     )
@@ -282,7 +274,7 @@ def test_a_writer_that_dies_before_its_rename_leaves_a_named_lease() -> None:
     assert (stem.startswith("r-"), pid, host, tmp.suffix) == (True, str(proc.pid), HOST, ".tmp")
     assert t0 <= int(since) <= time.time()
     assert json.loads(tmp.read_text())["run_id"] == "r"  # whole: recovery can send it
-    d._recover_leases(spool_dir())
+    d.recover_leases(spool_dir())
     assert [p.name for p in spool_dir().iterdir()] == [f"{stem}.jsonl"]
 
 
@@ -303,15 +295,15 @@ def test_an_unwritable_spool_folder_falls_back_and_says_where(
         path = write_spool([cost_batch(NOBODY, "r", s) for s in range(2)])
     base = private_tmp / f"mlflow-finops-{os.geteuid()}"
     assert path is not None and path.parent.parent == base and path.parent.name.startswith("spool-")
-    assert path.parent == d._fallback_dir(spool_dir()) and len(path.parent.name) == len("spool-") + 12
-    assert d._fallback_dir(spool_dir() / "other") != path.parent  # one per configured folder
+    assert path.parent == d.fallback_dir(spool_dir()) and len(path.parent.name) == len("spool-") + 12
+    assert d.fallback_dir(spool_dir() / "other") != path.parent  # one per configured folder
     again = write_spool([cost_batch(NOBODY, "r", 3)])  # the fallback's folders exist now
     assert again is not None and again.parent == path.parent
     assert stat.S_IMODE(base.stat().st_mode) == stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     warning = messages(caplog)[0]
     assert warning == (f"mlflow-finops: spool folder {spool_dir()} cannot be written (FileExistsError: [Errno 17] "
                        f"File exists: '{spool_dir()}'); 2 cost batch(es) spooled to {path} instead")
-    assert d._spool_folders() == [path.parent]
+    assert d.spool_folders() == [path.parent]
     assert sync_spool() == (0, 3, 0)  # read from the fallback (and nobody answers)
 
 
@@ -323,7 +315,7 @@ def test_a_loss_is_logged_with_count_runs_and_folders(private_tmp: Path, caplog:
     assert messages(caplog) == [
         f"mlflow-finops: 3 cost batch(es) for run(s) a, b LOST: spool folder {spool_dir()} cannot be written "
         f"(FileExistsError: [Errno 17] File exists: '{spool_dir()}'), nor its fallback under {private_tmp}"]
-    assert d._spool_folders() == []
+    assert d.spool_folders() == []
 
 
 def test_a_fallback_base_that_is_not_this_users_folder_is_refused(private_tmp: Path) -> None:
@@ -331,8 +323,8 @@ def test_a_fallback_base_that_is_not_this_users_folder_is_refused(private_tmp: P
     (private_tmp / f"mlflow-finops-{os.geteuid()}").symlink_to(private_tmp)
     assert write_spool([cost_batch("sqlite:///x.db", "r", 1)]) is None
     with pytest.raises(OSError, match="is not a private folder of this user"):
-        d._check_fallback_base(private_tmp / f"mlflow-finops-{os.geteuid()}")
-    d._check_fallback_base(private_tmp)  # a real folder of this user
+        d.check_fallback_base(private_tmp / f"mlflow-finops-{os.geteuid()}")
+    d.check_fallback_base(private_tmp)  # a real folder of this user
 
 
 # ------------------------------------------------------------------ reading it back
@@ -340,16 +332,16 @@ GOOD = {"tracking_uri": "sqlite:///x.db", "run_id": "r", "metrics": [[COST, 1, 2
 
 
 def test_parse_a_good_line() -> None:
-    b = d._parse(json.dumps(GOOD).encode())
+    b = d.parse_line(json.dumps(GOOD).encode())
     assert b == Batch("sqlite:///x.db", "r", [(COST, 1.0, 2, 3)], {"k": "v"})
     assert isinstance(b.metrics[0][1], float)
 
 
 def test_a_runs_end_travels_with_its_last_chunk_and_through_the_spool() -> None:
-    b = d._parse(json.dumps({**GOOD, "end": ["KILLED", 1700000000123]}).encode())
+    b = d.parse_line(json.dumps({**GOOD, "end": ["KILLED", 1700000000123]}).encode())
     assert b.end == ("KILLED", 1700000000123)
-    assert d._parse(d._encode(b)) == b
-    assert "end" not in json.loads(d._encode(replace(b, end=None)))  # a line without an end is as before
+    assert d.parse_line(d.encode_line(b)) == b
+    assert "end" not in json.loads(d.encode_line(replace(b, end=None)))  # a line without an end is as before
     many = replace(b, metrics=[(COST, 1.0, i, 0) for i in range(2000)])
     assert [c.end for c in many.chunks()] == [None, None, ("KILLED", 1700000000123)]
 
@@ -382,14 +374,14 @@ def test_a_runs_end_travels_with_its_last_chunk_and_through_the_spool() -> None:
 def test_parse_refuses_anything_else_saying_why(change: object, message: str) -> None:
     doc = change if isinstance(change, list) else {**GOOD, **change}
     with pytest.raises(ValueError) as err:
-        d._parse(json.dumps(doc).encode())
+        d.parse_line(json.dumps(doc).encode())
     assert str(err.value) == message
 
 
 def test_parse_lists_at_most_ten_keys() -> None:
     doc = {f"k{i:02d}": i for i in range(12)}
     with pytest.raises(ValueError, match=r"got \['k00', .*'k09'\]$"):
-        d._parse(json.dumps(doc).encode())
+        d.parse_line(json.dumps(doc).encode())
 
 
 # ------------------------------------------------------------------ claims and leases
@@ -403,39 +395,39 @@ def test_lease_names_read_back() -> None:
     folder = spool_dir()
     folder.mkdir()
     now = int(time.time())
-    assert d._lease_of(folder / f"a-1~123~host.x~{now}.sending") == ("a-1", 123, "host.x", float(now))
+    assert d.lease_of(folder / f"a-1~123~host.x~{now}.sending") == ("a-1", 123, "host.x", float(now))
     old = folder / "a-1.456.sending"
     old.write_text("")
-    assert d._lease_of(old) == ("a-1", 456, HOST, old.stat().st_mtime)
+    assert d.lease_of(old) == ("a-1", 456, HOST, old.stat().st_mtime)
     for name in ("odd.sending", "a~x~h~1.tmp", "a~1~h~x.tmp", "a.456.tmp"):
         path = folder / name
         path.write_text("")
-        assert d._lease_of(path) == (name[: -len(path.suffix)], None, None, path.stat().st_mtime)
+        assert d.lease_of(path) == (name[: -len(path.suffix)], None, None, path.stat().st_mtime)
     # the stem is whatever precedes the last three parts (or, in an old claim, the pid)
-    assert d._lease_of(folder / f"a~b~123~h~{now}.sending") == ("a~b", 123, "h", float(now))
+    assert d.lease_of(folder / f"a~b~123~h~{now}.sending") == ("a~b", 123, "h", float(now))
     older = folder / "a.b.789.sending"
     older.write_text("")
-    assert d._lease_of(older) == ("a.b", 789, HOST, older.stat().st_mtime)
-    assert d._leased("stem", ".sending").startswith(f"stem~{os.getpid()}~{HOST}~")
-    assert abs(int(d._leased("s", ".x")[:-2].rsplit("~", 1)[1]) - time.time()) < 5
+    assert d.lease_of(older) == ("a.b", 789, HOST, older.stat().st_mtime)
+    assert d.leased_name("stem", ".sending").startswith(f"stem~{os.getpid()}~{HOST}~")
+    assert abs(int(d.leased_name("s", ".x")[:-2].rsplit("~", 1)[1]) - time.time()) < 5
 
 
 def test_who_holds_a_lease() -> None:
     now = time.time()
-    assert d._holder_alive(None, None, now)  # nobody known: the lease's age decides
-    assert d._holder_alive(dead_pid(), "another-host", now)  # another host's pid: cannot tell
-    assert d._holder_alive(os.getpid(), HOST, now)
-    assert not d._holder_alive(dead_pid(), HOST, now)
-    assert not d._holder_alive(os.getpid(), HOST, now - 3600)  # this pid started after the lease was taken
+    assert d.holder_alive(None, None, now)  # nobody known: the lease's age decides
+    assert d.holder_alive(dead_pid(), "another-host", now)  # another host's pid: cannot tell
+    assert d.holder_alive(os.getpid(), HOST, now)
+    assert not d.holder_alive(dead_pid(), HOST, now)
+    assert not d.holder_alive(os.getpid(), HOST, now - 3600)  # this pid started after the lease was taken
     started = psutil.Process().create_time()
-    assert d._holder_alive(os.getpid(), HOST, started - 1.0)  # a second's slack for clocks
-    assert not d._holder_alive(os.getpid(), HOST, started - 1.5)
+    assert d.holder_alive(os.getpid(), HOST, started - 1.0)  # a second's slack for clocks
+    assert not d.holder_alive(os.getpid(), HOST, started - 1.5)
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and open(f"/proc/{zombie.pid}/stat").read().split()[2] != "Z":
         time.sleep(0.02)
     try:
-        assert not d._holder_alive(zombie.pid, HOST, now)
+        assert not d.holder_alive(zombie.pid, HOST, now)
     finally:
         zombie.wait()
 
@@ -452,7 +444,7 @@ def test_claims_whose_holder_is_gone_are_recovered(tmp_path: Path, caplog: pytes
     (folder / f"e~{gone}~{HOST}~{now}.tmp").write_text("E")  # a writer that died mid-write
     (folder / "a.jsonl").write_text("A0")  # the name is taken: the recovered file gets its own
     with caplog.at_level(logging.WARNING):
-        d._recover_leases(folder)
+        d.recover_leases(folder)
     names = {p.name: p.read_text() for p in folder.iterdir()}
     recovered_a = [n for n in names if n.startswith("a-") and n.endswith(".jsonl")]
     assert len(recovered_a) == 1 and len(recovered_a[0]) == len("a-12345678.jsonl")
@@ -478,7 +470,7 @@ def test_an_unknown_claim_is_recovered_after_the_lease(caplog: pytest.LogCapture
     young = folder / "y.sending"
     young.write_text("Y")
     with caplog.at_level(logging.WARNING):
-        d._recover_leases(folder)
+        d.recover_leases(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["x.jsonl", "y.sending"]
     [warning] = messages(caplog)
     assert "left by process ? on ? " in warning
@@ -489,7 +481,7 @@ def test_a_claim_that_vanishes_while_read_does_not_stop_the_others() -> None:
     folder.mkdir()
     (folder / "a.sending").symlink_to(folder / "gone")  # its stat fails, as for a file just taken
     (folder / f"b~{dead_pid()}~{HOST}~{int(time.time())}.tmp").write_text("B")
-    d._recover_leases(folder)
+    d.recover_leases(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["a.sending", "b.jsonl"]
 
 
@@ -499,23 +491,23 @@ def test_the_delivery_uri_adds_this_processes_credentials_for_the_same_store(
 ) -> None:
     stored = "http://host:5000"
     mlflow.set_tracking_uri("sqlite:///other.db")
-    assert d._delivery_uri(stored, None) == stored
-    assert d._delivery_uri(stored, "http://u:p@host:5000") == "http://u:p@host:5000"
-    assert d._delivery_uri(stored, "http://u:p@elsewhere:5000") == stored
+    assert d.delivery_uri(stored, None) == stored
+    assert d.delivery_uri(stored, "http://u:p@host:5000") == "http://u:p@host:5000"
+    assert d.delivery_uri(stored, "http://u:p@elsewhere:5000") == stored
     mlflow.set_tracking_uri("http://t:k@host:5000")
-    assert d._delivery_uri(stored, None) == "http://t:k@host:5000"
-    assert d._delivery_uri(stored, "http://u:p@host:5000") == "http://u:p@host:5000"  # the one named first
-    assert d._delivery_uri(stored, "http://elsewhere") == "http://t:k@host:5000"
+    assert d.delivery_uri(stored, None) == "http://t:k@host:5000"
+    assert d.delivery_uri(stored, "http://u:p@host:5000") == "http://u:p@host:5000"  # the one named first
+    assert d.delivery_uri(stored, "http://elsewhere") == "http://t:k@host:5000"
     mlflow.set_tracking_uri(None)
 
 
 def test_error_codes_count_only_when_mlflow_answered() -> None:
     rest = RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "m"})
     local = MlflowException("m", error_code=INVALID_PARAMETER_VALUE)
-    assert d._error_code(rest, "http://h") == "RESOURCE_DOES_NOT_EXIST"
-    assert d._error_code(local, "sqlite:///x.db") == "INVALID_PARAMETER_VALUE"
-    assert d._error_code(local, "https://h") is None  # raised by the client, e.g. for a proxy's page
-    assert d._error_code(ValueError("x"), "sqlite:///x.db") is None
+    assert transport.error_code(rest, "http://h") == "RESOURCE_DOES_NOT_EXIST"
+    assert transport.error_code(local, "sqlite:///x.db") == "INVALID_PARAMETER_VALUE"
+    assert transport.error_code(local, "https://h") is None  # raised by the client, e.g. for a proxy's page
+    assert transport.error_code(ValueError("x"), "sqlite:///x.db") is None
 
 
 def refusal(batch: Batch) -> BaseException:
@@ -532,25 +524,25 @@ def test_never_deliverable_only_for_a_missing_run_or_a_refused_batch(
     uri = f"sqlite:///{tmp_path / 'other.db'}" if store == "sqlite" else rest_store
     client = MlflowClient(uri)
     missing = cost_batch(uri, "0" * 32, 1)
-    assert d._never_deliverable(missing, refusal(missing)) == (
-        f"run {'0' * 32} does not exist in {uri}: {d._short(refusal(missing))}")
+    assert d.never_deliverable(missing, refusal(missing)) == (
+        f"run {'0' * 32} does not exist in {uri}: {transport.short_error(refusal(missing))}")
     alive = new_run(client)
     bad = Batch(uri, alive, [("bad name!", 1.0, 0, 0)])
     exc = refusal(bad)
-    assert d._never_deliverable(bad, exc) == f"MLflow refuses the batch for run {alive}: {d._short(exc)}"
+    assert d.never_deliverable(bad, exc) == f"MLflow refuses the batch for run {alive}: {transport.short_error(exc)}"
     deleted = new_run(client)
     client.delete_run(deleted)
     kept = cost_batch(uri, deleted, 1)
-    assert d._never_deliverable(kept, refusal(kept)) is None  # restore_run brings it back
+    assert d.never_deliverable(kept, refusal(kept)) is None  # restore_run brings it back
     kept_bad = Batch(uri, deleted, [("bad name!", 1.0, 0, 0)])
-    assert d._never_deliverable(kept_bad, refusal(kept_bad)) is None
-    assert d._never_deliverable(missing, OSError("network down")) is None
+    assert d.never_deliverable(kept_bad, refusal(kept_bad)) is None
+    assert d.never_deliverable(missing, OSError("network down")) is None
 
 
 def test_never_deliverable_when_the_check_itself_fails(busy: ThreadingHTTPServer) -> None:
     url = busy.url  # type: ignore[attr-defined]
     refused = RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"})
-    assert d._never_deliverable(cost_batch(url, "r", 1), refused) is None  # cannot tell: kept
+    assert d.never_deliverable(cost_batch(url, "r", 1), refused) is None  # cannot tell: kept
     assert busy.requests == ["/api/2.0/mlflow/runs/get?run_id=r"]  # type: ignore[attr-defined]
 
 
@@ -568,7 +560,7 @@ def test_sync_counts_delivered_left_and_dead(client: MlflowClient, copied_store:
     spool_file(cost_batch(copied_store, alive, 1), cost_batch(copied_store, deleted, 2),
                cost_batch(copied_store, "0" * 32, 3), cost_batch(copied_store, deleted, 4),
                cost_batch(copied_store, alive, 5))
-    with caplog.at_level(logging.INFO, logger=d.__name__):
+    with caplog.at_level(logging.INFO, logger="mlflow_finops.cost"):
         assert sync_spool() == SyncResult(2, 2, 1)
     assert history(client, alive) == [(0.5, 1), (2.5, 5)]
     assert [(b["run_id"], b["metrics"][0][3]) for b in spooled()] == [(deleted, 2), (deleted, 4)]  # in order
@@ -598,7 +590,7 @@ def test_no_answer_keeps_the_rest_without_trying(proxy: ThreadingHTTPServer, cop
     run_id = new_run(client)
     spool_file(cost_batch(url, "r", 1), cost_batch(url, "s", 2), cost_batch(url, "r", 3))
     spool_file(cost_batch(copied_store, run_id, 4))
-    with caplog.at_level(logging.INFO, logger=d.__name__):
+    with caplog.at_level(logging.INFO, logger="mlflow_finops.cost"):
         assert sync_spool() == (1, 3, 0)
     assert proxy.requests == ["/api/2.0/mlflow/runs/log-batch"]  # type: ignore[attr-defined]
     assert [(b["run_id"], b["metrics"][0][3]) for b in spooled()] == [("r", 1), ("s", 2), ("r", 3)]
@@ -690,7 +682,7 @@ def test_corrupt_lines_go_to_dead_letters_with_reasons(client: MlflowClient, cop
 def test_dead_letters_count_each_reason_once(caplog: pytest.LogCaptureFixture) -> None:
     spool_dir().mkdir()
     with caplog.at_level(logging.WARNING):
-        d._dead_letter(spool_dir(), "s", [(b"1", "why"), (b"2", "other"), (b"3", "why")])
+        d.dead_letter(spool_dir(), "s", [(b"1", "why"), (b"2", "other"), (b"3", "why")])
     [kept] = (spool_dir() / "dead").glob("*.jsonl")
     assert kept.with_suffix(".reason").read_text() == "line 1: why\nline 2: other\nline 3: why\n"
     assert messages(caplog) == [
@@ -705,12 +697,12 @@ def test_an_unreadable_file_is_left_and_a_vanished_one_ignored(caplog: pytest.Lo
     assert messages(caplog) == [f"mlflow-finops: spool file {spool_dir() / 'unreadable.jsonl'} cannot be read "
                                 f"([Errno 21] Is a directory: '{spool_dir() / 'unreadable.jsonl'}'); "
                                 "kept for a later sync"]
-    assert d._sync_file(spool_dir(), spool_dir() / "gone.jsonl", None) == (0, 0, 0)
+    assert d.sync_file(spool_dir(), spool_dir() / "gone.jsonl", None) == (0, 0, 0)
 
 
 def test_a_file_that_cannot_be_claimed_is_left_to_whoever_has_it(copied_store: str) -> None:
     path = spool_file(cost_batch(copied_store, "r", 1))
-    assert d._sync_file(spool_dir() / "no-such-folder", path, None) == (0, 0, 0)
+    assert d.sync_file(spool_dir() / "no-such-folder", path, None) == (0, 0, 0)
     assert path.exists()
 
 
@@ -724,7 +716,7 @@ def test_a_file_whose_rest_cannot_be_rewritten_is_kept_whole(
     def disk_full(*args: object, **kwargs: object) -> Path:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(d, "_write_lines", disk_full)  # the injected fault: no file can be written
+    monkeypatch.setattr(d, "write_lines", disk_full)  # the injected fault: no file can be written
     with caplog.at_level(logging.WARNING):
         assert sync_spool() == (1, 1, 0)
     assert sorted(p.name for p in spool_dir().iterdir()) == [path.name]  # whole again, nothing lost
@@ -797,7 +789,7 @@ def test_an_outage_is_told_once_and_its_end_too(client: MlflowClient, copied_sto
                                                 caplog: pytest.LogCaptureFixture) -> None:
     run_id = new_run(client)
     client.delete_run(run_id)  # refused until restored
-    why = d._short(refusal(cost_batch(copied_store, run_id, 1)))
+    why = transport.short_error(refusal(cost_batch(copied_store, run_id, 1)))
     outbox = Outbox(min_interval_s=0, max_backoff_s=0.2).start()
     with caplog.at_level(logging.WARNING):
         outbox.put(cost_batch(copied_store, run_id, 1))
