@@ -50,7 +50,8 @@ class ClusterUnreachable(RuntimeError):
     """This process cannot join a Ray cluster as a driver (not there, or not within the time allowed)."""
 
 
-JOBS_HTTP_TIMEOUT_S = 30.0  # one request to the Jobs API (Ray's own client sets none: a silent server hangs it)
+JOBS_HTTP_TIMEOUT_S = 120.0  # one request to the Jobs API (Ray's client sets none: a silent server hangs it;
+# a submission on a busy 2-core machine was seen to take over 30 s while the job agent started)
 
 
 def jobs_address(configured: str | None = None) -> str:

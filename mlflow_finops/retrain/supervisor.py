@@ -43,18 +43,15 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping
 
 from mlflow.tracking import MlflowClient
 
-from .. import ray_cluster
 from ..money import format_usd
 from ..names import (
-    ENV_CHARGE_PROCESS_START,
     METRIC_COST_USD,
     TAG_ATTEMPTS,
     TAG_CAP_USD,
@@ -66,13 +63,11 @@ from ..names import (
     TAG_RETRAIN_RUNNER,
     TAG_RETRAIN_STATE,
     TAG_RETRY_AT,
-    TAG_RUN_ID,
     TAG_STOPPED_FOR_CAP,
     TAG_STOPPED_FOR_TIME,
 )
 from ..policy import Policy, RetrainPolicy, load_policy
 from ..spend.budget import envelopes_for, spend
-from ..store import redact_uri
 from .. import claims
 from .requests import model_policy, open_requests, request_retrain, retrain_experiment_name
 from .state import (
@@ -89,7 +84,8 @@ from .state import (
     submit_failed,
 )
 from .windows import window_state
-from .worker import ActorRunner, ClusterUnreachable, RunnerStatus
+from .runners import JobsRunner, Runner, job_env, jobs_address, runner_for
+from .worker import ClusterUnreachable, RunnerStatus
 
 _log = logging.getLogger(__name__)
 
@@ -105,7 +101,6 @@ __all__ = [
 
 ATTEMPT_LEASE_S = 300.0  # claim -> Ray submit (retried ~60 s on a starting cluster) -> tags written
 SUBMIT_RETRY_S = 60.0  # a cluster that just started has no job agent yet: retry that long
-_SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "USERNAME", "KEY", "CREDENTIAL", "AUTH")
 STOP_GRACE_S = 10.0  # an actor's retrain still running this long after its stop: the actor is killed
 
 
@@ -130,77 +125,8 @@ class RetrainOutcome:
         return RetrainState(self.state).terminal
 
 
-def jobs_address(rp: RetrainPolicy) -> str:
-    """The Ray Jobs API address for a retrain policy (its ``ray_address``, else ``$RAY_ADDRESS``, else local)."""
-    return ray_cluster.jobs_address(rp.ray_address)
-
-
-def jobs_client(rp: RetrainPolicy) -> Any:
-    """A Ray ``JobSubmissionClient`` for the policy's cluster, with its token when it needs one."""
-    return ray_cluster.jobs_client(rp.ray_address)
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-class Runner(Protocol):
-    """Where an attempt runs, by its token (the submission id): a Ray job or the warm actor."""
-
-    kind: str  # the attempt's finops.retrain_runner tag
-    noun: str  # what an attempt is called in messages
-    stops_hard: bool  # stop() ends it for sure (else kill() is the backstop)
-
-    def submit(self, token: str, *, run_id: str, model: str, policy_path: str, cap_usd: float | None,
-               env: Mapping[str, str]) -> None: ...
-
-    def status(self, token: str) -> RunnerStatus | None: ...
-
-    def stop(self, token: str) -> None: ...
-
-    def kill(self, token: str) -> None: ...
-
-
-class JobsRunner:
-    """Each attempt a Ray job running ``python -m ray_jobs.retrain`` (``runner = "job"``)."""
-
-    kind = "job"
-    noun = "Ray job"
-    stops_hard = True  # Ray's stop_job sends SIGTERM, then SIGKILL
-
-    def __init__(self, rp: RetrainPolicy):
-        self.rp = rp
-        self._jobs: Any = None
-
-    @property
-    def jobs(self) -> Any:
-        if self._jobs is None:  # made on first use: a cluster starting up refuses it for a while
-            self._jobs = jobs_client(self.rp)
-        return self._jobs
-
-    def submit(self, token: str, *, run_id: str, model: str, policy_path: str, cap_usd: float | None,
-               env: Mapping[str, str]) -> None:
-        entrypoint = (
-            f"{sys.executable} -m ray_jobs.retrain --run-id {run_id} --model {model}"
-            + (f" --policy {policy_path}" if policy_path else "")
-            + (f" --cap-usd {cap_usd:.10f}" if cap_usd is not None else "")
-        )
-        metadata = {TAG_MODEL: model, TAG_RUN_ID: run_id}
-        if cap_usd is not None:
-            metadata[TAG_CAP_USD] = f"{cap_usd:.10f}"
-        self.jobs.submit_job(entrypoint=entrypoint, submission_id=token, runtime_env={"env_vars": dict(env)},
-                             entrypoint_num_cpus=self.rp.entrypoint_num_cpus, metadata=metadata)
-
-    def status(self, token: str) -> RunnerStatus:
-        info = self.jobs.get_job_info(token)
-        return RunnerStatus(str(info.status), ((info.message or "").splitlines()[-1:] or [""])[0],
-                            info.start_time, _float((info.metadata or {}).get(TAG_CAP_USD)))
-
-    def stop(self, token: str) -> None:
-        self.jobs.stop_job(token)
-
-    def kill(self, token: str) -> None:  # stop() is hard already
-        self.stop(token)
 
 
 class RetrainSupervisor:
@@ -483,7 +409,7 @@ class RetrainSupervisor:
 
     # -------------------------------------------------------------- runners
     def _runner(self, kind: str, rp: RetrainPolicy) -> Runner:
-        return ActorRunner(rp, jobs_address(rp)) if kind == ActorRunner.kind else JobsRunner(rp)
+        return runner_for(kind, rp)
 
     def _status(self, runner: Runner, token: str, stopped: bool) -> RunnerStatus:
         """The attempt's status; one its actor does not know (killed, died, exited) has ended:
@@ -552,34 +478,7 @@ def _state(tags: dict[str, str], default: RetrainState = RetrainState.PENDING) -
     return RetrainState(tags.get(TAG_RETRAIN_STATE, default.value))
 
 
-def _absolute_uri(uri: str) -> str:
-    """A tracking URI a job started elsewhere can use (relative SQLite paths made absolute)."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
-    return uri
-
-
-def job_env(environ: Mapping[str, str], tracking_uri: str) -> dict[str, str]:
-    """The Ray job's environment: non-secret ``MLFLOW_*`` settings only, URIs without userinfo.
-
-    Anyone who can reach the cluster's Jobs API can read a job's runtime_env, so
-    no credential travels in it; the job authenticates with the nodes' own.
-    """
-    env = {
-        k: redact_uri(v) for k, v in environ.items()
-        if k.startswith("MLFLOW_") and not any(word in k for word in _SECRET_WORDS)
-    }
-    env["MLFLOW_TRACKING_URI"] = redact_uri(_absolute_uri(tracking_uri))
-    env[ENV_CHARGE_PROCESS_START] = "true"  # the job's start-up is the retrain's cost
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
 def _one_line(exc: BaseException) -> str:
     """An error as one short line: its type and its last line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]
-
-
-def _float(text: str | None) -> float | None:
-    return float(text) if text else None
