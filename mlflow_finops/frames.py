@@ -80,7 +80,7 @@ def release_arrow_memory() -> None:
     A Parquet file read into pandas leaves the Arrow table's freed buffers in
     Arrow's allocator (mimalloc, jemalloc), resident and never reused by
     anything but Arrow: for two 1M x 21 frames read with ``pd.read_parquet``,
-    ~130 MB under the whole check (its peak 1.09 GB, now ~0.9 GB). A no-op when
+    ~130 MB under the whole check (its peak 1,035 MB, now 862). A no-op when
     pyarrow was never imported (nothing to hand back, and no import to pay).
     """
     pa = sys.modules.get("pyarrow")
