@@ -129,12 +129,18 @@ def plan_columns(profile: ReferenceProfile, cur: pd.DataFrame, policy: DriftPoli
 
 
 def sample(df: pd.DataFrame, n: int, cols: list[str], seed: int) -> pd.DataFrame:
-    """``n`` rows of ``df[cols]`` drawn without replacement, in their original order; all when n >= len."""
-    if n >= len(df):
-        return df if list(df.columns) == list(cols) else df[cols]
+    """``n`` rows of ``df[cols]`` drawn without replacement, in their original order; all when n >= len.
+
+    Only the asked cells are copied (none when all rows are asked for): on a 1M-row frame a copy
+    of whole rows or whole columns is what a check's peak memory is made of.
+    """
+    if n >= len(df):  # the columns' own arrays, not copies (``df[cols]`` copies them)
+        return df if list(df.columns) == list(cols) else pd.DataFrame({c: df[c] for c in cols}, copy=False)
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(df), size=n, replace=False))
-    return df.iloc[idx][cols]  # rows first: never a copy of the whole frame
+    # column by column: only the asked cells are copied, once (taking rows first copied every
+    # column of those rows: a refinement of 2 columns on 400,000 rows of 21 took 67 MB a side)
+    return pd.DataFrame({c: df[c].iloc[idx] for c in cols}, copy=False)  # one block a column, none merged
 
 
 def j_integral(x: np.ndarray) -> float:
