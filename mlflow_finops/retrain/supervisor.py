@@ -198,6 +198,7 @@ class RetrainSupervisor:
     def process(self, run_id: str, wait: bool = True) -> RetrainOutcome:
         """One step of a request: start it, supervise its job (to its end when ``wait``), or say why not."""
         run = self.client.get_run(run_id)
+        known = Known(dict(run.data.tags), dict(run.data.metrics))  # the step's one read of the request
         model = run.data.tags[TAG_MODEL]
         req = RetrainRequest.from_tags(run.data.tags, run_active=run.info.status == "RUNNING")
         now = self.now()
@@ -212,8 +213,8 @@ class RetrainSupervisor:
         else:
             step = next_step(req, now, max_wait_hours=max_wait_hours)
             if step.action == "supervise":
-                return self._supervise(run_id, model, self._retrain_policy(model), wait)
-        return self._apply(run_id, step)
+                return self._supervise(run_id, model, self._retrain_policy(model), wait, known)
+        return self._apply(run_id, step, known=known)
 
     def cancel(self, run_id: str, reason: str) -> RetrainOutcome:
         """Drop an open request (it will not run); a submitted or running job is stopped first."""
@@ -284,12 +285,14 @@ class RetrainSupervisor:
                 return self._outcome(run_id, now_state, f"attempt {attempt} is being submitted by another scheduler")
             self._await_attempt(run_id, attempt, rp)
             return self.process(run_id, wait=True)
-        if int(self.client.get_run(run_id).data.tags.get(TAG_ATTEMPTS, "0")) >= attempt:
+        fresh = self.client.get_run(run_id)  # read again under the claim: another scheduler may have submitted
+        known = Known(dict(fresh.data.tags), dict(fresh.data.metrics))
+        if int(known.tags.get(TAG_ATTEMPTS, "0")) >= attempt:
             return self.process(run_id, wait)  # we read the request before another scheduler's attempt
-        failure = self._submit(run_id, model, rp, step, attempt)
+        failure, written = self._submit(run_id, model, rp, step, attempt)
         if failure is not None:
-            return self._apply(run_id, failure, {TAG_ATTEMPTS: str(attempt)})
-        return self._supervise(run_id, model, rp, wait)
+            return self._apply(run_id, failure, {TAG_ATTEMPTS: str(attempt)}, known=known)
+        return self._supervise(run_id, model, rp, wait, Known({**known.tags, **written}, known.metrics))
 
     def _await_attempt(self, run_id: str, attempt: int, rp: RetrainPolicy) -> None:
         """Wait until another scheduler's attempt shows in the request (or its claim's lease ends)."""
@@ -299,8 +302,10 @@ class RetrainSupervisor:
                 return
             self.sleep(rp.poll_s)
 
-    def _submit(self, run_id: str, model: str, rp: RetrainPolicy, step: Step, attempt: int) -> Step | None:
-        """Submit attempt ``attempt`` to the policy's runner and record it; the failure step when refused."""
+    def _submit(self, run_id: str, model: str, rp: RetrainPolicy, step: Step,
+                attempt: int) -> tuple[Step | None, dict[str, str]]:
+        """Submit attempt ``attempt`` to the policy's runner and record it: (None, the tags written),
+        or (the failure step, {}) when refused."""
         cap = step.cap_usd
         policy_path = os.path.abspath(self.policy.source) if self.policy.source else ""
         env = job_env(os.environ, self.client.tracking_uri)
@@ -326,7 +331,7 @@ class RetrainSupervisor:
                     continue
                 _log.debug("retrain %s: submission to %s failed", run_id, address, exc_info=True)
                 return submit_failed(attempt, address, _one_line(exc), self.now(),
-                                     max_attempts=rp.max_attempts, backoff_s=rp.backoff_s)
+                                     max_attempts=rp.max_attempts, backoff_s=rp.backoff_s), {}
         new_tags = {
             TAG_RETRAIN_STATE: step.state.value,
             TAG_RAY_SUBMISSION_ID: token,
@@ -341,11 +346,14 @@ class RetrainSupervisor:
         self.client.update_run(run_id, status="RUNNING")
         _log.info("retrain %s of %s submitted to the %s runner as %s (cap %s)", run_id, model, runner.kind, token,
                   format_usd(cap))
-        return None
+        return None, new_tags
 
-    def _supervise(self, run_id: str, model: str, rp: RetrainPolicy, wait: bool) -> RetrainOutcome:
-        """Watch the request's attempt (stopping it at the backstops); once it ended, judge it."""
-        tags = self.client.get_run(run_id).data.tags
+    def _supervise(self, run_id: str, model: str, rp: RetrainPolicy, wait: bool, known: Known) -> RetrainOutcome:
+        """Watch the request's attempt (stopping it at the backstops); once it ended, judge it.
+
+        ``known``: the request as this step read it; while the attempt runs, each poll reads its
+        cost and state (the retrain writes them), and once it ended, its verdict, once."""
+        tags = known.tags
         submission_id = tags[TAG_RAY_SUBMISSION_ID]
         cap = float(tags[TAG_CAP_USD]) if TAG_CAP_USD in tags else None
         runner = self._runner(tags.get(TAG_RETRAIN_RUNNER, JobsRunner.kind), rp)
@@ -386,7 +394,8 @@ class RetrainSupervisor:
                 return self._outcome(run_id, RetrainState.SUBMITTED, f"{runner.noun} {submission_id} is {status}")
             self.sleep(rp.poll_s)
 
-        tags = self.client.get_run(run_id).data.tags
+        ended = self.client.get_run(run_id)
+        tags = dict(ended.data.tags)
         end = JobEnd(
             status=status,
             state=_state(tags, RetrainState.SUBMITTED),
@@ -405,7 +414,7 @@ class RetrainSupervisor:
             budget = self.budget(model, rp)
         step = job_ended(end, self.now(), max_attempts=rp.max_attempts, backoff_s=rp.backoff_s,
                          max_job_minutes=rp.max_job_minutes, budget=budget)
-        return self._apply(run_id, step)
+        return self._apply(run_id, step, known=Known(tags, dict(ended.data.metrics)))
 
     # -------------------------------------------------------------- runners
     def _runner(self, kind: str, rp: RetrainPolicy) -> Runner:
@@ -425,10 +434,13 @@ class RetrainSupervisor:
     def _retrain_policy(self, model: str) -> RetrainPolicy:
         return self.policy.retrain.merged(model_policy(self.policy, model).retrain)
 
-    def _apply(self, run_id: str, step: Step, extra: Mapping[str, str] | None = None) -> RetrainOutcome:
-        """Record a step that needs no Ray call: the one place a request's state tag is written."""
+    def _apply(self, run_id: str, step: Step, extra: Mapping[str, str] | None = None, *,
+               known: Known | None = None) -> RetrainOutcome:
+        """Record a step that needs no Ray call: the one place a request's state tag is written.
+
+        ``known``: the request as last read; the outcome is built from it and what is written here."""
         if step.action in ("done", "retry_later"):
-            return self._outcome(run_id, step.state, step.reason)
+            return self._outcome(run_id, step.state, step.reason, known)
         tags = {**(extra or {}), TAG_RETRAIN_STATE: step.state.value, TAG_REASON: step.tag_reason}
         if step.retry_at is not None:
             tags[TAG_RETRY_AT] = step.retry_at.isoformat()
@@ -437,7 +449,8 @@ class RetrainSupervisor:
             self.client.set_terminated(run_id, step.run_status)
         elif step.run_status is not None:
             self.client.update_run(run_id, status=step.run_status)
-        out = self._outcome(run_id, step.state, step.reason)
+        out = self._outcome(run_id, step.state, step.reason,
+                            Known({**known.tags, **tags}, known.metrics) if known is not None else None)
         if step.state.terminal:
             log = _log.info if step.state in (RetrainState.PROMOTED, RetrainState.NOT_PROMOTED) else _log.warning
             log("retrain %s of %s: %s: %s", run_id, out.model, step.state.value, step.reason)
@@ -455,9 +468,11 @@ class RetrainSupervisor:
 
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def _outcome(self, run_id: str, state: RetrainState, reason: str) -> RetrainOutcome:
-        run = self.client.get_run(run_id)
-        t = run.data.tags
+    def _outcome(self, run_id: str, state: RetrainState, reason: str, known: Known | None = None) -> RetrainOutcome:
+        if known is None:
+            run = self.client.get_run(run_id)
+            known = Known(run.data.tags, run.data.metrics)
+        t = known.tags
         return RetrainOutcome(
             model=t.get(TAG_MODEL, ""),
             run_id=run_id,
@@ -466,11 +481,19 @@ class RetrainSupervisor:
             priority=t.get(TAG_PRIORITY, "standard"),
             attempts=int(t.get(TAG_ATTEMPTS, "0")),
             ray_job_id=t.get(TAG_RAY_SUBMISSION_ID),
-            cost_usd=run.data.metrics.get(METRIC_COST_USD),
+            cost_usd=known.metrics.get(METRIC_COST_USD),
             cap_usd=float(t[TAG_CAP_USD]) if TAG_CAP_USD in t else None,
             model_version=t.get(TAG_MODEL_VERSION),
             retry_at=datetime.fromisoformat(t[TAG_RETRY_AT]) if t.get(TAG_RETRY_AT) else None,
         )
+
+
+@dataclass(frozen=True)
+class Known:
+    """A request's tags and metrics as a step last read them (plus what the step wrote since)."""
+
+    tags: dict[str, str]
+    metrics: dict[str, float]
 
 
 def _state(tags: dict[str, str], default: RetrainState = RetrainState.PENDING) -> RetrainState:
