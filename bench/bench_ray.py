@@ -41,7 +41,7 @@ from pathlib import Path
 
 import _local_ray  # noqa: F401  (before ray is imported: keeps Ray on loopback)
 
-from mlflow_finops.ray_cluster import free_ports, join
+from mlflow_finops.ray_cluster import free_ports, join, loopback_cluster_env
 
 
 def outside_burner() -> int:
@@ -115,19 +115,20 @@ def main() -> None:
     mlflow.set_experiment("bench-ray")
 
     t_start = time.time()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "node_ip_address": "127.0.0.1",
-            "include_dashboard": True,  # Ray's state API (list_tasks / list_actors) is served there
-            "dashboard_host": "127.0.0.1",
-            "dashboard_port": free_ports(1)[0],
-            "labels": {"market": "on_demand"},
-        },
-    )
-    for _ in range(2):
-        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={"market": "spot"})
+    with loopback_cluster_env():  # the cluster's processes stay on loopback, as `ray up` starts them
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 1,
+                "node_ip_address": "127.0.0.1",
+                "include_dashboard": True,  # Ray's state API (list_tasks / list_actors) is served there
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": free_ports(1)[0],
+                "labels": {"market": "on_demand"},
+            },
+        )
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={"market": "spot"})
     cluster.wait_for_nodes()
     join(cluster.address, log_to_driver=False)  # as the product joins a loopback cluster
     nodes = [n for n in ray.nodes() if n["Alive"]]

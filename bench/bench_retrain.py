@@ -71,7 +71,7 @@ import _local_ray  # noqa: F401  (before ray is imported: keeps Ray on loopback)
 
 from mlflow_finops.names import (METRIC_COST_USD, METRIC_PREFIX, METRIC_ROWS_NEW, TAG_RETRAIN_RUNNER,
                                  TAG_UPDATE_PATH, eval_challenger, eval_champion)
-from mlflow_finops.ray_cluster import free_ports, wait_until_jobs_run
+from mlflow_finops.ray_cluster import free_ports, loopback_cluster_env, wait_until_jobs_run
 
 N_FEATURES = 20
 SAMPLE_INTERVAL_S = 1.0
@@ -494,13 +494,14 @@ def main() -> int:
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     port, agent_port = free_ports(2)
     t0 = time.time()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": port,
-        # not Ray's fixed default 52365: another local cluster (`ray start --head`) may hold it,
-        # and then this head's job agent never comes up ("No available agent to submit job")
-        "dashboard_agent_listen_port": agent_port,
-    })
+    with loopback_cluster_env():  # the cluster's processes stay on loopback, as `ray up` starts them
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": True,
+            "dashboard_host": "127.0.0.1", "dashboard_port": port,
+            # not Ray's fixed default 52365: another local cluster (`ray start --head`) may hold it,
+            # and then this head's job agent never comes up ("No available agent to submit job")
+            "dashboard_agent_listen_port": agent_port,
+        })
     jobs = f"http://127.0.0.1:{port}"
     wait_until_jobs_run(jobs)
     print(f"Ray head (2 CPUs) up in {time.time() - t0:.1f} s, Jobs API {jobs}; MLflow store {tmp / 'mlflow.db'}; "

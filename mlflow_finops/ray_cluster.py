@@ -189,6 +189,28 @@ def _not_main_thread_note(record: logging.LogRecord) -> bool:
     return "SIGTERM handler is not set" not in record.getMessage()
 
 
+# What the processes of a cluster on 127.0.0.1 start with: Ray's own processes stay on loopback
+# (their drivers and agents would otherwise reach for the LAN address), and send no usage report.
+LOOPBACK_CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@contextlib.contextmanager
+def loopback_cluster_env() -> Iterator[None]:
+    """:data:`LOOPBACK_CLUSTER_ENV` while a loopback cluster's processes are started from this process
+    (``ray.cluster_utils.Cluster``, as Ray's own tests do), restored after: Ray in this process
+    keeps reading what it read at import, as a user's process would."""
+    saved = {k: os.environ.get(k) for k in LOOPBACK_CLUSTER_ENV}
+    os.environ.update(LOOPBACK_CLUSTER_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def join(address: str | None = None, *, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, **init_kwargs: Any) -> Any:
     """``ray.init`` to the cluster at GCS ``address`` (default ``$RAY_ADDRESS``, else Ray's ``"auto"``), bounded.
 
@@ -307,7 +329,7 @@ def start_local_cluster(
     for what, p in (("--port", port), ("--dashboard-port", dashboard_port)):
         if port_in_use(p):
             raise RayClusterError(f"port {p} ({what}) is in use on 127.0.0.1: another Ray cluster? choose another {what}")
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **LOOPBACK_CLUSTER_ENV}
     cmd = [ray_executable(), "start", "--head", "--num-cpus", str(num_cpus), "--node-ip-address", "127.0.0.1",
            "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
            "--disable-usage-stats"]

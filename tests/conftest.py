@@ -175,9 +175,18 @@ class RayTestCluster:
     """One real multi-node Ray cluster on this machine (ray.cluster_utils.Cluster), on loopback."""
 
     def __init__(self) -> None:
+        import ray  # noqa: F401  (imported first: this process reads Ray's settings as a user's would)
         from ray.cluster_utils import Cluster
 
+        from mlflow_finops.ray_cluster import loopback_cluster_env
+
         self.dashboard_port = free_ports(1)[0]
+        with loopback_cluster_env():  # the cluster's processes only, as `ray up` starts them
+            self._start(Cluster)
+        self.address = self.cluster.address
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _start(self, Cluster) -> None:
         self.cluster = Cluster(
             initialize_head=True,
             head_node_args={
@@ -194,11 +203,12 @@ class RayTestCluster:
             self.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={"market": "spot"}),
         ]
         self.cluster.wait_for_nodes()
-        self.address = self.cluster.address
-        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
 
     def add_node(self, **labels: str):
-        node = self.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels=labels)
+        from mlflow_finops.ray_cluster import loopback_cluster_env
+
+        with loopback_cluster_env():
+            node = self.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels=labels)
         self.cluster.wait_for_nodes()
         return node
 
