@@ -75,7 +75,7 @@ from ..names import (
 )
 from ..policy import Policy, RayPolicy, load_policy
 from ..pricing import Allocation, CostBreakdown, PriceCatalog
-from .context import run_tags
+from .context import policy_in_use, run_tags, use_policy
 from .delivery import Batch, Outbox
 from .gpu import GpuSampler
 from .orphans import END_SIGTERM, end_orphaned_runs, process_tags
@@ -154,10 +154,14 @@ class CostTracker:
         flush_timeout_s: float | None = None,
         ray_policy: RayPolicy | None = None,
         log_charts: bool | None = None,
+        policy: Policy | None = None,
     ):
         self.run_id = run_id
+        # The policy the run is tracked under: its [tags] and [ray] node prices too, not only
+        # [prices] (None: each is found as usual, $MLFLOW_FINOPS_POLICY or ./finops.toml).
+        self.policy = policy
         self.interval_s = interval_s or env_float(ENV_INTERVAL_S, DEFAULT_INTERVAL_S)
-        self.prices = prices or resolve_prices()
+        self.prices = prices or resolve_prices(policy=policy)
         self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()
         self.log_timeseries = log_timeseries
         self.flush_timeout_s = flush_timeout_s or env_float(ENV_FLUSH_TIMEOUT_S, 15.0)
@@ -166,6 +170,8 @@ class CostTracker:
         gpu = gpu if gpu is not None else GpuSampler()
         self._tree = ProcessTreeSampler(pid, gpu=gpu)
         # Ray: the job's workers on every node, attached once this process is a Ray driver.
+        if ray_policy is None and policy is not None:
+            ray_policy = policy.ray
         self._ray = RaySampler(self.prices, ray_policy, name=f"finops-ray-{run_id[:8]}")
         self._samplers: list[Sampler[Any]] = [self._ray, self._tree]
         self._usage = RunUsage()
@@ -228,7 +234,7 @@ class CostTracker:
             TAG_MARKET: self.prices.market,
             TAG_INTERVAL_S: f"{self.interval_s:g}",
             TAG_ALLOCATED_CPUS: f"{self.allocation.cpus:g}",
-            **run_tags(),
+            **run_tags(self.policy),
             **process_tags(),
         }
         self._outbox.put(Batch(self.tracking_uri, self.run_id, tags=tags))
@@ -501,6 +507,7 @@ class _AutologConfig:
     interval_s: float | None
     prices: PriceCatalog
     log_timeseries: bool
+    policy: Policy | None  # the one given to autolog(): it prices, tags and prices Ray nodes
 
 
 @dataclass
@@ -565,18 +572,26 @@ def autolog(
     if disable or env_flag(ENV_DISABLE, False):
         with _state_lock:
             _config = None
+            use_policy(None)
             _stop_root("FINISHED")
             _unpatch()
         return
     if interval_s is not None and interval_s <= 0:
         raise ValueError(f"interval_s={interval_s!r}: must be greater than 0")
-    catalog = resolve_prices(prices, policy)
+    pol = _given_policy(policy)
+    catalog = resolve_prices(prices, pol)
     metrics_setting()  # a bad MLFLOW_FINOPS_METRICS is refused here, not in the run-start hook
     if interval_s is None:
         interval_s = env_float(ENV_INTERVAL_S, DEFAULT_INTERVAL_S)
     with _state_lock:
-        _config = _AutologConfig(interval_s, catalog, log_timeseries)
+        _config = _AutologConfig(interval_s, catalog, log_timeseries, pol)
+        use_policy(pol)  # the run-context plugin tags new runs from it too
         _patch()
+
+
+def _given_policy(policy: Policy | str | None) -> Policy | None:
+    """The policy a caller named (read now, so a bad file fails before training); None if none was."""
+    return policy if isinstance(policy, Policy) or policy is None else load_policy(policy)
 
 
 def _patch() -> None:
@@ -648,6 +663,7 @@ def _on_run_started(active: Any) -> None:
             log_timeseries=_config.log_timeseries,
             offset=offset,
             run_start_ms=active.info.start_time,
+            policy=_config.policy,
         ).start()
 
 
@@ -744,13 +760,15 @@ def track_cost(
         if target is None or target == live.run_id or target in live._segments:
             yield live
             return
-    catalog = resolve_prices(prices, policy)
+    pol = _given_policy(policy)
+    catalog = resolve_prices(prices, pol)
     started_here = False
     if run_id is None:
         active = mlflow.active_run()
         if active is None:
             start = _originals.get("start_run", mlflow.tracking.fluent.start_run)
-            active = start()
+            with policy_in_use(pol):  # the run-context plugin tags the run from it
+                active = start()
             started_here = True
         run_id = active.info.run_id
         run_start_ms = active.info.start_time
@@ -771,6 +789,7 @@ def track_cost(
         offset=CostBreakdown.from_metrics(prior, catalog.allocation_mode) if prior else None,
         run_start_ms=run_start_ms,
         pid=pid,
+        policy=pol,
     ).start()
     owns_root = False
     with _state_lock:
