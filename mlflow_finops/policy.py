@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 from datetime import datetime
 import sys
-import types
-import typing
 from pathlib import Path
 from zoneinfo import ZoneInfo
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .policy_errors import PolicyError, describe_error, unknown_key
 from .pricing import PriceCatalog
 
 if sys.version_info >= (3, 11):
@@ -44,16 +43,6 @@ POLICY_ENV = "MLFLOW_FINOPS_POLICY"
 DEFAULT_POLICY_FILE = "finops.toml"
 
 
-class PolicyError(ValueError):
-    """A policy file that cannot be used; ``problems`` lists each bad key with what is expected."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + ("; ".join(problems) if len(problems) == 1 else
-                                          "\n  - " + "\n  - ".join(problems)))
-
-
 # Upper bounds of durations and counts: generous for any real policy, small enough that
 # datetime arithmetic and MLflow's query limits never overflow on what the file says.
 MAX_HOURS = 24 * 366  # a year
@@ -63,6 +52,19 @@ MAX_COUNT = 1000  # attempts, checks in a persistence window, ...
 class _Section(BaseModel):
     # inf and NaN are never a price, a duration or a count
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_O = TypeVar("_O", bound="_Overridable")
+
+
+class _Overridable(_Section):
+    """A section that ``[models.NAME.<section>]`` may override key by key."""
+
+    def merged(self: _O, override: _O | None) -> _O:
+        """This section with the keys that ``override`` sets explicitly replaced."""
+        if override is None:
+            return self
+        return self.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
 
 
 class TagPolicy(_Section):
@@ -129,7 +131,7 @@ class PerformancePolicy(_Section):
 RetrainSignal = Literal["harm", "drift", "either"]
 
 
-class DriftPolicy(_Section):
+class DriftPolicy(_Overridable):
     """How the drift gate decides (``[drift]``; ``[models.NAME.drift]`` overrides any key)."""
 
     drift_share: float = Field(0.5, gt=0, le=1, description="Dataset drifts when drifted/checked >= this.")
@@ -173,12 +175,6 @@ class DriftPolicy(_Section):
         if self.persistence_k > self.persistence_n:
             return [f"persistence_k ({self.persistence_k}) must be <= persistence_n ({self.persistence_n})"]
         return []
-
-    def merged(self, override: "DriftPolicy | None") -> "DriftPolicy":
-        """This policy with the keys that ``override`` sets explicitly replaced."""
-        if override is None:
-            return self
-        return self.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
 
 
 class ModelPolicy(_Section):
@@ -388,7 +384,7 @@ RetrainRunner = Literal["actor", "job"]
 RetrainMemory = Literal["adaptive", "all"]
 
 
-class RetrainPolicy(_Section):
+class RetrainPolicy(_Overridable):
     """How a model is retrained (``[retrain]``; ``[models.NAME.retrain]`` overrides any key)."""
 
     ray_address: str | None = Field(
@@ -439,13 +435,8 @@ class RetrainPolicy(_Section):
         600.0, ge=0, le=MAX_HOURS * 3600, description="A warm retrain actor exits after this long without work."
     )
 
-    def merged(self, override: "RetrainPolicy | None") -> "RetrainPolicy":
-        if override is None:
-            return self
-        return self.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
 
-
-class TriggerPolicy(_Section):
+class TriggerPolicy(_Overridable):
     """When a retrain is worth its cost (``[trigger]``; ``[models.NAME.trigger]`` overrides any key).
 
     Losses and gains are in the retrain metric's units (0.01 = one point of accuracy).
@@ -463,11 +454,6 @@ class TriggerPolicy(_Section):
         "tolerated_loss (the data is still moving; the streak ends with a retrain that buys less)."
     )
     min_labelled_rows: int = Field(30, ge=1, le=10**9, description="Labelled rows needed to measure the loss.")
-
-    def merged(self, override: "TriggerPolicy | None") -> "TriggerPolicy":
-        if override is None:
-            return self
-        return self.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
 
 
 class Policy(_Section):
@@ -507,11 +493,33 @@ class Policy(_Section):
     def from_dict(cls, data: dict[str, Any], source: str = "policy") -> "Policy":
         """Validate a parsed policy; raises :class:`PolicyError` naming each bad key."""
         if "source" in data:
-            raise PolicyError(source, [_unknown("source", [])])
+            raise PolicyError(source, [unknown_key("source", [])])
         try:
             return cls.model_validate({**data, "source": source})
         except ValidationError as exc:
-            raise PolicyError(source, [_describe(err) for err in exc.errors()]) from None
+            raise PolicyError(source, [describe_error(err, cls) for err in exc.errors()]) from None
+
+    # ---------------------------------------------------------- lookups
+    def model(self, name: str) -> ModelPolicy:
+        """``[models.<name>]``; a :class:`PolicyError` naming the models there are when absent."""
+        if name not in self.models:
+            raise PolicyError(self.source or "policy", [f"[models.{name}]: unknown model (models in this policy: "
+                                                         f"{', '.join(sorted(self.models)) or 'none'})"])
+        return self.models[name]
+
+    def path(self, value: str) -> str:
+        """A path the policy names: relative ones are relative to the policy file's folder."""
+        p = Path(value).expanduser()
+        if not p.is_absolute() and self.source and Path(self.source).is_file():
+            p = Path(self.source).resolve().parent / p
+        return str(p)
+
+    def reference(self, name: str) -> str:
+        """``[models.<name>].reference``, resolved (:meth:`path`); a :class:`PolicyError` when not set."""
+        value = self.model(name).reference
+        if not value:
+            raise PolicyError(self.source or "policy", [f"[models.{name}].reference: not set"])
+        return self.path(value)
 
 
 def find_policy_path(path: str | os.PathLike[str] | None = None) -> Path | None:
@@ -544,53 +552,3 @@ def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(source, [f"not valid TOML: {exc}"]) from None
     return Policy.from_dict(data, source=source)
-
-
-# ------------------------------------------------------------------ errors
-def _key_path(loc: tuple[Any, ...]) -> str:
-    """('prices', 'cpu_core_hour_usd') -> '[prices].cpu_core_hour_usd'."""
-    if not loc:
-        return "(top level)"
-    head, *rest = [str(p) for p in loc]
-    return f"[{head}]" + "".join(f".{p}" for p in rest)
-
-
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = Policy
-    for part in loc:
-        model = _unwrap_optional(model)
-        if typing.get_origin(model) is dict:  # a [table.NAME] of sections: the part is the user's name
-            model = typing.get_args(model)[1]
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        model = field.annotation
-    model = _unwrap_optional(model)
-    return [k for k in getattr(model, "model_fields", {}) if k != "source"]
-
-
-def _unwrap_optional(annotation: Any) -> Any:
-    """``X | None`` -> ``X``; anything else unchanged."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return annotation
-
-
-def _unknown(key: str, allowed: list[str]) -> str:
-    hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
-    return f"{key}: unknown key{hint}"
-
-
-def _describe(err: Any) -> str:
-    loc = tuple(err["loc"])
-    if err["type"] == "extra_forbidden":
-        parent = loc[:-1]
-        allowed = _allowed_keys(parent) if parent else [k for k in Policy.model_fields if k != "source"]
-        name = f"[{loc[-1]}]" if not parent else _key_path(loc)
-        return _unknown(name, allowed)
-    where = _key_path(loc)
-    got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{where}: {err['msg']}{shown}"

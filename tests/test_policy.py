@@ -137,3 +137,33 @@ def test_bounds_admit_real_policies(tmp_path: Path) -> None:
                         "[drift]\npersistence_n = 1000\npersistence_k = 1000\n")
     policy = load_policy(p)
     assert (policy.retrain.deadline_hours, policy.retrain.max_attempts, policy.drift.persistence_n) == (8784, 1000, 1000)
+
+
+def test_lookups_name_the_model_and_resolve_paths_from_the_policy_file(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "conf").mkdir()
+    p = tmp_path / "conf" / "team.toml"
+    p.write_text('[models.churn]\nreference = "data/ref.csv"\n[models.fraud]\nreference = "/abs/ref.csv"\n'
+                 '[models.bare]\ncurrent = "new/"\n')
+    monkeypatch.chdir(tmp_path)
+    policy = load_policy(p)
+    assert policy.model("churn").reference == "data/ref.csv"
+    assert policy.reference("churn") == str(tmp_path / "conf" / "data" / "ref.csv")
+    assert policy.reference("fraud") == "/abs/ref.csv"
+    assert policy.path("~/x.csv") == str(Path.home() / "x.csv")
+    with pytest.raises(PolicyError, match=r"\[models.spam\]: unknown model \(models in this policy: bare, churn, fraud\)"):
+        policy.model("spam")
+    with pytest.raises(PolicyError, match=r"\[models.bare\].reference: not set"):
+        policy.reference("bare")
+    # a policy not read from a file: relative paths stay relative to the working folder
+    assert load_policy(None).path("data/ref.csv") == "data/ref.csv"
+
+
+def test_a_models_section_overrides_only_the_keys_it_sets(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, "[retrain]\nmargin = 0.02\nmetric = \"f1\"\n"
+                                         "[models.m.retrain]\nmargin = 0.05\n[models.m.trigger]\nhistory = 9\n"))
+    mp = policy.model("m")
+    merged = policy.retrain.merged(mp.retrain)
+    assert (merged.margin, merged.metric) == (0.05, "f1")
+    assert policy.trigger.merged(mp.trigger).history == 9
+    assert policy.drift.merged(None) is policy.drift

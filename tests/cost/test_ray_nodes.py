@@ -59,10 +59,10 @@ def job_probe_actors(dashboard_url: str) -> list:
 def test_every_nodes_share_lands_in_the_run(ray_driver, sqlite_uri: str, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch, read: str) -> None:
     # All test nodes share this host: by default the driver reads their workers itself. Nodes of
-    # other hosts are read from Ray's agent reports (tests/cost/test_ray_agent.py), or by a probe
+    # other hosts are read from Ray's agent reports (tests/cost/test_ray_readers.py), or by a probe
     # actor each: when asked to (MLFLOW_FINOPS_RAY_READ_AGENT=false), or when the head's agent
     # data cannot be read (the fault injected here: its address is a closed port).
-    from mlflow_finops.cost import ray_nodes
+    from mlflow_finops.cost import ray_readers
 
     if read != "local":
         monkeypatch.setenv("MLFLOW_FINOPS_RAY_READ_LOCAL", "false")
@@ -71,7 +71,7 @@ def test_every_nodes_share_lands_in_the_run(ray_driver, sqlite_uri: str, tmp_pat
     if read == "agent-unreachable":
         from mlflow_finops.ray_cluster import free_ports
 
-        monkeypatch.setattr(ray_nodes, "agent_url", lambda state_api_url: f"http://127.0.0.1:{free_ports(1)[0]}")
+        monkeypatch.setattr(ray_readers, "agent_url", lambda state_api_url: f"http://127.0.0.1:{free_ports(1)[0]}")
     (tmp_path / "finops.toml").write_text(
         '[[ray.node_prices]]\nlabels = { market = "spot" }\nprices = { market = "spot", spot_discount = 0.7 }\n'
     )

@@ -1,110 +1,24 @@
-"""Cost reports over a real SQLite MLflow store: roll-ups, untracked runs, paging, formats, charts, CLI."""
+"""Cost reports over a real SQLite MLflow store: roll-ups, untracked runs, filters, paging, CLI
+(how a report reads, CSV / JSON / HTML, is tests/spend/test_render.py)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import re
 import time
 from datetime import datetime, timezone
-from html.parser import HTMLParser
 from pathlib import Path
 
-import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from support.tracked_runs import cost_of, tracked_store  # noqa: F401
 
-import mlflow_finops
 from mlflow_finops.cli import cli
-from mlflow_finops.money import format_usd
 from mlflow_finops.spend.charts import pareto_front
 from mlflow_finops.spend.report import REPORTS_EXPERIMENT, ReportError, build_report, parse_when
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def burn(seconds: float) -> None:
-    deadline = time.process_time() + seconds
-    while time.process_time() < deadline:
-        pass
-
-
-@pytest.fixture
-def tracked_store(sqlite_uri: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
-    """Real autologged runs: two experiments, models and teams, a nested run, an untracked run."""
-    mlflow_finops.autolog(interval_s=0.05)
-    ids: dict[str, object] = {}
-    for exp, model, team, accs in (("churn-train", "churn", "growth", (0.70, 0.80)),
-                                   ("fraud-train", "fraud", "risk", (0.90,))):
-        mlflow.set_experiment(exp)
-        monkeypatch.setenv("MLFLOW_FINOPS_MODEL", model)
-        monkeypatch.setenv("MLFLOW_FINOPS_TEAM", team)
-        for i, acc in enumerate(accs):
-            with mlflow.start_run(run_name=f"{model}-{i}") as run:
-                burn(0.1 * (i + 1))
-                mlflow.log_metric("accuracy", acc)
-                if exp == "churn-train" and i == 1:
-                    with mlflow.start_run(run_name="child", nested=True) as child:
-                        burn(0.05)
-                    ids["nested"] = child.info.run_id
-            ids[f"{model}-{i}"] = run.info.run_id
-    mlflow_finops.autolog(disable=True)
-    monkeypatch.setenv("MLFLOW_FINOPS_MODEL", "churn")
-    monkeypatch.setenv("MLFLOW_FINOPS_TEAM", "growth")
-    mlflow.set_experiment("churn-train")
-    with mlflow.start_run(run_name="not-tracked") as run:
-        mlflow.log_metric("accuracy", 0.99)
-    ids["untracked"] = run.info.run_id
-    return ids
-
-
-def cost_of(run_id: str) -> float:
-    return MlflowClient().get_run(run_id).data.metrics["finops/cost_usd"]
-
-
-class _Tables(HTMLParser):
-    """Every <table> of a page as (header cells, rows of cells), text only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tables: list[tuple[list[str], list[list[str]]]] = []
-        self._row: list[str] | None = None
-        self._cell: list[str] | None = None
-
-    def handle_starttag(self, tag: str, attrs) -> None:
-        if tag == "table":
-            self.tables.append(([], []))
-        elif tag == "tr":
-            self._row = []
-        elif tag in ("td", "th"):
-            self._cell = []
-
-    def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell.append(data)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("td", "th") and self._cell is not None and self._row is not None:
-            self._row.append("".join(self._cell))
-            self._cell = None
-        elif tag == "tr" and self._row is not None:
-            header, rows = self.tables[-1]
-            if header:
-                rows.append(self._row)
-            else:
-                header.extend(self._row)
-            self._row = None
-
-
-def runs_table(page: str) -> dict[str, dict[str, str]]:
-    """The report page's Runs table: run label -> {column: cell text}."""
-    parser = _Tables()
-    parser.feed(page)
-    (header, rows), = [t for t in parser.tables if t[0][:2] == ["run", "experiment"]]
-    return {row[0]: dict(zip(header, row)) for row in rows}
 
 
 def test_rollups_skip_nested_and_show_untracked(tracked_store: dict) -> None:
@@ -133,33 +47,6 @@ def test_filters_go_to_the_store(tracked_store: dict) -> None:
     rep = build_report(experiments=["churn-train"], team="growth")
     assert {r.experiment for r in rep.runs} == {"churn-train"} and len(rep.runs) == 4
     assert len(build_report(since=datetime(2099, 1, 1, tzinfo=timezone.utc)).runs) == 0
-
-
-def test_formats(tracked_store: dict) -> None:
-    rep = build_report()
-    rows = list(csv.DictReader(io.StringIO(rep.to_csv("run"))))
-    row = {r["run_id"]: r for r in rows}[tracked_store["untracked"]]
-    assert row["tracked"] == "false" and row["cost_usd"] == "" and row["energy_kwh"] == ""  # not $0
-    assert float({r["run_id"]: r for r in rows}[tracked_store["fraud-0"]]["cost_usd"]) == pytest.approx(
-        cost_of(tracked_store["fraud-0"]))
-    groups = list(csv.DictReader(io.StringIO(rep.to_csv("model"))))
-    assert {g["key"] for g in groups} == {"churn", "fraud"}
-
-    doc = json.loads(rep.to_json())
-    assert doc["summary"]["untracked_runs"] == 1 and doc["summary"]["nested_runs"] == 1
-    assert [r["cost_usd"] for r in doc["runs"] if not r["tracked"]] == [None]
-
-    page = rep.to_html()
-    assert page.count("<svg") == 2  # cost over time, cost vs accuracy
-    assert "Pareto front" in page
-    runs = runs_table(page)
-    assert runs["not-tracked"]["cost"] == "untracked" and runs["not-tracked"]["idle cost"] == ""  # never $0
-    assert runs["fraud-0"]["cost"] == format_usd(cost_of(tracked_store["fraud-0"]))
-    assert rep.render("csv") == rep.to_csv("run") and rep.render("csv", by="model") == rep.to_csv("model")
-    assert json.loads(rep.render("json")) == doc
-    with pytest.raises(ReportError, match="unknown report format 'xml'"):
-        rep.render("xml")  # type: ignore[arg-type]
-    assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"?https?:", page)  # self-contained
 
 
 def test_paging_reads_every_run_in_small_pages(sqlite_uri: str) -> None:

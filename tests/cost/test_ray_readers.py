@@ -28,7 +28,7 @@ def test_agent_reports_charge_every_node_without_probes(ray_driver, sqlite_uri: 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     from ray.util.state import list_actors
 
-    from mlflow_finops.cost.ray_nodes import agent_staleness_s
+    from mlflow_finops.cost.ray_readers import agent_staleness_s
 
     monkeypatch.setenv("MLFLOW_FINOPS_RAY_READ_LOCAL", "false")  # as for nodes on other hosts
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]

@@ -10,7 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import mlflow_finops
-from mlflow_finops.cost.tracker import COST_NOTE_PREFIX, cost_note, metrics_setting
+from mlflow_finops.cost.run_page import COST_NOTE_PREFIX, cost_note
+from mlflow_finops.cost.run_tracker import metrics_setting
 from mlflow_finops.money import format_usd
 from mlflow_finops.names import COST_VIEW_KEY, TAG_COST, TAG_NOTE, TAG_SHARED_VIEW_PREFIX
 

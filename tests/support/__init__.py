@@ -1,0 +1,1 @@
+"""Support code shared by test files (fixtures and helpers, no tests)."""
