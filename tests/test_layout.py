@@ -11,6 +11,8 @@ import runs. The layers, lowest first:
     app/         -> shared, spend (the FinOps page inside `mlflow server`)
     loop         -> drift, retrain (the only module that knows both)
     cli/         -> anything
+
+And no module is over 600 lines: past that it holds more than one job.
 """
 
 from __future__ import annotations
@@ -148,3 +150,14 @@ def test_package_cycles_absent_between_cost_modules() -> None:
         for a, targets in graph.items():
             for b in targets:
                 assert a not in graph.get(b, set()), f"{a} and {b} import each other"
+
+
+MAX_MODULE_LINES = 600  # past this a module holds two or three jobs: cut it along its seams
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_is_over_600_lines(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, (
+        f"{path.relative_to(ROOT)} has {lines} lines (more than {MAX_MODULE_LINES}): cut it along its seams"
+    )
