@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 
 from mlflow_finops.cost.process import (
@@ -21,6 +22,8 @@ from mlflow_finops.cost.process import (
 )
 from mlflow_finops.cost.samplers import GB, RunUsage
 from mlflow_finops.names import TAG_MACHINE_GPU_COUNT, TAG_MACHINE_GPU_MODELS
+
+from support.process_tree import MiB, ProcessTree
 
 from .nvml_support import gpu_models_tag, nvml_gpu_models
 
@@ -144,8 +147,6 @@ def test_an_unreadable_member_counts_once_reaped_and_is_reported_while_alive(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """AccessDenied injected for the children (psutil itself is real)."""
-    import psutil
-
     import mlflow_finops.cost.process as process
 
     real_read_member = process._read_member
@@ -176,3 +177,73 @@ def test_an_unreadable_member_counts_once_reaped_and_is_reported_while_alive(
     summary = sampler.close(RunUsage())
     assert summary.tags["finops.unaccounted_processes"] == "1"
     assert summary.lost
+
+
+# ------------------------------------------------- a tree of known memory and CPU
+# A root and three children, each told what to allocate and burn (tests/support/process_tree.py);
+# the sampler's figures are checked against each member read on its own and the kernel's count.
+
+
+def test_a_trees_memory_is_the_sum_of_its_members() -> None:
+    with ProcessTree() as tree:
+        kids = [tree.spawn() for _ in range(3)]
+        sampler = ProcessTreeSampler(tree.pid)
+        idle = sampler.read()
+        assert idle.pids == {tree.pid, *kids}
+        for pid, mib in zip(kids, (30, 60, 90)):
+            assert tree.tell(pid, f"grow {mib}") == "ok"
+        busy = sampler.read()
+        members = tree.rss(busy.pids)
+    assert busy.pids == idle.pids
+    assert busy.rss_bytes == pytest.approx(members, rel=0.01)
+    # what the children allocated, all of it, on top of four idle interpreters
+    assert busy.rss_bytes - idle.rss_bytes == pytest.approx(180 * MiB, rel=0.05)
+
+
+def test_the_peak_is_the_peak_of_the_sum_not_the_sum_of_each_members_peak() -> None:
+    with ProcessTree() as tree:
+        a, b = tree.spawn(), tree.spawn()
+        sampler, usage = ProcessTreeSampler(tree.pid), RunUsage()
+        readings = [sampler.read()]
+        for cmd in ((a, "grow 80"), (a, "free"), (b, "grow 80"), (b, "free")):
+            assert tree.tell(*cmd) == "ok"
+            if cmd[1] != "free" or cmd[0] == a:
+                readings.append(sampler.read())
+        readings.append(sampler.read())
+        for r in readings:
+            sampler.fold(r, usage)
+    idle = readings[0].rss_bytes
+    top = max(r.rss_bytes for r in readings)
+    assert usage.local.peak_rss_bytes == top
+    assert top - idle == pytest.approx(80 * MiB, rel=0.1)  # one member at a time held 80 MiB, never both
+    trapezoid = sum(0.5 * (p.rss_bytes + q.rss_bytes) * (q.timestamp - p.timestamp)
+                    for p, q in zip(readings, readings[1:])) / GB
+    assert usage.local.ram_gb_s == pytest.approx(trapezoid, rel=1e-9)
+
+
+def test_cpu_of_a_reaped_child_is_counted_once_and_an_orphans_is_kept() -> None:
+    with ProcessTree() as tree:
+        reaped, orphaning = tree.spawn(), tree.spawn()
+        orphan = tree.spawn(orphaning)  # a grandchild
+        sampler = ProcessTreeSampler(tree.pid)
+        first = sampler.read()
+        assert first.pids == {tree.pid, reaped, orphaning, orphan}
+        for pid in (reaped, orphan):
+            assert tree.tell(pid, "burn 0.3") == "ok"
+        live = sampler.read()  # the burners' CPU, read in the living members
+        orphan_cpu = sum(psutil.Process(orphan).cpu_times()[:2])
+        tree.reap(reaped)  # now in the root's children counters
+        after_reap = sampler.read()
+        # its parent leaves without waiting for it: re-parented out of the tree, its CPU in no member's count
+        assert tree.tell(orphaning, "exit") == "gone"
+        tree.reap(orphaning)
+        tree.parent_of.pop(orphan)
+        gone = sampler.read()
+        assert gone.pids == {tree.pid}
+        os_total = tree.close()
+    assert live.cpu_s - first.cpu_s >= 0.6
+    assert after_reap.cpu_s == pytest.approx(live.cpu_s, abs=0.03)  # moved, not added again, not lost
+    assert gone.cpu_s == pytest.approx(after_reap.cpu_s, abs=0.03)
+    # the kernel's count of the root and what it reaped, plus the orphan's last reading
+    assert gone.cpu_s == pytest.approx(os_total + orphan_cpu, abs=0.05)
+    assert sampler.unaccounted_pids == [] and sampler.close(RunUsage()).lost == ""
