@@ -41,7 +41,8 @@ from store_support import serve_wsgi
 T0 = 1000.0
 MB = 1_000_000
 ON_DEMAND = PriceCatalog()
-SPOT = PriceCatalog(market="spot", spot_discount=0.7, allocation_mode="allocation")
+SPOT = PriceCatalog(market="spot", spot_discount=0.7, allocation_mode="allocation",
+                    gpu_hour_usd_by_model={"A100": 3.0})
 
 
 def cluster(*nodes: _Node, t0: float = T0, prices: PriceCatalog = ON_DEMAND,
@@ -224,6 +225,9 @@ def test_the_agents_list_of_a_nodes_workers_becomes_a_reading_of_the_jobs_worker
                    "procs": {5: (1234.57, 1.875, 4 * MB), 8: (1234.57, 1.875, 0)}}
     assert a.job_pids == {5, 8}
     assert ray_nodes._AGENT_LAST[("driver-node", 5, 1234.57)] == 1.875
+    # on another node this process's pid is another process: a worker like any other
+    other = _Node("other-node", ON_DEMAND, agent=True)
+    assert set(s._agent_result(other, [worker(os.getpid(), job="02000000")], at=T0)["procs"]) == {os.getpid()}
     assert not ray_nodes._is_driver({"pid": 1}) and ray_nodes._agent_cpu_s(
         {"cpuTimes": {"user": 2, "system": 1}}) == 3.0
 
@@ -235,6 +239,8 @@ def head() -> Iterator[tuple[str, dict[str, Any]]]:
 
     def app(environ: dict, start_response: Any) -> list[bytes]:
         node = environ["PATH_INFO"].rsplit("/", 1)[-1]
+        if node == "slow":
+            time.sleep(1.5)
         if node not in answers:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"no such node"]
@@ -245,13 +251,15 @@ def head() -> Iterator[tuple[str, dict[str, Any]]]:
         yield url, answers
 
 
-def test_the_agent_snapshot_takes_the_higher_of_the_agents_figure_and_this_drivers_last(head) -> None:
+def test_the_agent_snapshot_takes_the_higher_of_the_agents_figure_and_this_drivers_last(head, caplog) -> None:
     url, answers = head
-    answers["n1"] = {"data": {"detail": {"workers": [worker(5, created=500.001), worker(6, created=600.0)]}}}
+    answers["n1"] = {"data": {"detail": {"workers": [worker(5, created=500.001), worker(6, created=600.456),
+                                                     worker(7, cpu=(0.25, 0.0, 0.0, 0.0), created=700.0)]}}}
     answers["broken"] = {"data": {"detail": {"workers": None}}}
-    assert [w["pid"] for w in read_agent_workers(ray_nodes.agent_url(url + "/"), "n1")] == [5, 6]
-    with pytest.raises(KeyError):
+    assert [w["pid"] for w in read_agent_workers(ray_nodes.agent_url(url + "/"), "n1")] == [5, 6, 7]
+    with pytest.raises(KeyError) as err:
         read_agent_workers(url, "broken")
+    assert err.value.args == ("workers",)
     s = cluster()
     s._state_url = url
     ray_nodes._AGENT_LAST[("n1", 5, 500.0)] = 10.0  # the agent's list at attach is older than our last read
@@ -259,8 +267,9 @@ def test_the_agent_snapshot_takes_the_higher_of_the_agents_figure_and_this_drive
         snap = s._agent_snapshot(_Node("n1", ON_DEMAND, agent=True))
     finally:
         ray_nodes._AGENT_LAST.pop(("n1", 5, 500.0), None)
-    assert snap == {5: (500.0, 10.0), 6: (600.0, 1.875)}
+    assert snap == {5: (500.0, 10.0), 6: (600.46, 1.875), 7: (700.0, 0.25)}
     assert s._agent_snapshot(_Node("missing", ON_DEMAND, agent=True)) == {}  # no baseline: logged, not raised
+    assert "mlflow-finops: no baseline of the Ray workers on node missing: HTTP Error 404" in caplog.text
 
 
 def test_a_probe_reads_the_given_workers_and_accounts_for_itself_unless_in_the_driver() -> None:
@@ -302,3 +311,59 @@ def test_a_nodes_ray_workers_are_the_processes_titled_ray_colon_but_not_its_agen
             p.wait()
     assert titled[0].pid in found and not {titled[1].pid, titled[2].pid} & set(found)
     assert found[titled[0].pid][0] == created and 0 <= found[titled[0].pid][1] < 5
+
+
+def test_a_head_that_does_not_answer_in_time_fails_the_read(head) -> None:
+    url, answers = head
+    answers["slow"] = {"data": {"detail": {"workers": []}}}
+    t0 = time.monotonic()
+    with pytest.raises(OSError):
+        read_agent_workers(url, "slow", timeout=0.3)
+    assert time.monotonic() - t0 < 1.2
+    assert ray_nodes.agent_url("http://127.0.0.1:8265//") == "http://127.0.0.1:8265"
+    assert ray_nodes.agent_url("/api/") == "/api"
+
+
+def test_create_times_are_one_process_to_the_hundredth_and_memory_is_held_over_every_interval() -> None:
+    a = _Node("a", ON_DEMAND)
+    s = cluster(a)
+    usage = RunUsage()
+    s.fold(ClusterReading(T0 + 1, {"a": {7, 8}}, {"a": result(T0 + 1, {7: (T0 + 0.1234, 5.0, MB),
+                                                                       8: (T0 + 0.2, 1.0, MB)})}), usage)
+    # 99: a pid this job never ran, listed first; 7's create time read with float noise: the same process
+    s.fold(ClusterReading(T0 + 2, {}, {"a": result(T0 + 2, {99: (T0, 50.0, MB), 7: (T0 + 0.1249, 7.0, MB),
+                                                            8: (T0 + 0.2, 2.0, MB)})}), usage)
+    # 8 is now another process started within the same second, found running the job
+    s.fold(ClusterReading(T0 + 3, {"a": {8}}, {"a": result(T0 + 3, {7: (T0 + 0.1234, 7.0, MB),
+                                                                     8: (T0 + 0.4, 0.5, MB)})}), usage)
+    assert a.cpu_s == 7.0 + 2.0 + 0.5 and len(a.workers) == 3
+    assert a.worker_s == 2 * 1.0 + 2 * 1.0  # two live workers over each of two intervals
+
+
+def test_the_baseline_boundary_of_one_process_is_below_five_hundredths() -> None:
+    node = _Node("a", ON_DEMAND, pre_existing={3: (0.0, 40.0)})
+    assert cluster(node)._baseline(node, 3, 0.05, 45.0) == 45.0  # 0.05 s apart: another process
+    assert cluster(node)._baseline(node, 3, 0.0499, 45.0) == 40.0
+
+
+def test_only_nodes_that_used_something_get_a_share_priced_over_the_runs_wall_time() -> None:
+    idle = _Node("idle", ON_DEMAND)  # no worker of the job ever ran there
+    zero = _Node("zero", ON_DEMAND)  # a worker seen once: nothing used yet
+    light = _Node("light", ON_DEMAND)  # no CPU, a little memory
+    busy = _Node("busy", ON_DEMAND)
+    s = cluster(idle, zero, light, busy)
+    usage = RunUsage()
+    for t in (T0 + 0.25, T0 + 0.5):
+        s.fold(ClusterReading(t, {"zero": {1}, "light": {2}, "busy": {3}}, {
+            "zero": result(t, {1: (T0, 0.0, 0)}) if t == T0 + 0.25 else result(T0 + 0.25, {}),
+            "light": result(t, {2: (T0, 0.0, 100 * MB)}),
+            "busy": result(t, {3: (T0, 2 * (t - T0), 100 * MB)}),
+        }), usage)
+    assert list(usage.nodes) == ["light", "busy"]
+    assert light.usage.cpu_s == 0 and 0 < light.usage.ram_gb_s < 1
+    # half a second of the run's wall time: one worker slot held over 0.25 s of it
+    assert usage.nodes["busy"].cpu_allocated_core_hours == pytest.approx(0.5 * 0.5 / 3600)
+    lost = _Node("lost", ON_DEMAND, lost=True)
+    assert cluster(lost).breakdowns(1.0) == {}  # lost before it ran anything: no share
+    two = cluster(_Node("x", ON_DEMAND, lost=True), _Node("y", ON_DEMAND, lost=True))
+    assert two.close(RunUsage()).tags["finops.ray_lost_nodes"] == "x,y"

@@ -35,3 +35,7 @@ def test_tags_are_looked_up_by_run_and_counted_only_where_kept() -> None:
     with pytest.raises(KeyError):
         tags["nope"]
     assert table.count("untracked") == 0 and table.count() == 3 and len(table) == 3
+    # by default: every row, in read order
+    assert [(r.run_id, t) for r, t in table.select_with_tags()] == [
+        ("r000000", {"finops.team": "a"}), ("r000001", {}), ("r000002", {})]
+    assert [r.run_id for r in table.select()] == ["r000000", "r000001", "r000002"]
