@@ -409,3 +409,23 @@ def test_what_the_process_may_use_under_a_cgroup_limit(monkeypatch: pytest.Monke
     assert allocated_cpus() == (cores if cpus is None else min(cores, cpus))
     total = psutil.virtual_memory().total
     assert allocated_ram_gb() == (total if ram_gib is None else ram_gib * 1024**3) / GB
+
+
+def test_a_cgroup_file_is_read_from_this_process_own_cgroup() -> None:
+    """Against the host's own cgroup tree: v2 (``cgroup.procs`` of the process's cgroup) or, on a
+    v1 host whose unified line is the root, a v1 controller's file reached from it."""
+    from pathlib import Path
+
+    from mlflow_finops.cost import process
+
+    unified = [ln for ln in Path("/proc/self/cgroup").read_text().splitlines() if ln.startswith("0::")]
+    if not unified:
+        pytest.skip("no unified cgroup line")
+    base = Path("/sys/fs/cgroup") / unified[0][len("0::"):].lstrip("/")
+    names = [n for n in ("cpu.max", "memory.max", "cpu/cpu.shares", "memory/memory.limit_in_bytes")
+             if (base / n).is_file()]
+    if not names:
+        pytest.skip(f"no cgroup control file under {base}")
+    for name in names:
+        assert process._cgroup_file(name) == (base / name).read_text().strip()
+    assert process._cgroup_file("no-such-control") is None

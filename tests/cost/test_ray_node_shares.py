@@ -269,7 +269,8 @@ def test_the_agent_snapshot_takes_the_higher_of_the_agents_figure_and_this_drive
         ray_nodes._AGENT_LAST.pop(("n1", 5, 500.0), None)
     assert snap == {5: (500.0, 10.0), 6: (600.46, 1.875), 7: (700.0, 0.25)}
     assert s._agent_snapshot(_Node("missing", ON_DEMAND, agent=True)) == {}  # no baseline: logged, not raised
-    assert "mlflow-finops: no baseline of the Ray workers on node missing: HTTP Error 404" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        "mlflow-finops: no baseline of the Ray workers on node missing: HTTP Error 404: Not Found"]
 
 
 def test_a_probe_reads_the_given_workers_and_accounts_for_itself_unless_in_the_driver() -> None:
@@ -367,3 +368,10 @@ def test_only_nodes_that_used_something_get_a_share_priced_over_the_runs_wall_ti
     assert cluster(lost).breakdowns(1.0) == {}  # lost before it ran anything: no share
     two = cluster(_Node("x", ON_DEMAND, lost=True), _Node("y", ON_DEMAND, lost=True))
     assert two.close(RunUsage()).tags["finops.ray_lost_nodes"] == "x,y"
+
+
+def test_a_lost_node_is_said_once_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    node = _Node("n7", ON_DEMAND)
+    cluster(node)._mark_lost(node, "ActorDiedError: probe gone")
+    assert node.lost and [r.getMessage() for r in caplog.records] == [
+        "mlflow-finops: Ray node n7 lost (ActorDiedError: probe gone); its cost up to the last sample is kept"]
