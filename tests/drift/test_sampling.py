@@ -95,6 +95,7 @@ def test_distance_tests_see_a_sample_of_each_side_and_exact_ones_the_full_frames
         (2000, 40, (2000, 40)),
         (300, 500, (300, 500)),
         (1200, 1500, (1200, 1500)),
+        (1000, 1500, (1000, 1500)),  # the smaller side at sample_rows: not above it, no warning
     ],
 )
 def test_a_two_sample_test_cuts_only_the_larger_side_to_50x_the_smaller(n_ref, n_cur, expected, caplog) -> None:
@@ -102,7 +103,10 @@ def test_a_two_sample_test_cuts_only_the_larger_side_to_50x_the_smaller(n_ref, n
     plan = _plans(ref, cur, DriftPolicy(sample_rows=1000, num_method="ks"))["far"]
     assert plan.kind.sampling == "two_sample" and (plan.sample_ref, plan.sample_cur) == expected
     # both sides above sample_rows: the p-value test is slow and oversensitive there, and the log says so
-    assert ("distance method" in caplog.text) == (min(n_ref, n_cur) > 1000)
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("column 'far'")]
+    assert warned == ([f"column 'far': p-value test 'ks' on {n_ref} x {n_cur} rows is slow and flags tiny "
+                       "differences; a distance method (wasserstein, jensenshannon) suits large data better"]
+                      if min(n_ref, n_cur) > 1000 else [])
 
 
 def test_a_method_evidently_picks_itself_sees_the_full_frames() -> None:
@@ -113,10 +117,10 @@ def test_a_method_evidently_picks_itself_sees_the_full_frames() -> None:
 
 def test_a_sample_is_drawn_without_replacement_in_the_frames_order() -> None:
     df = pd.DataFrame({"a": range(100), "b": range(100, 200), "c": 0})
-    s = sample(df, 10, ["a", "b"], seed=7)
-    assert list(s.columns) == ["a", "b"] and len(s) == 10
+    s = sample(df, 60, ["a", "b"], seed=7)
+    assert list(s.columns) == ["a", "b"] and len(s) == 60
     assert s["a"].is_unique and list(s.index) == sorted(s.index) and (s["b"] == s["a"] + 100).all()
-    assert s.equals(sample(df, 10, ["a", "b"], seed=7)) and not s.equals(sample(df, 10, ["a", "b"], seed=8))
+    assert s.equals(sample(df, 60, ["a", "b"], seed=7)) and not s.equals(sample(df, 60, ["a", "b"], seed=8))
     assert sample(df, 100, ["a", "b", "c"], seed=7) is df  # everything: the frame itself, no copy
     assert list(sample(df, 100, ["a"], seed=7).columns) == ["a"] and len(sample(df, 500, ["a"], seed=7)) == 100
     assert len(sample(df, 99, ["a"], seed=7)) == 99
@@ -171,6 +175,7 @@ def test_the_error_band_of_each_method() -> None:
     assert error_band(_plan("jensenshannon", "categorical"), one, one[:300], 4000, 900) == pytest.approx(
         3 * math.sqrt(1 / 8 * (fpc[0] + fpc[1])))  # one level: at least one degree of freedom
     assert error_band(_plan("psi", threshold=0.2), r, c, 4000, 900) == pytest.approx(0.05)
+    assert error_band(_plan("psi", threshold=0.2), r, c, 400, 300) == 0.0  # nothing cut: no band, any method
 
 
 def test_scores_come_from_the_planned_samples_and_columns_near_their_threshold_are_refined() -> None:
@@ -207,3 +212,11 @@ def test_nothing_is_refined_when_every_score_is_clear_of_its_band() -> None:
     m = measure(ref, cur, plan_columns(ReferenceProfile.fit(ref, policy), cur, policy), random_state=0)
     assert m.refined == set() and [r[0] for r in m.reports] == ["drift_report"]
     assert (m.sampled_rows_reference, m.sampled_rows_current) == (2500, 2000)
+
+
+def test_a_policy_method_that_cannot_judge_a_column_is_named_with_it() -> None:
+    from mlflow_finops.policy import PolicyError
+
+    ref = _frame(1200, 1)
+    with pytest.raises(PolicyError, match="column 'far': Stattest chisquare"):
+        _plans(ref, ref, DriftPolicy(per_column={"far": ColumnDriftPolicy(method="chisquare")}))

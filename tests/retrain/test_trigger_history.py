@@ -88,6 +88,22 @@ def test_a_retrain_is_weighed_with_the_models_history(history: str, tmp_path: Pa
     assert weigh_retrain(quiet, "m", signal="no drift", loss=0.0, asked=False) is None
     with pytest.raises(PolicyError, match="unknown model"):
         weigh_retrain(policy, "nope", signal="drifted", loss=0.01)
+    # no labels: weighed on the history alone when the gate asked
+    assert weigh_retrain(policy, "m", signal="drifted", loss=None).expected_gain == pytest.approx(0.025)
+    # the model's own [models.m.trigger] wins over [trigger]
+    own = _policy(tmp_path, "[models.m.trigger]\nhistory = 1\n")
+    assert weigh_retrain(own, "m", signal="drifted", loss=0.01).history == 1
+
+
+def test_past_retrains_are_looked_for_among_the_newest_runs_only(copied_store: str) -> None:
+    """A bounded read: the newest 4 x limit + 20 runs of the experiment, however many it holds."""
+    c = MlflowClient()
+    exp_id = c.create_experiment(retrain_experiment_name("busy"))
+    _retrain(c, exp_id, 1000, "promoted", cost=0.5, challenger=0.9, champion=0.8)  # the 25th newest
+    for i in range(24):
+        _retrain(c, exp_id, 2000 + i, "running", cost=0.1)
+    assert past_retrains(c, exp_id, "accuracy", limit=1) == []
+    assert past_retrains(c, exp_id, "accuracy", limit=2) == [PastRetrain(pytest.approx(0.1), 0.5)]
 
 
 def test_a_model_without_retrains_is_weighed_with_the_policys_prior_cost(copied_store: str, tmp_path: Path) -> None:
