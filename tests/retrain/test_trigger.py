@@ -94,3 +94,19 @@ def test_a_followed_retrain_is_weighed_like_any_other() -> None:
     assert v.retrain and v.expected_gain == pytest.approx(0.02)  # (0.05 + 0.01 + 0) / 3
     cheap = weigh(TriggerPolicy(value_per_point_usd=0.000001), signal=why, loss=-0.02, history=history)
     assert not cheap.retrain  # worth $0.000002 < $0.0001: the economics still decide
+
+
+def test_without_labels_the_expectation_is_the_mean_of_what_past_retrains_bought() -> None:
+    v = weigh(TriggerPolicy(), signal="drifted", loss=None, history=[PastRetrain(0.02, 0.001), PastRetrain(0.04, 0.001)])
+    assert v.expected_gain == pytest.approx(0.03) and v.loss is None and v.history == 2
+
+
+def test_the_verdict_carries_the_measured_loss_and_a_plain_boolean() -> None:
+    v = weigh(TriggerPolicy(), signal=SIGNAL, loss=-0.01, history=[PastRetrain(0.0, 0.001)])
+    assert v.loss == -0.01 and v.retrain is False and v.decision == "skip"
+
+
+def test_equal_value_and_cost_say_so() -> None:
+    v = weigh(TriggerPolicy(value_per_point_usd=1.0), signal=SIGNAL, loss=None, history=[PastRetrain(0.01, 1.0)])
+    assert v.retrain is True
+    assert v.reason == f"{SIGNAL}; expected gain 1.0 pt worth $1.00 >= expected cost $1.00 (last 1 retrain): retrain"

@@ -1,1 +1,1 @@
-"""Support code shared by test files (fixtures and helpers, no tests)."""
+"""Support code shared by test files (fixtures and helpers, no tests), imported as ``support.<module>``."""
