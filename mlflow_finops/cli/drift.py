@@ -73,7 +73,7 @@ def drift_check(policy_path, model, reference, current, as_json, no_log, progres
       mlflow-finops drift check --policy finops.toml --model churn \\
           --reference ref.parquet --current cur.parquet
     """
-    from ..drift import DriftGate, DriftInputError, model_policy
+    from ..drift import DriftGate, DriftInputError
 
     policy = load_policy_or_exit(policy_path)
     gate = None
@@ -93,7 +93,7 @@ def drift_check(policy_path, model, reference, current, as_json, no_log, progres
         if model in policy.models or reference is None:
             gate = DriftGate.from_policy(policy, model=model, **kwargs)
         elif policy.models:
-            model_policy(policy, model)  # raises, naming the known models
+            policy.model(model)  # raises, naming the known models
         else:
             gate = DriftGate(model=model, policy=policy.drift, **kwargs)
         if files is not None:

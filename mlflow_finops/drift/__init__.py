@@ -20,7 +20,6 @@ _EXPORTS = {
     "ColumnDrift": "gate",
     "PerformanceResult": "gate",
     "DriftInputError": "gate",
-    "model_policy": "gate",
     "read_frame": "gate",
     "CheckOutcome": "schedule",
     "run_scheduled_check": "schedule",

@@ -17,13 +17,12 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import pandas as pd
 
 from ..frames import DataInputError, as_frame, read_frame
-from ..policy import DriftPolicy, ModelPolicy, PerformancePolicy, Policy, PolicyError, load_policy
+from ..policy import DriftPolicy, PerformancePolicy, Policy, PolicyError, load_policy
 from ..names import TAG_BASELINE_PREFIX, tag
 from ..scoring import gain, score
 from .profile import Infinite, ReferenceProfile, finite
@@ -44,10 +43,7 @@ __all__ = [
     "ColumnDrift",
     "PerformanceResult",
     "DriftInputError",
-    "model_policy",
     "read_frame",
-    "reference_path",
-    "resolve_policy_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -205,9 +201,9 @@ class DriftGate:
     ) -> "DriftGate":
         """A gate for ``[models.<model>]`` of a policy file (its reference, target, drift overrides)."""
         pol = policy if isinstance(policy, Policy) else load_policy(policy)
-        mp = model_policy(pol, model)
+        mp = pol.model(model)
         if "reference" not in kwargs:
-            kwargs["reference"] = reference_path(pol, model)
+            kwargs["reference"] = pol.reference(model)
         drift = pol.drift.merged(mp.drift)
         if mp.drop:  # never learned from, never judged
             drift = drift.model_copy(update={"ignore": [*drift.ignore, *(c for c in mp.drop if c not in drift.ignore)]})
@@ -531,34 +527,6 @@ def _infinite_note(current: Infinite, reference: Infinite) -> str:
         for side, inf in (("current", current), ("reference", reference)) if inf.values
     ]
     return f"±inf treated as missing: {'; '.join(parts)}" if parts else ""
-
-
-# ------------------------------------------------------------------ policy lookups
-def model_policy(policy: Policy, model: str) -> ModelPolicy:
-    """``[models.<model>]``; PolicyError naming the model (and the known ones) when absent."""
-    try:
-        return policy.models[model]
-    except KeyError:
-        known = ", ".join(sorted(policy.models)) or "none"
-        raise PolicyError(
-            policy.source or "policy", [f"[models.{model}]: no such model in the policy (models: {known})"]
-        ) from None
-
-
-def reference_path(policy: Policy, model: str) -> str:
-    """``[models.<model>].reference``, resolved; PolicyError when it is not set."""
-    mp = model_policy(policy, model)
-    if not mp.reference:
-        raise PolicyError(policy.source or "policy", [f"[models.{model}].reference: not set"])
-    return resolve_policy_path(policy, mp.reference)
-
-
-def resolve_policy_path(policy: Policy, value: str) -> str:
-    """Relative paths in a policy file are relative to that file."""
-    p = Path(value).expanduser()
-    if not p.is_absolute() and policy.source and Path(policy.source).exists():
-        p = Path(policy.source).resolve().parent / p
-    return str(p)
 
 
 class _Progress:

@@ -32,7 +32,7 @@ from .._env import env_float
 from ..frames import data_files, read_frame
 from ..names import ENV_SETTLE_S, TAG_REFERENCE, TAG_WINDOW_FILES
 from ..policy import Policy, PolicyError
-from .gate import DriftDecision, DriftGate, DriftInputError, model_policy, reference_path, resolve_policy_path
+from .gate import DriftDecision, DriftGate, DriftInputError
 from .monitoring import claim_window, find_checked_window, release_window, window_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,7 +66,7 @@ def scheduled_models(policy: Policy, only: list[str] | None = None) -> dict[str,
     """Model name -> cron expression, for the models that have a schedule."""
     if only:
         for name in only:
-            model_policy(policy, name)
+            policy.model(name)
     out = {
         name: mp.schedule
         for name, mp in policy.models.items()
@@ -82,10 +82,10 @@ def scheduled_models(policy: Policy, only: list[str] | None = None) -> dict[str,
 
 def current_window(policy: Policy, model: str) -> list[Path]:
     """The newest ``current_files`` data file(s) of ``[models.<model>].current`` (folder or glob)."""
-    mp = model_policy(policy, model)
+    mp = policy.model(model)
     if not mp.current:
         raise PolicyError(policy.source or "policy", [f"[models.{model}].current: not set"])
-    where = resolve_policy_path(policy, mp.current)
+    where = policy.path(mp.current)
     files = data_files(where)
     if not files:
         raise DriftInputError(f"[models.{model}].current: no data file matches {where}")
@@ -122,7 +122,7 @@ def run_scheduled_check(
             return _not_settled(model, f"{young[0]} was modified in the last {settle_s:g} s")
         key = window_key(model, files)
         # after a promotion, drift is judged against what the new champion learned from
-        reference = champion_reference(policy, model) or reference_path(policy, model)
+        reference = champion_reference(policy, model) or policy.reference(model)
         gate = gates.get(model)
         if gate is None or gate.reference_source != reference:
             gate = gates[model] = DriftGate.from_policy(policy, model=model, reference=reference)

@@ -111,9 +111,7 @@ class JobConfig:
 def load_config(policy_path: str | None, model: str) -> JobConfig:
     """The policy's settings for ``model``; :class:`PolicyError` when it cannot be retrained."""
     policy = load_policy(policy_path)
-    if model not in policy.models:
-        raise PolicyError(policy.source or "policy", [f"[models.{model}]: unknown model"])
-    mp = policy.models[model]
+    mp = policy.model(model)
     if not mp.current or not mp.target:
         raise PolicyError(policy.source or "policy", [f"[models.{model}]: current and target are needed"])
     base = os.path.dirname(os.path.abspath(policy.source)) if policy.source else os.getcwd()

@@ -35,7 +35,7 @@ from ..names import (
     WORKLOAD_RETRAIN,
     retrains_experiment,
 )
-from ..policy import ModelPolicy, Policy, PolicyError
+from ..policy import Policy
 from ..spend.budget import envelopes_for
 from ..store import get_or_create_experiment
 from .. import claims
@@ -43,7 +43,7 @@ from .state import PRIORITY_ORDER, RetrainState
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["request_retrain", "retrain_experiment_name", "model_policy", "priority_of", "open_requests"]
+__all__ = ["request_retrain", "retrain_experiment_name", "priority_of", "open_requests"]
 
 REQUEST_LEASE_S = 60.0  # the claim is held for a few MLflow calls; a dead holder's claim frees after this
 
@@ -51,14 +51,6 @@ REQUEST_LEASE_S = 60.0  # the claim is held for a few MLflow calls; a dead holde
 def retrain_experiment_name(model: str) -> str:
     """Where ``model``'s retrain requests live (``finops-retrains/<model>``)."""
     return retrains_experiment(model)
-
-
-def model_policy(policy: Policy, model: str) -> ModelPolicy:
-    """``[models.<model>]``, or a :class:`PolicyError` listing the models the policy has."""
-    if model not in policy.models:
-        known = ", ".join(sorted(policy.models)) or "none"
-        raise PolicyError(policy.source or "policy", [f"[models.{model}]: unknown model (models in the policy: {known})"])
-    return policy.models[model]
 
 
 def priority_of(policy: Policy, model: str) -> str:
@@ -94,7 +86,7 @@ def request_retrain(
     Idempotent: one request per drift check (``drift_run_id``), and a manual
     request while another request of the model is open returns that one.
     """
-    mp = model_policy(policy, model)
+    mp = policy.model(model)
     rp = policy.retrain.merged(mp.retrain)
     client = client or MlflowClient()
     now = now or datetime.now(timezone.utc)

@@ -69,7 +69,7 @@ from ..names import (
 from ..policy import Policy, RetrainPolicy, load_policy
 from ..spend.budget import envelopes_for, spend
 from .. import claims
-from .requests import model_policy, open_requests, request_retrain, retrain_experiment_name
+from .requests import open_requests, request_retrain, retrain_experiment_name
 from .state import (
     BudgetCheck,
     JobEnd,
@@ -432,7 +432,7 @@ class RetrainSupervisor:
 
     # -------------------------------------------------------------- helpers
     def _retrain_policy(self, model: str) -> RetrainPolicy:
-        return self.policy.retrain.merged(model_policy(self.policy, model).retrain)
+        return self.policy.retrain.merged(self.policy.model(model).retrain)
 
     def _apply(self, run_id: str, step: Step, extra: Mapping[str, str] | None = None, *,
                known: Known | None = None) -> RetrainOutcome:

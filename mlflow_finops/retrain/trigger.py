@@ -164,9 +164,9 @@ def weigh_retrain(
     """
     from mlflow import MlflowClient
 
-    from .requests import model_policy, retrain_experiment_name
+    from .requests import retrain_experiment_name
 
-    mp = model_policy(policy, model)
+    mp = policy.model(model)
     tp, rp = policy.trigger.merged(mp.trigger), policy.retrain.merged(mp.retrain)
     if not asked and (not tp.follow_gains or loss is None):
         return None  # nothing to read

@@ -301,7 +301,7 @@ cooldown_hours = 6
     assert MlflowClient().get_run(d.run_id).info.experiment_id == (
         MlflowClient().get_experiment_by_name("monitoring/churn-prod").experiment_id
     )
-    with pytest.raises(PolicyError, match=r"\[models\.fraud\].*models: churn"):
+    with pytest.raises(PolicyError, match=r"\[models\.fraud\]: unknown model \(models in this policy: churn\)"):
         DriftGate.from_policy(tmp_path / "finops.toml", model="fraud")
 
 
