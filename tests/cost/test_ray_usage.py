@@ -1,58 +1,69 @@
 """Each Ray node's share, from readings to priced figures, without a cluster.
 
-The arithmetic of :mod:`mlflow_finops.cost.ray_nodes` that turns what a probe or the head's
-agent data says about a node's workers into that node's cost: which workers are the job's,
-from what baseline their CPU counts, memory integrated over time, each node priced with its own
-catalog, and the per-node metrics. The readings are the dicts a probe returns (its real
-``NodeProbe.read`` is checked against real processes below); how they are fetched from a live
-cluster is tests/cost/test_ray_nodes.py and test_ray_agent.py.
+The arithmetic of :mod:`mlflow_finops.cost.ray_usage` that turns what a node's reader says about
+its workers into that node's cost: which workers are the job's, from what baseline their CPU
+counts, memory integrated over time, each node priced with its own catalog, and the per-node
+metrics; folded and closed by :class:`~mlflow_finops.cost.ray_nodes.RayClusterSampler` as on a
+cluster. The readings are the dicts a probe returns; how readers produce them is
+tests/cost/test_ray_readers.py, how they are fetched from a live cluster test_ray_nodes.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any
 
-import psutil
 import pytest
 
-from mlflow_finops.cost import ray_nodes
+from mlflow_finops.cost import ray_readers
 from mlflow_finops.cost.gpu import GpuReading
-from mlflow_finops.cost.ray_nodes import (
-    CREATE_TIME_SLACK_S,
-    ClusterReading,
-    NodeProbe,
-    RayClusterSampler,
-    _Node,
-    node_metrics,
-    read_agent_workers,
-)
+from mlflow_finops.cost.ray_nodes import ClusterReading, RayClusterSampler
+from mlflow_finops.cost.ray_readers import AgentReader, LocalReader, ProbeReader
+from mlflow_finops.cost.ray_usage import CREATE_TIME_SLACK_S, RayNode, node_metrics, worker_baseline
 from mlflow_finops.cost.samplers import GB, RunUsage
 from mlflow_finops.names import METRIC_RAY_CPU_CORE_HOURS, node_metric
 from mlflow_finops.policy import RayPolicy
 from mlflow_finops.pricing import Allocation, CostBreakdown, PriceCatalog, price_usage
-from store_support import serve_wsgi
 
 T0 = 1000.0
 MB = 1_000_000
+JOB = "02000000"
+DRIVER_NODE = "driver-node"
 ON_DEMAND = PriceCatalog()
 SPOT = PriceCatalog(market="spot", spot_discount=0.7, allocation_mode="allocation",
                     gpu_hour_usd_by_model={"A100": 3.0})
 
 
-def cluster(*nodes: _Node, t0: float = T0, prices: PriceCatalog = ON_DEMAND,
+def no_head() -> str:
+    raise AssertionError("nothing here asks the head's dashboard")
+
+
+def probe_reader() -> ProbeReader:
+    """The probe reader after attach, without Ray: these tests ask no probe actor."""
+    reader = ProbeReader.__new__(ProbeReader)
+    reader._ray, reader.job_id, reader._nodes = None, JOB, {}
+    return reader
+
+
+PROBE = probe_reader()
+
+
+def agent_reader() -> AgentReader:
+    return AgentReader(no_head, JOB, DRIVER_NODE)
+
+
+def cluster(*nodes: RayNode, t0: float = T0, prices: PriceCatalog = ON_DEMAND,
             policy: RayPolicy | None = None) -> RayClusterSampler:
     """The sampler's state after attach, without Ray: what ``__init__`` would have found."""
     s = RayClusterSampler.__new__(RayClusterSampler)
     s.base_prices, s.policy, s.t0 = prices, policy, t0
-    s.job_id, s._driver_node = "02000000", "driver-node"
+    s.job_id = JOB
     s.nodes = {n.node_id: n for n in nodes}
     s._state_url = None
+    readers = {n.mode: n.reader for n in nodes}
+    s._local = readers.get("local") or LocalReader(None)
+    s._agent = readers.get("agent") or AgentReader(s._state_api_url, JOB, DRIVER_NODE)
+    s._probe = readers.get("probe") or probe_reader()
     return s
 
 
@@ -66,8 +77,8 @@ def gpu(energy_j: float) -> dict[str, Any]:
 
 
 def test_each_nodes_workers_are_integrated_and_priced_with_the_nodes_own_catalog() -> None:
-    a = _Node("node-a", ON_DEMAND, pre_existing={11: (900.0, 50.0)})  # worker 11 was alive before the run
-    b = _Node("node-b", SPOT)  # no snapshot of b's workers
+    a = RayNode("node-a", ON_DEMAND, PROBE, pre_existing={11: (900.0, 50.0)})  # worker 11 was alive before the run
+    b = RayNode("node-b", SPOT, PROBE)  # no snapshot of b's workers
     s = cluster(a, b)
     usage = RunUsage()
     s.fold(ClusterReading(T0 + 10, {"node-a": {11, 12}, "node-b": {21, 22}}, {
@@ -112,7 +123,7 @@ def test_each_nodes_workers_are_integrated_and_priced_with_the_nodes_own_catalog
 
 
 def test_a_worker_whose_cpu_reads_lower_keeps_its_highest_and_a_reused_pid_starts_afresh() -> None:
-    a = _Node("a", ON_DEMAND)
+    a = RayNode("a", ON_DEMAND, PROBE)
     s = cluster(a)
     usage = RunUsage()
     s.fold(ClusterReading(T0 + 1, {"a": {7}}, {"a": result(T0 + 1, {7: (T0 + 0.5, 5.0, MB)})}), usage)
@@ -127,7 +138,9 @@ def test_a_worker_whose_cpu_reads_lower_keeps_its_highest_and_a_reused_pid_start
 
 
 def test_an_agent_nodes_workers_stay_the_jobs_between_discoveries() -> None:
-    a = _Node("a", ON_DEMAND, agent=True, job_pids={5})
+    agent = agent_reader()
+    a = RayNode("a", ON_DEMAND, agent)
+    agent.request([a], {"a": {5}})  # 5 found running the job by an earlier discovery
     s = cluster(a)
     usage = RunUsage()
     s.fold(ClusterReading(T0 + 10, {}, {"a": result(T0 + 10, {5: (T0 + 1, 2.0, MB), 6: (T0 + 1, 9.0, MB)})}),
@@ -148,8 +161,7 @@ def test_an_agent_nodes_workers_stay_the_jobs_between_discoveries() -> None:
     ],
 )
 def test_the_baseline_of_a_worker_first_seen_running_the_job(pre, created, t0, expected) -> None:
-    node = _Node("a", ON_DEMAND, pre_existing=pre)
-    assert cluster(node, t0=t0)._baseline(node, 3, created, 45.0) == expected
+    assert worker_baseline(pre, 3, created, 45.0, t0) == expected
 
 
 def share(cost: float, cpu_h: float) -> CostBreakdown:
@@ -173,19 +185,19 @@ def test_node_metrics_name_the_dearest_nodes_and_sum_the_rest() -> None:
 
 
 def test_close_tags_the_job_and_forgets_the_probes_of_lost_nodes() -> None:
-    a = _Node("a", ON_DEMAND, probe="probe-a")
-    b = _Node("b", ON_DEMAND, probe="probe-b")
+    a = RayNode("a", ON_DEMAND, PROBE)
+    b = RayNode("b", ON_DEMAND, PROBE)
     s = cluster(a, b, policy=RayPolicy(max_node_metrics=1))
     usage = RunUsage()
     s.fold(ClusterReading(T0 + 10, {"a": {1}, "b": {2}}, {
         "a": result(T0 + 5, {1: (T0, 1.0, MB)}), "b": result(T0 + 5, {2: (T0, 3.0, MB)})}), usage)
-    s._mark_lost(b, "gone")
-    ray_nodes._PROBES.update({(s.job_id, "a"): "probe-a", (s.job_id, "b"): "probe-b"})
+    b.mark_lost("gone")
+    ray_readers._PROBES.update({(s.job_id, "a"): "probe-a", (s.job_id, "b"): "probe-b"})
     try:
         summary = s.close(usage)
-        assert (s.job_id, "b") not in ray_nodes._PROBES and (s.job_id, "a") in ray_nodes._PROBES
+        assert (s.job_id, "b") not in ray_readers._PROBES and (s.job_id, "a") in ray_readers._PROBES
     finally:
-        ray_nodes._PROBES.pop((s.job_id, "a"), None)
+        ray_readers._PROBES.pop((s.job_id, "a"), None)
     assert summary.tags == {"finops.ray_job_id": "02000000", "finops.ray_nodes": "2", "finops.ray_read": "probe",
                             "finops.ray_lost_nodes": "b"}
     assert summary.metrics == pytest.approx({  # b, the dearer (3 CPU-s), named; a summed as other
@@ -198,135 +210,8 @@ def test_close_tags_the_job_and_forgets_the_probes_of_lost_nodes() -> None:
     assert set(cluster(a, b).close(usage).metrics) >= {node_metric("a", "cost_usd"), node_metric("b", "cost_usd")}
 
 
-def worker(pid: int, cpu: tuple[float, float, float, float] = (1.0, 0.5, 0.25, 0.125), job: str | None = None,
-           driver: bool = False, created: float = 1234.5678, rss: int | None = 4 * MB) -> dict[str, Any]:
-    w: dict[str, Any] = {"pid": pid, "createTime": created,
-                         "cpuTimes": {"user": cpu[0], "system": cpu[1], "childrenUser": cpu[2],
-                                      "childrenSystem": cpu[3]},
-                         "coreWorkerStats": [{"workerType": "DRIVER" if driver else "WORKER"}]}
-    if job is not None:
-        w["jobId"] = job
-    if rss is not None:
-        w["memoryInfo"] = {"rss": rss}
-    return w
-
-
-def test_the_agents_list_of_a_nodes_workers_becomes_a_reading_of_the_jobs_workers() -> None:
-    a = _Node("driver-node", ON_DEMAND, agent=True, job_pids={8})
-    s = cluster(a)
-    got = s._agent_result(a, [
-        worker(os.getpid()),  # the run's own driver, listed by its node: its process tree's, not the node's
-        worker(3, driver=True, job="02000000"),  # another driver of the job
-        worker(5, job="02000000"),  # named by the raylet as the job's
-        worker(6, job="03000000"),  # another job's
-        worker(8, rss=None),  # seen running the job before
-    ], at=T0 + 3)
-    assert got == {"time": T0 + 3, "gpu": [], "probe_pid": -1,
-                   "procs": {5: (1234.57, 1.875, 4 * MB), 8: (1234.57, 1.875, 0)}}
-    assert a.job_pids == {5, 8}
-    assert ray_nodes._AGENT_LAST[("driver-node", 5, 1234.57)] == 1.875
-    # on another node this process's pid is another process: a worker like any other
-    other = _Node("other-node", ON_DEMAND, agent=True)
-    assert set(s._agent_result(other, [worker(os.getpid(), job="02000000")], at=T0)["procs"]) == {os.getpid()}
-    assert not ray_nodes._is_driver({"pid": 1}) and ray_nodes._agent_cpu_s(
-        {"cpuTimes": {"user": 2, "system": 1}}) == 3.0
-
-
-@pytest.fixture
-def head() -> Iterator[tuple[str, dict[str, Any]]]:
-    """A stand-in for the head's dashboard: ``GET /nodes/<id>`` answers what the test puts in ``answers``."""
-    answers: dict[str, Any] = {}
-
-    def app(environ: dict, start_response: Any) -> list[bytes]:
-        node = environ["PATH_INFO"].rsplit("/", 1)[-1]
-        if node == "slow":
-            time.sleep(1.5)
-        if node not in answers:
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"no such node"]
-        start_response("200 OK", [("Content-Type", "application/json")])
-        return [json.dumps(answers[node]).encode()]
-
-    with serve_wsgi(app, "fake-ray-head") as url:
-        yield url, answers
-
-
-def test_the_agent_snapshot_takes_the_higher_of_the_agents_figure_and_this_drivers_last(head, caplog) -> None:
-    url, answers = head
-    answers["n1"] = {"data": {"detail": {"workers": [worker(5, created=500.001), worker(6, created=600.456),
-                                                     worker(7, cpu=(0.25, 0.0, 0.0, 0.0), created=700.0)]}}}
-    answers["broken"] = {"data": {"detail": {"workers": None}}}
-    assert [w["pid"] for w in read_agent_workers(ray_nodes.agent_url(url + "/"), "n1")] == [5, 6, 7]
-    with pytest.raises(KeyError) as err:
-        read_agent_workers(url, "broken")
-    assert err.value.args == ("workers",)
-    s = cluster()
-    s._state_url = url
-    ray_nodes._AGENT_LAST[("n1", 5, 500.0)] = 10.0  # the agent's list at attach is older than our last read
-    try:
-        snap = s._agent_snapshot(_Node("n1", ON_DEMAND, agent=True))
-    finally:
-        ray_nodes._AGENT_LAST.pop(("n1", 5, 500.0), None)
-    assert snap == {5: (500.0, 10.0), 6: (600.46, 1.875), 7: (700.0, 0.25)}
-    assert s._agent_snapshot(_Node("missing", ON_DEMAND, agent=True)) == {}  # no baseline: logged, not raised
-    assert [r.getMessage() for r in caplog.records] == [
-        "mlflow-finops: no baseline of the Ray workers on node missing: HTTP Error 404: Not Found"]
-
-
-def test_a_probe_reads_the_given_workers_and_accounts_for_itself_unless_in_the_driver() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    try:
-        proc = psutil.Process(child.pid)
-        in_driver = NodeProbe(in_driver=True).read([child.pid, gone.pid])
-        actor = NodeProbe().read([child.pid])
-        t = proc.cpu_times()
-        expected = (proc.create_time(), t.user + t.system + t.children_user + t.children_system,
-                    proc.memory_info().rss)
-    finally:
-        child.kill()
-        child.wait()
-    assert set(in_driver["procs"]) == {child.pid} and in_driver["probe_pid"] == os.getpid()
-    created, cpu, rss = in_driver["procs"][child.pid]
-    assert created == expected[0] and cpu == pytest.approx(expected[1], abs=0.02)
-    assert rss == pytest.approx(expected[2], rel=0.05) and rss > MB
-    assert set(actor["procs"]) == {child.pid, os.getpid()}  # an actor probe is on its node too
-    assert in_driver["gpu"] == [] and abs(in_driver["time"] - time.time()) < 5
-
-
-def test_a_nodes_ray_workers_are_the_processes_titled_ray_colon_but_not_its_agents() -> None:
-    titled = [subprocess.Popen(["bash", "-c", f'exec -a "{title}" sleep 60'])
-              for title in ("ray::IDLE", "ray::DashboardAgent", "not-ray")]
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # until exec has replaced bash's title
-            if all(psutil.Process(p.pid).cmdline()[:1] != ["bash"] for p in titled):
-                break
-            time.sleep(0.05)
-        found = NodeProbe(in_driver=True).ray_workers()
-        created = psutil.Process(titled[0].pid).create_time()
-    finally:
-        for p in titled:
-            p.kill()
-            p.wait()
-    assert titled[0].pid in found and not {titled[1].pid, titled[2].pid} & set(found)
-    assert found[titled[0].pid][0] == created and 0 <= found[titled[0].pid][1] < 5
-
-
-def test_a_head_that_does_not_answer_in_time_fails_the_read(head) -> None:
-    url, answers = head
-    answers["slow"] = {"data": {"detail": {"workers": []}}}
-    t0 = time.monotonic()
-    with pytest.raises(OSError):
-        read_agent_workers(url, "slow", timeout=0.3)
-    assert time.monotonic() - t0 < 1.2
-    assert ray_nodes.agent_url("http://127.0.0.1:8265//") == "http://127.0.0.1:8265"
-    assert ray_nodes.agent_url("/api/") == "/api"
-
-
 def test_create_times_are_one_process_to_the_hundredth_and_memory_is_held_over_every_interval() -> None:
-    a = _Node("a", ON_DEMAND)
+    a = RayNode("a", ON_DEMAND, PROBE)
     s = cluster(a)
     usage = RunUsage()
     s.fold(ClusterReading(T0 + 1, {"a": {7, 8}}, {"a": result(T0 + 1, {7: (T0 + 0.1234, 5.0, MB),
@@ -342,16 +227,16 @@ def test_create_times_are_one_process_to_the_hundredth_and_memory_is_held_over_e
 
 
 def test_the_baseline_boundary_of_one_process_is_below_five_hundredths() -> None:
-    node = _Node("a", ON_DEMAND, pre_existing={3: (0.0, 40.0)})
-    assert cluster(node)._baseline(node, 3, 0.05, 45.0) == 45.0  # 0.05 s apart: another process
-    assert cluster(node)._baseline(node, 3, 0.0499, 45.0) == 40.0
+    pre = {3: (0.0, 40.0)}
+    assert worker_baseline(pre, 3, 0.05, 45.0, T0) == 45.0  # 0.05 s apart: another process
+    assert worker_baseline(pre, 3, 0.0499, 45.0, T0) == 40.0
 
 
 def test_only_nodes_that_used_something_get_a_share_priced_over_the_runs_wall_time() -> None:
-    idle = _Node("idle", ON_DEMAND)  # no worker of the job ever ran there
-    zero = _Node("zero", ON_DEMAND)  # a worker seen once: nothing used yet
-    light = _Node("light", ON_DEMAND)  # no CPU, a little memory
-    busy = _Node("busy", ON_DEMAND)
+    idle = RayNode("idle", ON_DEMAND, PROBE)  # no worker of the job ever ran there
+    zero = RayNode("zero", ON_DEMAND, PROBE)  # a worker seen once: nothing used yet
+    light = RayNode("light", ON_DEMAND, PROBE)  # no CPU, a little memory
+    busy = RayNode("busy", ON_DEMAND, PROBE)
     s = cluster(idle, zero, light, busy)
     usage = RunUsage()
     for t in (T0 + 0.25, T0 + 0.5):
@@ -364,14 +249,14 @@ def test_only_nodes_that_used_something_get_a_share_priced_over_the_runs_wall_ti
     assert light.usage.cpu_s == 0 and 0 < light.usage.ram_gb_s < 1
     # half a second of the run's wall time: one worker slot held over 0.25 s of it
     assert usage.nodes["busy"].cpu_allocated_core_hours == pytest.approx(0.5 * 0.5 / 3600)
-    lost = _Node("lost", ON_DEMAND, lost=True)
+    lost = RayNode("lost", ON_DEMAND, PROBE, lost=True)
     assert cluster(lost).breakdowns(1.0) == {}  # lost before it ran anything: no share
-    two = cluster(_Node("x", ON_DEMAND, lost=True), _Node("y", ON_DEMAND, lost=True))
+    two = cluster(RayNode("x", ON_DEMAND, PROBE, lost=True), RayNode("y", ON_DEMAND, PROBE, lost=True))
     assert two.close(RunUsage()).tags["finops.ray_lost_nodes"] == "x,y"
 
 
 def test_a_lost_node_is_said_once_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
-    node = _Node("n7", ON_DEMAND)
-    cluster(node)._mark_lost(node, "ActorDiedError: probe gone")
+    node = RayNode("n7", ON_DEMAND, PROBE)
+    node.mark_lost("ActorDiedError: probe gone")
     assert node.lost and [r.getMessage() for r in caplog.records] == [
         "mlflow-finops: Ray node n7 lost (ActorDiedError: probe gone); its cost up to the last sample is kept"]
