@@ -99,6 +99,7 @@ def exp(tags: dict[str, str], created_ms: int | None = 1_000_000) -> Experiment:
         ({TAG_CLAIM_TIME_MS: "soon"}, 1_003_000, 3, "claimed 3 s ago, lease 3 s"),  # unreadable: creation, ours
         ({TAG_CLAIM_LEASE_S: "ever", TAG_CLAIM_TIME_MS: "0"}, 1_000_999, 1, None),
         ({TAG_CLAIM_LEASE_S: "1"}, 1_000_999, 10, None),
+        ({TAG_CLAIM_TIME_MS: "1000000", TAG_CLAIM_HOST: HOST}, 1_000_001, 60, None),  # this host, no pid tag
     ],
 )
 def test_when_a_claim_goes_stale(tags: dict[str, str], now_ms: int, lease_s: float, stale: str | None) -> None:
@@ -113,6 +114,15 @@ def test_a_claim_without_any_time_counts_from_the_epoch() -> None:
 def test_whose_process_is_alive() -> None:
     dead = _dead_pid()
     assert claims._alive(os.getpid()) and claims._alive(1) and not claims._alive(dead)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)
+        assert claims._alive(sleeper.pid)
+        time.sleep(0.2)
+        assert sleeper.poll() is None  # asked with signal 0: nothing was sent to it
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     tags = {TAG_CLAIM_TIME_MS: "1000000", TAG_CLAIM_HOST: HOST}
     assert claims._stale(exp({**tags, TAG_CLAIM_PID: str(dead)}), 1_000_001, 60) == f"process {dead} is gone"
     assert claims._stale(exp({**tags, TAG_CLAIM_PID: str(os.getpid())}), 1_000_001, 60) is None
@@ -132,7 +142,9 @@ def test_only_the_holder_releases_a_claim_and_a_release_never_raises(
 
     theirs = _plant(c, "theirs", host="elsewhere")
     release(c, "theirs")
-    assert _held(c, "theirs").experiment_id == theirs and "not releasing it" in caplog.text
+    assert _held(c, "theirs").experiment_id == theirs
+    assert f"{claim_name('theirs')} is now held by elsewhere pid 1: not releasing it" in [
+        r.getMessage() for r in caplog.records]
     _plant(c, "same-host", pid=1)  # this host, another process
     release(c, "same-host")
     assert _held(c, "same-host") is not None
@@ -141,7 +153,9 @@ def test_only_the_holder_releases_a_claim_and_a_release_never_raises(
     assert _records(c, "never-claimed") == []
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     release(MlflowClient("http://127.0.0.1:9"), "mine")  # no store: the lease frees it later
-    assert "frees when its lease ends" in caplog.text
+    last = caplog.records[-1].getMessage()
+    assert last.startswith("could not release claim mine (") and last.endswith("); it frees when its lease ends")
+    assert "127.0.0.1" in last  # the store's error says why
 
 
 def test_a_retire_that_fails_leaves_the_claim(copied_store: str, caplog: pytest.LogCaptureFixture) -> None:
