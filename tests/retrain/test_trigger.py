@@ -94,3 +94,31 @@ def test_a_followed_retrain_is_weighed_like_any_other() -> None:
     assert v.retrain and v.expected_gain == pytest.approx(0.02)  # (0.05 + 0.01 + 0) / 3
     cheap = weigh(TriggerPolicy(value_per_point_usd=0.000001), signal=why, loss=-0.02, history=history)
     assert not cheap.retrain  # worth $0.000002 < $0.0001: the economics still decide
+
+
+@pytest.mark.parametrize(
+    "history, loss, retrain, gain, learned",
+    [
+        # three retrains that bought 10 pt each on held-out rows of their own window, none realized yet
+        ([PastRetrain(0.10, 0.0005, realized=False)] * 3, 0.06, True, 0.09,
+         "(last 3 retrains, 3 not realized yet: in-window gain): retrain"),
+        # the same retrains, each realized nothing on the next window: the loss alone, over 4, is not worth it
+        ([PastRetrain(0.0, 0.0005)] * 3, 0.06, False, 0.015, "(last 3 retrains): skip"),
+        # they realized a loss: it counts against the next one
+        ([PastRetrain(-0.02, 0.0005)] * 3, 0.06, False, 0.0, "(last 3 retrains bought nothing): skip"),
+        # they realized 4 pt each: worth it
+        ([PastRetrain(0.04, 0.0005)] * 3, 0.06, True, 0.045, "(last 3 retrains): retrain"),
+        # the newest not realized yet (its next window unlabelled), the older ones realized nothing
+        ([PastRetrain(0.10, 0.0005, realized=False), PastRetrain(0.0, 0.0005), PastRetrain(0.0, 0.0005)], 0.06,
+         True, 0.04, "(last 3 retrains, 1 not realized yet: in-window gain): retrain"),
+    ],
+)
+def test_the_expected_gain_is_learned_from_realized_gains(history, loss, retrain, gain, learned) -> None:
+    v = weigh(TriggerPolicy(value_per_point_usd=0.0002), signal=SIGNAL, loss=loss, history=history)
+    assert v.retrain is retrain and v.expected_gain == pytest.approx(gain, abs=1e-12)
+    assert v.reason.endswith(learned), v.reason
+
+
+def test_a_retrain_that_realized_little_ends_the_streak_it_started() -> None:
+    assert still_buying(TriggerPolicy(), [PastRetrain(0.003, 0.001)], 0.0) is None
+    assert still_buying(TriggerPolicy(), [PastRetrain(-0.05, 0.001)], 0.0) is None
