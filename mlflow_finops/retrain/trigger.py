@@ -18,8 +18,10 @@ retrain pays:
   neither labels nor history, there is nothing to weigh: drift decides;
 - expected cost: the mean ``finops/cost_usd`` of those retrains (or the
   policy's ``expected_cost_usd`` before the first one);
-- retrain iff expected gain x ``value_per_point_usd`` >= expected cost
-  (a point is 0.01 of the metric).
+- retrain iff expected gain x the value of a point >= expected cost (a point is 0.01 of
+  the metric; its value: what a point earns on the predictions served until the next check,
+  ``value_per_1000_predictions_usd`` x ``predictions_per_day`` / 1000 x ``horizon_days``, or
+  ``value_per_point_usd`` when set: :meth:`~mlflow_finops.policy.TriggerPolicy.point_value_usd`).
 
 :func:`weigh` is pure; :func:`past_retrains`, :func:`weigh_retrain` and
 :func:`record_verdict` are its reads and writes in MLflow.
@@ -120,7 +122,7 @@ def weigh(
         return verdict(True, "no labels and no retrain history to weigh: drift decides")
     if expected <= 0:
         return verdict(False, f"expected gain {_pt(expected)} ({learned} bought nothing)")
-    value = expected * 100 * policy.value_per_point_usd
+    value = expected * 100 * policy.point_value_usd()
     worth = f"expected gain {_pt(expected)} worth {format_usd(value)}"
     if cost is None:
         return verdict(True, f"{worth}; cost not known before the first retrain", value)
