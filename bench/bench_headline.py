@@ -178,7 +178,7 @@ def _setup_store(folder: Path) -> None:
     mlflow.set_tracking_uri(uri)
 
 
-def run_policy(name: str, stream: Stream, folder: Path, n_estimators: int) -> dict:
+def run_policy(name: str, stream: Stream, folder: Path, n_estimators: int, loop_point_usd: float | None = None) -> dict:
     """Run policy ``name`` on ``stream`` in ``folder``; its per-window figures."""
     import functools
 
@@ -196,7 +196,8 @@ def run_policy(name: str, stream: Stream, folder: Path, n_estimators: int) -> di
     t0 = time.perf_counter()
     out: dict = {"policy": name, "stream": stream.name, "n_estimators": n_estimators, "reasons": [], "triggers": []}
     if name == "gated":
-        out.update(h.gated(root, reference, windows, target=stream.target, model_factory=factory,
+        extra = f"\n[trigger]\nvalue_per_point_usd = {loop_point_usd!r}\n" if loop_point_usd is not None else ""
+        out.update(h.gated(root, reference, windows, target=stream.target, model_factory=factory, extra=extra,
                            drift_points=stream.drift_points, echo=lambda s: print(s, flush=True)))
         out["wall_s"] = time.perf_counter() - t0
         return out
@@ -662,6 +663,8 @@ def main() -> None:
     ap.add_argument("--no-readme", action="store_true", help="don't write bench/README.md and bench/headline-*.png")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the results already in --out (a policy's JSON and store) instead of running it again")
+    ap.add_argument("--loop-point-usd", type=float, help="(c)'s [trigger] value_per_point_usd (default: the "
+                    "policy's default value of a point); the tables still score every policy at the three values")
     ap.add_argument("--run-policy", choices=POLICIES, help=argparse.SUPPRESS)  # the child process
     ap.add_argument("--stream-spec", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -671,7 +674,7 @@ def main() -> None:
 
     if args.run_policy:
         stream = Stream.from_json(args.stream_spec)
-        res = run_policy(args.run_policy, stream, Path(args.folder), args.n_estimators)
+        res = run_policy(args.run_policy, stream, Path(args.folder), args.n_estimators, args.loop_point_usd)
         Path(args.json).write_text(json.dumps(res))
         return
 
@@ -711,6 +714,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--run-policy", name, "--stream-spec", stream.to_json(),
                    "--folder", str(folder), "--json", str(out / f"{stream.name}-{name}.json"),
                    "--n-estimators", str(args.n_estimators)]
+            if args.loop_point_usd is not None and name == "gated":
+                cmd += ["--loop-point-usd", str(args.loop_point_usd)]
             t = time.perf_counter()
             proc = subprocess.run(cmd)
             if proc.returncode != 0:
