@@ -39,8 +39,10 @@ def features_of(reference: pd.DataFrame, target: str) -> list[str]:
     return [c for c in reference.columns if c != target]
 
 
-def prepare(root: Path, *, target: str, features: Sequence[str], ray_address: str | None) -> mlflow_finops.Policy:
-    """The loop's folder: an empty incoming/, the demo's policy written and in force; the policy."""
+def prepare(root: Path, *, target: str, features: Sequence[str], ray_address: str | None,
+            extra: str = "") -> mlflow_finops.Policy:
+    """The loop's folder: an empty incoming/, the demo's policy written and in force (``extra``: TOML
+    appended to it, e.g. a ``[trigger]`` value of a point); the policy."""
     q = json.dumps
     text = string.Template(POLICY_TEMPLATE.read_text()).substitute(
         model=q(MODEL), registered=q(REGISTERED), monitoring=q(EXPERIMENT + "/monitoring"), target=q(target),
@@ -49,7 +51,7 @@ def prepare(root: Path, *, target: str, features: Sequence[str], ray_address: st
     shutil.rmtree(root / "incoming", ignore_errors=True)
     shutil.rmtree(root / "references", ignore_errors=True)
     (root / "incoming").mkdir(parents=True)
-    (root / "finops.toml").write_text(text)
+    (root / "finops.toml").write_text(text + extra)
     os.environ["MLFLOW_FINOPS_POLICY"] = str(root / "finops.toml")
     os.environ.setdefault("MLFLOW_FINOPS_SETTLE_S", "0.01")  # each window is written whole before its check
     return mlflow_finops.load_policy(root / "finops.toml")
@@ -90,7 +92,7 @@ def retrain_row(r: Any) -> dict:
             "model_version": r.model_version}
 
 
-def gated(root: Path, reference: pd.DataFrame, windows: Sequence[pd.DataFrame], *, target: str,
+def gated(root: Path, reference: pd.DataFrame, windows: Sequence[pd.DataFrame], *, target: str, extra: str = "",
           model_factory: Callable[[], Any], drift_points: Sequence[int] = (),
           echo: Callable[[str], None] = print) -> dict:
     """Policy (c): the loop on a local Ray cluster of its own; its figures, window by window."""
@@ -98,7 +100,7 @@ def gated(root: Path, reference: pd.DataFrame, windows: Sequence[pd.DataFrame], 
     out: dict = {"features": features, "accuracy": [], "decisions": [], "reasons": [], "triggers": [], "retrains": []}
     with mlflow_finops.local_cluster(num_cpus=2) as cluster:
         echo(f"Ray: our own local cluster, Jobs API {cluster.jobs_url}")
-        policy = prepare(root, target=target, features=features, ray_address=cluster.jobs_url)
+        policy = prepare(root, target=target, features=features, ray_address=cluster.jobs_url, extra=extra)
         reference.to_parquet(root / "reference.parquet")
         mlflow_finops.autolog(interval_s=1.0)
         echo(f"training the champion on the reference ({len(reference):,} rows, {len(features)} features) ...")

@@ -5,7 +5,11 @@ training data) and windows that arrive one by one:
 
 - **synthetic**: ``examples/stream.py`` (drift at windows 3 and 6);
 - **rialto**: ``shared/data/rialto.csv.gz`` (82,250 rows, 27 features, 10 classes; daylight and weather);
-- **insects**: ``shared/data/insects_gradual.csv.gz`` (24,150 rows, 33 features, 6 classes; temperature).
+- **insects**: ``shared/data/insects_gradual.csv.gz`` (24,150 rows, 33 features, 6 classes; temperature);
+- **rialto-shuffled**: rialto's rows in random order (seed 0), cut the same way: a control with no
+  drift, where retraining should buy little after the first windows;
+- a stream of your own: ``--data PATH.csv[.gz]|.parquet --target COL --reference-rows N
+  --window-rows N --windows K [--name NAME]`` (rows in time order).
 
 Policies, each in its own process with its own fresh SQLite MLflow store
 (``<out>/<stream>/<policy>/mlflow.db``), one after the other, all starting from
@@ -33,9 +37,12 @@ happens to answer on the default port.
 Per stream and policy: total cost = the sum of ``finops/cost_usd`` over every
 tracked, non-nested run of its store; CPU core-s; drift checks; retrains
 (promoted); mean prequential accuracy (the champion in production scored on
-each window before any retrain on it); wall time. Targets per stream: (c) cost
-<= 40% of (a); (c) mean accuracy >= (a) - 0.5 pt; (c) >= (b) + 1 pt; (c) no
-costlier than (e) at equal or better accuracy.
+each window before any retrain on it); wall time. Per stream, also the net value of each policy (value of a point x accuracy points x windows - cost) at
+three values of a point (the policy's default, $0.0001, x0.01, x1 and x100) and the loop's regret
+against the best of (a), (b), (e), (f) in hindsight. Targets per stream: 1. (c) accuracy >= the
+more accurate of (a) and (e) - 0.5 pt; 2. (c) cost <= 60% of (a); 3. where (b) is within 0.5 pt of
+the most accurate policy, (c) cost <= 40% of (a); 4. no baseline both cheaper by > 5% and more
+accurate by > 0.2 pt; 5. regret <= 0 at each value.
 
 Prints the tables and the targets, writes ``bench/headline-<stream>.png`` (cost
 vs accuracy) and the Headline section of ``bench/README.md``, and logs every
@@ -44,6 +51,8 @@ figure, the CSV and the charts to a run of experiment ``finops-bench`` in
 
     .venv/bin/python bench/bench_headline.py                                     # all streams, all policies
     .venv/bin/python bench/bench_headline.py --streams insects --scale 0.25 --windows 3 --no-readme   # a quick look
+    .venv/bin/python bench/bench_headline.py --data my.parquet --target y --reference-rows 5000 \
+        --window-rows 5000 --windows 8 --policies abcef --no-readme                              # your own stream
 """
 
 from __future__ import annotations
@@ -73,22 +82,26 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DATA = REPO.parent / "shared" / "data"
 
-POLICIES = ("scheduled", "never", "gated", "every", "anchor")
-LETTER = dict(zip(POLICIES, "abcde"))
+POLICIES = ("scheduled", "never", "gated", "every", "anchor", "second")
+LETTER = dict(zip(POLICIES, "abcdef"))
+BASELINES = ("scheduled", "never", "anchor", "second")  # what the loop's regret is measured against
 LABELS = {
     "scheduled": "(a) full retrain every window",
     "never": "(b) never retrain",
     "gated": "(c) the loop (gate + trigger, retrains on Ray)",
     "every": "(d) the loop's retrain every window (Ray)",
     "anchor": "(e) full retrain when accuracy drops > 2 pt",
+    "second": "(f) full retrain every 2nd window",
 }
-COLORS = {"scheduled": "#c44e52", "never": "#8c8c8c", "gated": "#4c72b0", "every": "#55a868", "anchor": "#dd8452"}
+COLORS = {"scheduled": "#c44e52", "never": "#8c8c8c", "gated": "#4c72b0", "every": "#55a868", "anchor": "#dd8452", "second": "#937860"}
 ANCHOR_DROP = 0.02  # (e): a drop of more than 2 points below the baseline
-SECTION = "## Headline: is retraining worth its cost? (five policies, three streams)"
+SECTION = "## Headline: is retraining worth its cost? (six policies, four streams)"
 BEGIN, END = "<!-- headline:begin (written by bench/bench_headline.py) -->", "<!-- headline:end -->"
-COST_SHARE_TARGET = 0.40  # (c) <= 40% of (a)
-ACC_BELOW_A_POINTS = 0.5  # (c) >= (a) - 0.5 pt
-ACC_OVER_B_POINTS = 1.0  # (c) >= (b) + 1 pt
+ACC_BELOW_BEST_POINTS = 0.5  # 1. (c) >= the more accurate of (a) and (e) - 0.5 pt
+COST_SHARE_TARGET = 0.60  # 2. (c) <= 60% of (a)
+IDLE_POINTS, IDLE_SHARE = 0.5, 0.40  # 3. where (b) is within 0.5 pt of the best, (c) <= 40% of (a)
+DOMINATED_COST, DOMINATED_POINTS = 0.05, 0.2  # 4. no baseline cheaper by > 5% and more accurate by > 0.2 pt
+VALUE_SCALES = {"low": 0.01, "default": 1.0, "high": 100.0}  # x the policy's value of a point
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,8 @@ class Stream:
     windows: int
     target: str = "target"
     drift_points: tuple[int, ...] = ()
+    shuffle_seed: int | None = None  # a control: the rows shuffled (no drift left), with this seed
+    base: str | None = None  # the built-in stream this one is cut like (the shuffled control's)
 
     def scaled(self, scale: float, windows: int | None) -> "Stream":
         from dataclasses import replace
@@ -120,17 +135,35 @@ class Stream:
         if self.file is None:
             assert self.drift_points == DRIFT_POINTS
             return synthetic(self.windows, self.window_rows, self.reference_rows)
-        return cut(read_frame(DATA / self.file), self.reference_rows, self.window_rows, self.windows)
+        data = read_frame(DATA / self.file)  # an absolute path (--data) stays itself
+        if self.shuffle_seed is not None:
+            data = data.sample(frac=1.0, random_state=self.shuffle_seed).reset_index(drop=True)
+        return cut(data, self.reference_rows, self.window_rows, self.windows)
 
     def describe(self) -> str:
         return (f"{self.reference_rows:,}-row reference + {self.windows} windows of {self.window_rows:,} rows"
-                + (f", drift at windows {' and '.join(map(str, self.drift_points))}" if self.drift_points else ""))
+                + (f", drift at windows {' and '.join(map(str, self.drift_points))}" if self.drift_points else "")
+                + (f", rows shuffled (seed {self.shuffle_seed}): a control with no drift" if self.shuffle_seed is not None
+                   else ""))
+
+    def to_json(self) -> str:
+        from dataclasses import asdict
+
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Stream":
+        d = json.loads(text)
+        d["drift_points"] = tuple(d.get("drift_points") or ())
+        return cls(**d)
 
 
 STREAMS = {  # the real streams first
     "rialto": Stream("rialto", "rialto.csv.gz", 8_000, 8_000, 9),
     "insects": Stream("insects", "insects_gradual.csv.gz", 2_400, 2_400, 9),
     "synthetic": Stream("synthetic", None, 5_000, 5_000, 8, target="churned", drift_points=(3, 6)),
+    # the control: rialto's rows in random order, cut the same way (retraining should buy little after the first windows)
+    "rialto-shuffled": Stream("rialto-shuffled", "rialto.csv.gz", 8_000, 8_000, 9, shuffle_seed=0),
 }
 
 
@@ -145,7 +178,7 @@ def _setup_store(folder: Path) -> None:
     mlflow.set_tracking_uri(uri)
 
 
-def run_policy(name: str, stream: Stream, folder: Path, n_estimators: int) -> dict:
+def run_policy(name: str, stream: Stream, folder: Path, n_estimators: int, loop_point_usd: float | None = None) -> dict:
     """Run policy ``name`` on ``stream`` in ``folder``; its per-window figures."""
     import functools
 
@@ -163,7 +196,8 @@ def run_policy(name: str, stream: Stream, folder: Path, n_estimators: int) -> di
     t0 = time.perf_counter()
     out: dict = {"policy": name, "stream": stream.name, "n_estimators": n_estimators, "reasons": [], "triggers": []}
     if name == "gated":
-        out.update(h.gated(root, reference, windows, target=stream.target, model_factory=factory,
+        extra = f"\n[trigger]\nvalue_per_point_usd = {loop_point_usd!r}\n" if loop_point_usd is not None else ""
+        out.update(h.gated(root, reference, windows, target=stream.target, model_factory=factory, extra=extra,
                            drift_points=stream.drift_points, echo=lambda s: print(s, flush=True)))
         out["wall_s"] = time.perf_counter() - t0
         return out
@@ -202,7 +236,7 @@ def run_policy(name: str, stream: Stream, folder: Path, n_estimators: int) -> di
         acc = scorer(df)
         out["accuracy"].append(acc)
         seen.append(df)
-        retrain = name == "scheduled"
+        retrain = name == "scheduled" or (name == "second" and w % 2 == 0)
         if name == "anchor":
             if baseline is None:
                 baseline = acc
@@ -257,6 +291,39 @@ def store_costs(folder: Path) -> dict:
     }
 
 
+def realized_record(folder: Path) -> dict:
+    """(c)'s retrains as the store has them, oldest first: in-window gain, realized gain on the next
+    labelled window, memory kept, rolled back."""
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_finops.names import METRIC_REALIZED_GAIN, TAG_MEMORY, TAG_RETRAIN_STATE, TAG_ROLLED_BACK
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    exps = [e.experiment_id for e in client.search_experiments() if e.name.startswith("finops-retrains/")]
+    out = []
+    for run in (client.search_runs(exps, order_by=["attributes.start_time ASC"], max_results=1000) if exps else []):
+        m, t = run.data.metrics, run.data.tags
+        ch, cp = m.get("eval/challenger_accuracy"), m.get("eval/champion_accuracy")
+        out.append({"state": t.get(TAG_RETRAIN_STATE), "in_window": None if ch is None or cp is None else ch - cp,
+                    "realized": m.get(METRIC_REALIZED_GAIN), "memory": (t.get(TAG_MEMORY) or "").split(":")[0],
+                    "rolled_back": bool(t.get(TAG_ROLLED_BACK))})
+    return {"retrains": out}
+
+
+def realized_text(record: dict) -> str:
+    rs = [r for r in record.get("retrains", []) if r["state"] in ("promoted", "not_promoted", "capped")]
+    if not rs:
+        return ""
+    cells = []
+    for r in rs:
+        iw = "-" if r["in_window"] is None else f"{r['in_window'] * 100:+.1f}"
+        re_ = "-" if r["realized"] is None else f"{r['realized'] * 100:+.1f}"
+        cells.append(f"{r['state'].replace('not_promoted', 'not promoted')} {iw} / {re_}"
+                     + (f" [{r['memory']}]" if r["memory"] else "") + (" **rolled back**" if r["rolled_back"] else ""))
+    return ("(c)'s retrains in order, in-window gain / realized on the next labelled window (pt) [memory kept]: "
+            + "; ".join(cells))
+
+
 def run_parts(results: dict[str, dict]) -> str:
     """(c)'s checks and retrains one by one, in CPU core-s: what a floor of its cost is built from."""
     costs = results.get("gated", {}).get("costs", {})
@@ -278,7 +345,7 @@ def summarize(results: dict[str, dict]) -> list[dict]:
         if name not in results:
             continue
         r = results[name]
-        if name in ("scheduled", "anchor"):
+        if name in ("scheduled", "anchor", "second"):
             jobs = [d for w in r["retrains"] for d in w]
         else:  # an open request is seen again at each window until it ends: one per attempt (Ray job / actor task)
             jobs = list({d["ray_job_id"]: d for w in r["retrains"] for d in w if d.get("ray_job_id")}.values())
@@ -303,35 +370,101 @@ def summarize(results: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def point_value_usd() -> float:
+    """The value of a point at the policy's defaults (the example's policy has no ``[trigger]`` keys)."""
+    from mlflow_finops.policy import TriggerPolicy
+
+    return TriggerPolicy().point_value_usd()
+
+
+def net_value(r: dict, point_usd: float) -> float:
+    """value x accuracy points x windows - cost: a point served for one window is worth ``point_usd``."""
+    return point_usd * 100 * sum(r["accuracy"]) - r["cost_usd"]
+
+
+def regrets(rows: list[dict]) -> list[dict]:
+    """Per value setting: each policy's net value, the best baseline's in hindsight, and (c)'s regret."""
+    by = {r["policy"]: r for r in rows}
+    base = [n for n in BASELINES if n in by]
+    out = []
+    for label, scale in VALUE_SCALES.items():
+        point = point_value_usd() * scale
+        nets = {n: net_value(r, point) for n, r in by.items()}
+        best = max(base, key=lambda n: nets[n]) if base else None
+        regret = nets[best] - nets["gated"] if best and "gated" in nets else None
+        out.append({"setting": label, "point_usd": point, "nets": nets, "best": best, "regret": regret})
+    return out
+
+
 def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
-    """(target, figure, met) per target; met None when a policy it needs was not run."""
+    """(target, figure, met) per target of the issue; met None where it does not apply; a target whose
+    policies were not run is left out."""
     by = {r["policy"]: r for r in rows}
     c = by.get("gated")
     out: list[tuple[str, str, bool | None]] = []
+    if c is None:
+        return out
+    pt = 100.0
 
     def need(*names: str) -> bool:
-        return c is not None and all(n in by for n in names)
+        return all(n in by for n in names)
 
+    if need("scheduled", "anchor"):
+        best = max(by["scheduled"]["mean_accuracy"], by["anchor"]["mean_accuracy"])
+        gap = (c["mean_accuracy"] - best) * pt
+        out.append(("1. (c) accuracy >= the more accurate of (a), (e) - 0.5 pt", f"{gap:+.2f} pt",
+                    gap >= -ACC_BELOW_BEST_POINTS))
     if need("scheduled"):
         a = by["scheduled"]
         share = c["cost_usd"] / a["cost_usd"] if a["cost_usd"] else float("nan")
-        out.append(("(c) cost <= 40% of (a)", f"{share:.1%}", share <= COST_SHARE_TARGET))
-        gap = (c["mean_accuracy"] - a["mean_accuracy"]) * 100
-        out.append(("(c) mean accuracy >= (a) - 0.5 pt", f"{gap:+.2f} pt", gap >= -ACC_BELOW_A_POINTS))
-    if need("never"):
-        over = (c["mean_accuracy"] - by["never"]["mean_accuracy"]) * 100
-        out.append(("(c) mean accuracy >= (b) + 1 pt", f"{over:+.2f} pt", over >= ACC_OVER_B_POINTS))
-    if need("anchor"):
-        e = by["anchor"]
-        d_acc = (c["mean_accuracy"] - e["mean_accuracy"]) * 100
-        share = c["cost_usd"] / e["cost_usd"] if e["cost_usd"] else float("nan")
-        out.append(("(c) no costlier than (e) at equal or better accuracy",
-                    f"cost {share:.0%} of (e), accuracy {d_acc:+.2f} pt", c["cost_usd"] <= e["cost_usd"] and d_acc >= 0))
+        out.append(("2. (c) cost <= 60% of (a)", f"{share:.1%}", share <= COST_SHARE_TARGET))
+        if "never" in by:
+            top = max(r["mean_accuracy"] for r in rows)
+            idle = (top - by["never"]["mean_accuracy"]) * pt
+            if idle <= IDLE_POINTS:
+                out.append(("3. (b) within 0.5 pt of the best: (c) cost <= 40% of (a)",
+                            f"(b) {idle:.2f} pt below the best; (c) {share:.1%} of (a)", share <= IDLE_SHARE))
+            else:
+                out.append(("3. (b) within 0.5 pt of the best: (c) cost <= 40% of (a)",
+                            f"does not apply: retraining buys {idle:.2f} pt over (b)", None))
+    dominated = []
+    for n in BASELINES:
+        if n in by:
+            r = by[n]
+            cheaper = r["cost_usd"] < c["cost_usd"] * (1 - DOMINATED_COST)
+            better = (r["mean_accuracy"] - c["mean_accuracy"]) * pt > DOMINATED_POINTS
+            if cheaper and better:
+                dominated.append(f"({LETTER[n]}) {r['cost_usd'] / c['cost_usd']:.0%} of the cost, "
+                                 f"{(r['mean_accuracy'] - c['mean_accuracy']) * pt:+.2f} pt")
+    out.append(("4. no baseline cheaper by > 5% and more accurate by > 0.2 pt", "; ".join(dominated) or "none",
+                not dominated))
+    for g in regrets(rows):
+        if g["regret"] is None:
+            continue
+        out.append((f"5. regret <= 0 at the {g['setting']} value (${g['point_usd']:.6g} a point a window)",
+                    f"${g['regret']:+.6f} (best baseline ({LETTER[g['best']]}))", g["regret"] <= 0))
     return out
 
 
 def _ok(met: bool | None) -> str:
-    return "met" if met else "**missed**"
+    return "n/a" if met is None else "met" if met else "**missed**"
+
+
+def values_text(rows: list[dict]) -> str:
+    """Net value of each policy at the three value settings, and (c)'s regret against the best baseline."""
+    gs = regrets(rows)
+    lines = ["| policy | " + " | ".join(f"net value, {g['setting']} (${g['point_usd']:.6g}/pt)" for g in gs) + " |",
+             "| --- |" + " --- |" * len(gs)]
+    for r in rows:
+        cells = []
+        for g in gs:
+            mark = " (best baseline)" if g["best"] == r["policy"] else ""
+            cells.append(f"${g['nets'][r['policy']]:.6f}{mark}")
+        lines.append(f"| ({LETTER[r['policy']]}) {r['policy']} | " + " | ".join(cells) + " |")
+    if any(g["regret"] is not None for g in gs):
+        lines.append("| **(c)'s regret** | " + " | ".join(
+            "-" if g["regret"] is None else f"**${g['regret']:+.6f}**" for g in gs) + " |")
+    return "\n".join(lines)
 
 
 def table_text(rows: list[dict]) -> str:
@@ -433,7 +566,7 @@ def trigger_notes(results: dict[str, dict]) -> str:
 def readme_block(streams: list[Stream], all_rows: dict[str, list[dict]], all_results: dict[str, dict],
                  all_targets: dict[str, list], cmd: str, load: tuple[float, float], minutes: float) -> str:
     parts = [f"""\
-`bench/bench_headline.py`, five policies on each stream, each policy in its own process and fresh
+`bench/bench_headline.py`, the policies on each stream, each policy in its own process and fresh
 SQLite store, one after the other, all from the same first champion (`RandomForestClassifier(60,
 n_jobs=2)` on the stream's reference, as `examples/retrain_loop.py` trains it) and the same
 policy file (the example's, `examples/retrain_loop.toml`: prices, tags, budget, `[retrain]` warm start +2 x 20 trees past
@@ -443,14 +576,17 @@ them), as a retrained version carries its held-out score. **(a)** a full retrain
 everything seen after every window, in-process under `autolog()`, registered as the new champion;
 **(b)** never; **(c)** the example's loop (`run_schedule` then `drain` per window): the drift gate on every window (the champion's
 loss since promotion on the labelled window; drift only while labels lag), the project's retrain
-trigger (which also follows a retrain that bought more than the tolerated loss), and retrains on
+trigger (its expected gain learned from what past retrains realized on the window after them, at
+the default value of a point, $0.0001; it also follows a retrain that realized more than the
+tolerated loss), promote-then-verify (a promotion that loses to the version it replaced by more
+than the tolerated loss on the next labelled window is rolled back), and retrains on
 Ray (the project's default `[retrain] runner`: a warm actor; `auto` update: a full refit while
 learned + new rows <= 100,000, as here; default `memory = "adaptive"`: also fitted on the new rows
 alone, forgetting the rest, kept when better on the held-out rows), promoted only when better on
 the newest held-out rows, then fitted once more with them; **(d)** the same retrain requested after every window
 (`request_retrain` + `run_pending(wait=True)`), no gate; **(e)** the classic alarm: a full retrain
 like (a) when the champion's accuracy on a window is more than 2 points below its accuracy on the
-first window it served. (c) and (d) each start their own 2-CPU Ray cluster on free ports with their
+first window it served; **(f)** a full retrain like (a) after every 2nd window. (c) and (d) each start their own 2-CPU Ray cluster on free ports with their
 own `RAY_TMPDIR` and stop it after. Cost = sum of `finops/cost_usd` over every tracked, non-nested
 run of the policy's store; accuracy = the champion in production scored on each window before
 any retrain on it (prequential), averaged. Machine: {os.cpu_count()} cores, load average
@@ -469,8 +605,16 @@ of policy processes in all.
 
 ![{s.name}: cost vs accuracy](headline-{s.name}.png)
 
+Net value (value of a point x accuracy points x windows - cost) at three values of a point, and
+the loop's regret against the best baseline ((a), (b), (e), (f)) in hindsight:
+
+{values_text(all_rows[s.name])}
+
 {targets_text(all_targets[s.name])}
 """)
+        rec = realized_text(all_results[s.name].get("gated", {}).get("record", {}))
+        if rec:
+            parts.append(rec + ".\n")
         notes = trigger_notes(all_results[s.name])
         if notes:
             parts.append(f"(c)'s gate and trigger, window by window:\n\n```\n{notes}\n```\n")
@@ -491,7 +635,10 @@ def _choose(text: str | None, known: tuple[str, ...], what: str) -> list[str]:
         return list(known)
     by_letter = {LETTER.get(k, k): k for k in known}
     out = []
-    for item in (x.strip() for x in text.split(",") if x.strip()):
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if len(items) == 1 and items[0] not in known and all(ch in by_letter for ch in items[0]):
+        items = list(items[0])  # letters run together: "abcef"
+    for item in items:
         name = item if item in known else by_letter.get(item)
         if name is None:
             raise SystemExit(f"unknown {what} {item!r}: choose from {', '.join(known)}")
@@ -501,8 +648,14 @@ def _choose(text: str | None, known: tuple[str, ...], what: str) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--streams", help=f"comma-separated, of {', '.join(STREAMS)} (default: all)")
-    ap.add_argument("--policies", help="comma-separated names or letters a-e (default: all)")
+    ap.add_argument("--streams", help=f"comma-separated, of {', '.join(STREAMS)} (default: all, unless --data)")
+    ap.add_argument("--policies", help="comma-separated names or letters a-f, or letters run together: acef "
+                                       "(default: all)")
+    ap.add_argument("--data", help="a stream of your own: a CSV (.csv, .csv.gz) or Parquet file, rows in time order")
+    ap.add_argument("--target", help="--data's label column")
+    ap.add_argument("--reference-rows", type=int, help="--data: rows of the first champion's training data")
+    ap.add_argument("--window-rows", type=int, help="--data: rows of each window after it")
+    ap.add_argument("--name", help="--data: the stream's name in the tables (default: the file's name)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stream's row counts (a quick look: 0.25)")
     ap.add_argument("--windows", type=int, help="at most this many windows per stream")
     ap.add_argument("--n-estimators", type=int, default=60, help="the champion's forest size (the example's: 60)")
@@ -510,20 +663,30 @@ def main() -> None:
     ap.add_argument("--no-readme", action="store_true", help="don't write bench/README.md and bench/headline-*.png")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the results already in --out (a policy's JSON and store) instead of running it again")
+    ap.add_argument("--loop-point-usd", type=float, help="(c)'s [trigger] value_per_point_usd (default: the "
+                    "policy's default value of a point); the tables still score every policy at the three values")
     ap.add_argument("--run-policy", choices=POLICIES, help=argparse.SUPPRESS)  # the child process
-    ap.add_argument("--stream", choices=list(STREAMS), help=argparse.SUPPRESS)
+    ap.add_argument("--stream-spec", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     if args.run_policy:
-        stream = STREAMS[args.stream].scaled(args.scale, args.windows)
-        res = run_policy(args.run_policy, stream, Path(args.folder), args.n_estimators)
+        stream = Stream.from_json(args.stream_spec)
+        res = run_policy(args.run_policy, stream, Path(args.folder), args.n_estimators, args.loop_point_usd)
         Path(args.json).write_text(json.dumps(res))
         return
 
-    streams = [STREAMS[s].scaled(args.scale, args.windows) for s in _choose(args.streams, tuple(STREAMS), "stream")]
+    streams = [] if args.data and not args.streams else [
+        STREAMS[s].scaled(args.scale, args.windows) for s in _choose(args.streams, tuple(STREAMS), "stream")]
+    if args.data:
+        missing = [k for k in ("target", "reference_rows", "window_rows", "windows") if getattr(args, k) is None]
+        if missing:
+            raise SystemExit(f"--data needs {', '.join('--' + k.replace('_', '-') for k in missing)}")
+        path = Path(args.data).expanduser().absolute()
+        name = args.name or re.sub(r"\.(csv(\.gz)?|parquet|pq)$", "", path.name)
+        streams.append(Stream(name, str(path), args.reference_rows, args.window_rows, args.windows, target=args.target))
     policies = _choose(args.policies, POLICIES, "policy")
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-headline-")).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -541,16 +704,18 @@ def main() -> None:
             if args.reuse and done.exists():
                 res = json.loads(done.read_text())
                 res["costs"] = store_costs(folder)
+                if name == "gated":
+                    res["record"] = realized_record(folder)
                 results[name] = res
                 print(f"--- {stream.name}/{name}: kept from {done}", flush=True)
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             print(f"\n=== {stream.name} ({stream.describe()}): {LABELS[name]} ===", flush=True)
-            cmd = [sys.executable, __file__, "--run-policy", name, "--stream", stream.name, "--folder", str(folder),
-                   "--json", str(out / f"{stream.name}-{name}.json"), "--scale", str(args.scale),
+            cmd = [sys.executable, __file__, "--run-policy", name, "--stream-spec", stream.to_json(),
+                   "--folder", str(folder), "--json", str(out / f"{stream.name}-{name}.json"),
                    "--n-estimators", str(args.n_estimators)]
-            if args.windows:
-                cmd += ["--windows", str(args.windows)]
+            if args.loop_point_usd is not None and name == "gated":
+                cmd += ["--loop-point-usd", str(args.loop_point_usd)]
             t = time.perf_counter()
             proc = subprocess.run(cmd)
             if proc.returncode != 0:
@@ -560,6 +725,8 @@ def main() -> None:
             res["process_s"] = time.perf_counter() - t  # start-up, the policy, the Ray cluster's start and stop
             done.write_text(json.dumps(res))
             res["costs"] = store_costs(folder)
+            if name == "gated":
+                res["record"] = realized_record(folder)
             results[name] = res
             print(f"--- {stream.name}/{name}: {time.perf_counter() - t:.0f} s, cost ${res['costs']['cost_usd']:.6f}, "
                   f"mean accuracy {sum(res['accuracy']) / len(res['accuracy']):.4f}", flush=True)
@@ -568,9 +735,12 @@ def main() -> None:
         rows = summarize(results)
         ts = targets(rows)
         all_results[stream.name], all_rows[stream.name], all_targets[stream.name] = results, rows, ts
-        print(f"\n### {stream.name}: {stream.describe()}\n\n{table_text(rows)}\n\n{targets_text(ts)}", flush=True)
+        print(f"\n### {stream.name}: {stream.describe()}\n\n{table_text(rows)}\n\n{values_text(rows)}\n\n"
+              f"{targets_text(ts)}", flush=True)
+        if "gated" in results:
+            print(realized_text(results["gated"].get("record", {})), flush=True)
         for t, fig, met in ts:
-            print(f"{stream.name}: {t}: {fig}: {'met' if met else 'missed'}", flush=True)
+            print(f"{stream.name}: {t}: {fig}: {_ok(met).strip('*')}", flush=True)
         notes = trigger_notes(results)
         if notes:
             print(f"\n{stream.name}: (c)'s gate and trigger, window by window:\n{notes}", flush=True)

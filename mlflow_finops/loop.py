@@ -23,9 +23,10 @@ from .policy import Policy
 if TYPE_CHECKING:  # pragma: no cover
     from .drift.results import DriftDecision
     from .retrain.supervisor import RetrainOutcome, RetrainSupervisor
+    from .retrain.realized import Verification
     from .retrain.trigger import TriggerVerdict
 
-__all__ = ["LoopOutcome", "hand_over", "trigger", "drain", "run_schedule"]
+__all__ = ["LoopOutcome", "hand_over", "trigger", "realize", "drain", "run_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def hand_over(
 def trigger(policy: Policy, model: str, out: CheckOutcome) -> "TriggerVerdict | None":
     """Weigh a retrain signal; file the request when it is worth it. The verdict (None: no signal).
 
-    The signal is the gate's (:attr:`DriftDecision.signal`, with its measured
+    First, what the champion's retrain realized on this window is recorded (:func:`realize`),
+    so that the trigger learns from it. The signal is the gate's (:attr:`DriftDecision.signal`, with its measured
     :attr:`~DriftDecision.loss`), or, on a labelled batch the gate passed, the last retrain
     having bought more than the tolerated loss (:func:`~mlflow_finops.retrain.trigger.still_buying`).
     The verdict, with its numbers, goes on the check's run.
@@ -103,6 +105,7 @@ def trigger(policy: Policy, model: str, out: CheckOutcome) -> "TriggerVerdict | 
     decision = out.decision
     if decision is None:
         return None
+    realize(policy, model, out)
     if out.retrain:
         verdict = weigh_retrain(policy, model, signal=decision.signal, loss=decision.loss)
     elif decision.decision == "no_drift" and decision.performance is not None:
@@ -120,6 +123,27 @@ def trigger(policy: Policy, model: str, out: CheckOutcome) -> "TriggerVerdict | 
     if verdict.retrain:
         request_retrain(policy, model, drift_run_id=decision.run_id, reason=verdict.reason)
     return verdict
+
+
+def realize(policy: Policy, model: str, out: CheckOutcome) -> "Verification | None":
+    """What the retrain that promoted the champion realized on this labelled window (the first after
+    its promotion), logged on its run before the trigger learns from it; ``@champion`` rolled back
+    to the version it replaced when that one scored better by more than ``[trigger].tolerated_loss``
+    (:mod:`mlflow_finops.retrain.realized`). None when nothing was realized here."""
+    from mlflow import MlflowClient
+
+    from .retrain.realized import record_realized
+    from .retrain.requests import model_policy
+
+    perf = out.decision.performance if out.decision is not None else None
+    if perf is None or perf.replaced is None or perf.version is None or perf.retrain_run_id is None:
+        return None
+    mp = model_policy(policy, model)
+    tp = policy.trigger.merged(mp.trigger)
+    return record_realized(MlflowClient(), mp.registered_model or model, metric=perf.metric, version=perf.version,
+                           score=perf.current, replaced_version=perf.replaced_version or "",
+                           replaced=perf.replaced, retrain_run_id=perf.retrain_run_id,
+                           tolerated_loss=tp.tolerated_loss)
 
 
 def drain(

@@ -107,6 +107,8 @@ TAG_REFERENCE = "finops.reference"
 # a version's metric on its first labelled window, the baseline of its loss when no retrain promoted it
 TAG_BASELINE_PREFIX = "finops.baseline."
 TAG_VERSION_COST_USD = "finops.cost_usd"
+# on a retrain run whose champion lost to the version it replaced on the next labelled window: why it was rolled back
+TAG_ROLLED_BACK = "finops.rolled_back"
 
 # ------------------------------------------------------------------ reports
 TAG_REPORT = "finops.report"
@@ -161,6 +163,9 @@ METRIC_EVAL_CHAMPION_PREFIX = "eval/champion_"
 METRIC_EVAL_CHALLENGER_PREFIX = "eval/challenger_"
 METRIC_ROWS_NEW = "retrain/rows_new"  # rows a retrain learned
 METRIC_ROWS_HOLDOUT = "retrain/rows_holdout"  # the newest rows it held out to judge the challenger
+# what a promoted retrain realized: the new champion's metric minus the version it replaced, both scored on
+# the first labelled window after the promotion (rows neither learned); metric units, positive = better
+METRIC_REALIZED_GAIN = "eval/realized_gain"
 
 
 def eval_champion(metric: str) -> str:

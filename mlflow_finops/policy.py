@@ -445,8 +445,19 @@ class TriggerPolicy(_Overridable):
     tolerated_loss: float = Field(
         0.01, ge=0, le=MAX_COUNT, description="Loss since promotion that never triggers a retrain by itself."
     )
-    value_per_point_usd: float = Field(
-        0.01, ge=0, le=10**9, description="What one point (0.01) of the metric bought by a retrain is worth, USD."
+    value_per_1000_predictions_usd: float = Field(
+        0.001, ge=0, le=10**9, description="What one point (0.01) of the metric is worth on 1,000 predictions "
+        "served, USD (a point of accuracy: 10 more right answers in 1,000)."
+    )
+    predictions_per_day: float = Field(100.0, ge=0, le=10**15, description="Predictions the model serves a day.")
+    horizon_days: float = Field(
+        1.0, gt=0, le=10**6, description="Days of serving a retrain's gain is counted for: the time between two "
+        "checks (a gain is measured again on every labelled window)."
+    )
+    value_per_point_usd: float | None = Field(
+        None, ge=0, le=10**9, description="What one point (0.01) of the metric bought by a retrain is worth, USD. "
+        "Unset: value_per_1000_predictions_usd x predictions_per_day / 1000 x horizon_days ($0.0001 by default); "
+        "set: overrides them."
     )
     history: int = Field(5, ge=1, le=MAX_COUNT, description="Past retrains the expected gain and cost learn from.")
     follow_gains: bool = Field(
@@ -454,6 +465,20 @@ class TriggerPolicy(_Overridable):
         "tolerated_loss (the data is still moving; the streak ends with a retrain that buys less)."
     )
     min_labelled_rows: int = Field(30, ge=1, le=10**9, description="Labelled rows needed to measure the loss.")
+
+    def point_value_usd(self) -> float:
+        """What a point of the metric bought by a retrain is worth: ``value_per_point_usd`` when set,
+        else what a point earns on the predictions served over ``horizon_days``."""
+        if self.value_per_point_usd is not None:
+            return self.value_per_point_usd
+        return self.value_per_1000_predictions_usd * self.predictions_per_day / 1000 * self.horizon_days
+
+    def merged(self, override: "TriggerPolicy | None") -> "TriggerPolicy":
+        out = super().merged(override)
+        if override is not None and "value_per_point_usd" not in override.model_fields_set and \
+                {"value_per_1000_predictions_usd", "predictions_per_day", "horizon_days"} & override.model_fields_set:
+            out = out.model_copy(update={"value_per_point_usd": None})  # a model that states its own value
+        return out
 
 
 class Policy(_Section):

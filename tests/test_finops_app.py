@@ -113,7 +113,7 @@ def _seed(client: MlflowClient) -> dict[str, str]:
                                 run_name="retrain-churn", tags={TAG_MODEL: "churn", TAG_TEAM: "growth"})
     client.log_batch(retrain.info.run_id, metrics=[
         Metric(METRIC_COST_USD, 3.2, now, 0), Metric("eval/champion_accuracy", 0.81, now, 0),
-        Metric("eval/challenger_accuracy", 0.84, now, 0)], tags=[
+        Metric("eval/challenger_accuracy", 0.84, now, 0), Metric("eval/realized_gain", -0.021, now, 0)], tags=[
         RunTag(TAG_DRIFT_RUN_ID, drift.info.run_id), RunTag(TAG_RETRAIN_STATE, "promoted"),
         RunTag(TAG_MODEL_VERSION, "3")])
     client.set_tag(drift.info.run_id, TAG_RETRAIN_RUN_ID, retrain.info.run_id)
@@ -309,6 +309,7 @@ def test_finops_page_in_the_browser(finops_server: Seeded, driver, tmp_path: Pat
     assert retrain[0] == "churn" and retrain[3] == "promoted" and retrain[4] == srv.drift_run[:8]
     assert retrain[5] == "v3" and retrain[6] == format_usd(srv.retrain_cost)
     assert retrain[8] == "+3.0 pt bought" and retrain[9] == f"{format_usd(srv.retrain_cost / 3.0)} / pt"
+    assert retrain[10] == "-2.1 pt"  # what it realized on the next labelled window
 
     # one Pareto chart per training experiment (inline SVG)
     assert len(driver.find_elements(By.CSS_SELECTOR, "#fronts section.front svg")) == 3

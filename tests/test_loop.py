@@ -185,3 +185,89 @@ def test_drain_returns_each_open_requests_last_step_and_leaves_none_it_ended(loo
     assert out.run_id == run_id and out.state == RetrainState.OUT_OF_BUDGET and out.done
     assert "spent" in out.reason
     assert drain(policy, "churn", timeout_s=60) == []  # nothing left open
+
+
+def _noisy(n: int, seed: int) -> pd.DataFrame:
+    """A window of the reference's concept with 10% of its labels turned: ~90% accuracy at best."""
+    df = window(n, seed)
+    turned = np.random.default_rng(seed + 99).random(n) < 0.10
+    df.loc[turned, "y"] = 1 - df.loc[turned, "y"]
+    return df
+
+
+def _promoted_retrain(client: MlflowClient, exp_id: str, version: str | None, *, parent: str, cost: float,
+                      realized: float | None) -> str:
+    """A promoted retrain run that bought 20 pt on its held-out rows (and ``version`` its champion)."""
+    run = client.create_run(exp_id, tags={TAG_MODEL: "churn", TAG_RETRAIN_STATE: "promoted"})
+    rid = run.info.run_id
+    for key, value in ((METRIC_COST_USD, cost), ("eval/champion_accuracy", 0.70), ("eval/challenger_accuracy", 0.90)):
+        client.log_metric(rid, key, value)
+    if realized is not None:
+        client.log_metric(rid, "eval/realized_gain", realized)
+    client.set_terminated(rid)
+    if version is not None:
+        for k, v in (("finops.parent_version", parent), ("finops.retrain_run_id", rid), ("finops.accuracy", "0.999")):
+            client.set_model_version_tag("churn-reg", version, k, v)
+    return rid
+
+
+def test_a_stream_where_retrains_realize_nothing_stops_retraining(loop_env) -> None:
+    """Retrains that bought 20 pt on held-out rows of their own window but realized nothing on the next
+    one: the next loss is weighed with what they realized (learned from the gate's own measurement of the
+    newest on the window), and skipped; weighed with what they bought in-window it would retrain."""
+    tmp, policy = loop_env
+    text = (tmp / "finops.toml").read_text().replace("tolerated_loss = 0.03", "tolerated_loss = 0.03\nvalue_per_point_usd = 0.0001")
+    (tmp / "finops.toml").write_text(text)
+    policy = load_policy(tmp / "finops.toml")
+    client = MlflowClient()
+    exp_id = client.create_experiment(retrain_experiment_name("churn"))
+    for _ in range(2):  # two older retrains: realized nothing on their next windows
+        _promoted_retrain(client, exp_id, None, parent="1", cost=0.0005, realized=0.0)
+    # the newest: v2, the same model refitted on another sample of the same concept, promoted over v1
+    ref = window(2000, seed=11)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(LogisticRegression().fit(ref[FEATURES], ref.y), name="model",
+                                        registered_model_name="churn-reg", serialization_format="cloudpickle")
+    v2 = str(info.registered_model_version)
+    newest = _promoted_retrain(client, exp_id, v2, parent="1", cost=0.0005, realized=None)
+    client.set_registered_model_alias("churn-reg", "champion", v2)
+
+    gates: dict = {}
+    out, verdict = _check(tmp, policy, "w1.parquet", _noisy(600, seed=2), gates)
+    perf = out.decision.performance
+    # the gate scored v2 and the version it replaced on the window: v2 realized (about) nothing
+    assert perf.version == v2 and perf.replaced_version == "1" and abs(perf.realized) < 0.01
+    logged = client.get_run(newest).data.metrics["eval/realized_gain"]
+    assert logged == pytest.approx(perf.realized)
+    assert str(client.get_model_version_by_alias("churn-reg", "champion").version) == v2  # within noise: kept
+    # v2 lost ~9 pt from its promotion score (0.999): the gate asks; what retrains realized says no
+    assert out.decision.decision == "retrain" and verdict is not None and not verdict.retrain, verdict
+    assert verdict.expected_gain == pytest.approx((perf.realized + verdict.loss) / 4)
+    assert verdict.reason.endswith("< expected cost $0.00050 (last 3 retrains): skip")
+    assert open_requests(client, exp_id) == []
+
+    # a realized gain is measured once, on the version's first labelled window: the next window reuses it
+    out, verdict = _check(tmp, policy, "w2.parquet", _noisy(600, seed=3), gates)
+    assert out.decision.performance.replaced is None and verdict is not None and not verdict.retrain
+
+
+def test_a_seasonal_stream_keeps_its_old_data(loop_env) -> None:
+    """Forward verification: v2 was promoted after it won on held-out rows of a season (the labels turned)
+    on which it alone was fitted, forgetting the rest; the old season comes back and v2 loses to v1 on
+    that next labelled window (rows neither learned): @champion goes back to v1, which kept the old data,
+    and the retrain run says why."""
+    tmp, policy = loop_env
+    client = MlflowClient()
+    exp_id = client.create_experiment(retrain_experiment_name("churn"))
+    passed = window(2000, seed=12, flip=True)  # a passing state: the labels turned for a while
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(LogisticRegression().fit(passed[FEATURES], passed.y), name="model",
+                                        registered_model_name="churn-reg", serialization_format="cloudpickle")
+    v2 = str(info.registered_model_version)
+    rid = _promoted_retrain(client, exp_id, v2, parent="1", cost=0.0005, realized=None)
+    client.set_registered_model_alias("churn-reg", "champion", v2)
+    out, verdict = _check(tmp, policy, "w1.parquet", window(600, seed=2), {})
+    perf = out.decision.performance
+    assert perf.realized < -0.5 and client.get_run(rid).data.metrics["eval/realized_gain"] == pytest.approx(perf.realized)
+    assert str(client.get_model_version_by_alias("churn-reg", "champion").version) == "1"
+    assert "rolled back to v1" in client.get_run(rid).data.tags["finops.rolled_back"]

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Iterator
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from ..names import (METRIC_COST_USD, METRIC_EVAL_CHALLENGER_PREFIX, REPORTS_EXPERIMENT, RETRAINS_EXPERIMENT,
-                     TAG_DRIFT_RUN_ID, TAG_MODEL, TAG_MODEL_VERSION, TAG_REASON, TAG_RETRAIN_STATE, RetrainState,
-                     eval_challenger, eval_champion)
+from ..names import (METRIC_COST_USD, METRIC_EVAL_CHALLENGER_PREFIX, METRIC_REALIZED_GAIN, REPORTS_EXPERIMENT,
+                     RETRAINS_EXPERIMENT, TAG_DRIFT_RUN_ID, TAG_MODEL, TAG_MODEL_VERSION, TAG_REASON,
+                     TAG_RETRAIN_STATE, TAG_ROLLED_BACK, RetrainState, eval_challenger, eval_champion)
 from ..policy import PolicyError, find_policy_path, load_policy
 from ..scoring import HIGHER_IS_BETTER
 from ..spend import rollup
@@ -59,6 +59,10 @@ class Retrain:
     metric: str | None = None
     champion: float | None = None
     challenger: float | None = None
+    # what the promoted version realized on the first labelled window after its promotion (metric units,
+    # against the version it replaced), and why it was rolled back when that was a loss
+    realized: float | None = None
+    rolled_back: str = ""
 
     @property
     def gain(self) -> float | None:
@@ -178,6 +182,7 @@ def _retrain(run, row: rollup.RunCost) -> Retrain:
         reason=tags.get(TAG_REASON, ""), metric=metric,
         champion=m.get(eval_champion(metric)) if metric else None,
         challenger=m.get(eval_challenger(metric)) if metric else None,
+        realized=m.get(METRIC_REALIZED_GAIN), rolled_back=tags.get(TAG_ROLLED_BACK, ""),
     )
 
 

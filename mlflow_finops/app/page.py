@@ -204,12 +204,23 @@ def _retrains(data: PageData, prefix: str) -> str:
             _e(r.model), _run_link(prefix, r.experiment_id, r.run_id, r.run_id[:8]), _e(_when(r.start_time)),
             _e(r.state), drift, _e(f"v{r.model_version}" if r.model_version else ""),
             _e(format_usd(r.cost_usd, none="untracked")), _e(_eval(r)), _e(_gain(r)), _e(_per_point(r)),
+            _e(_realized(r)),
         ]))
     header = ["model", "retrain run", "started (UTC)", "state", "drift check", "version", "cost",
-              "champion -> challenger", "gain", "cost per point bought"]
+              "champion -> challenger", "gain", "cost per point bought", "realized on the next window"]
     return (title + '<p class="meta">Lineage: drift check run -> retrain run -> model version. Gain: the challenger '
-            "over the champion on the held-out rows; it is bought only when the challenger was promoted.</p>"
+            "over the champion on the held-out rows; it is bought only when the challenger was promoted. "
+            "Realized: the promoted version against the version it replaced on the first labelled window "
+            "after the promotion (rows neither learned), what the retrain trigger learns from; rolled back "
+            "when that was a loss beyond the tolerated one.</p>"
             + _table(header, rows, "retrains"))
+
+
+def _realized(r: Retrain) -> str:
+    if r.realized is None:
+        return ""
+    text = f"{r.realized * 100:+.1f} pt" if r.metric in _POINTS else f"{r.realized:+.4g}"
+    return text + ", rolled back" if r.rolled_back else text
 
 
 def _eval(r: Retrain) -> str:

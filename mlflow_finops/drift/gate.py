@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..frames import DataInputError, as_frame, read_frame
 from ..policy import DriftPolicy, PerformancePolicy, Policy, PolicyError, load_policy
-from ..names import TAG_BASELINE_PREFIX, tag
+from ..names import TAG_BASELINE_PREFIX, TAG_PARENT_VERSION, TAG_RETRAIN_RUN_ID, tag
 from ..scoring import gain, score
 from .profile import Infinite, ReferenceProfile, finite
 from .results import ColumnDrift, ColumnType, DriftDecision, FirstBaseline, PerformanceResult
@@ -476,7 +476,31 @@ class DriftGate:
         first = current if first_tag is None else float(first_tag)
         baseline, source = better_baseline(perf.metric, None if promoted is None else float(promoted), first)
         result = performance_result(perf.metric, baseline, current, perf.margin)
-        return replace(result, baseline=source, version=str(version.version), rows=len(cur_s)), remember
+        result = replace(result, baseline=source, version=str(version.version), rows=len(cur_s))
+        if remember is not None:  # the first window after its promotion: what the retrain realized
+            result = self._replaced(result, name, version, cur_s, perf.metric)
+        return result, remember
+
+    def _replaced(self, result: PerformanceResult, name: str, version: Any, cur_s: pd.DataFrame,
+                  metric: str) -> PerformanceResult:
+        """``result`` with the version ``version`` replaced (its ``finops.parent_version``) scored on the
+        same rows, when a retrain promoted it: the realized gain is measured forward in time, on rows
+        neither version learned, not on the held-out rows of the window both were fitted beside."""
+        parent, run_id = version.tags.get(TAG_PARENT_VERSION), version.tags.get(TAG_RETRAIN_RUN_ID)
+        if not parent or not run_id:
+            return result
+        try:
+            model = self._champions.get(parent)
+            if model is None:
+                import mlflow.pyfunc
+
+                model = self._champions[parent] = mlflow.pyfunc.load_model(f"models:/{name}/{parent}")
+            replaced = self._score(model, cur_s, metric)
+        except Exception as exc:  # the replaced version was deleted or cannot load: nothing realized to say
+            log.info("v%s of %s, replaced by v%s, not scored (%s: %s)", parent, name, version.version,
+                     type(exc).__name__, exc)
+            return result
+        return replace(result, replaced_version=parent, replaced=replaced, retrain_run_id=run_id)
 
     def _score(self, model: Any, frame: pd.DataFrame, metric: str) -> float:
         """``metric`` of ``model`` on ``frame``, from the columns the model was trained on."""

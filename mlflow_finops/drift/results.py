@@ -44,6 +44,21 @@ class PerformanceResult:
     baseline: str = "reference"  # what ``reference`` is: "reference", "promotion", "first labelled window"
     version: str | None = None  # the registered model version scored, when the model is a registry alias
     rows: int = 0  # labelled current rows scored
+    # on the first labelled window after a retrain's promotion: the version it replaced, scored on the same
+    # rows, and the retrain run that promoted ``version`` (what the retrain realized is logged there)
+    replaced_version: str | None = None
+    replaced: float | None = None
+    retrain_run_id: str | None = None
+
+    @property
+    def realized(self) -> float | None:
+        """What the retrain that promoted ``version`` realized here: its score minus the replaced
+        version's, on rows neither learned (metric units, positive = better); None when not measured."""
+        if self.replaced is None:
+            return None
+        from ..scoring import gain
+
+        return gain(self.metric, self.current, self.replaced)
 
 
 @dataclass(frozen=True)

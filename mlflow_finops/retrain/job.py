@@ -16,6 +16,12 @@ ledger (``finops.learned``: a JSON file beside the references, also the run's
 policy's margin on the policy's metric (:mod:`mlflow_finops.scoring`, the drift
 gate's own rule); the promoted version's drift reference is the rows it learned.
 
+The held-out rows are the newest of the new data (a time-ordered split: no fit saw them), but
+they belong to the period both fits were fitted beside, which favours whatever fits that period;
+so the promotion (and the memory it kept) is verified forward in time on the next labelled window,
+against the version it replaced, and rolled back when that one is better there
+(:mod:`.realized`).
+
 The job writes ``running`` and then its verdict into the request's state tag
 (:class:`~mlflow_finops.retrain.state.RetrainState`); the supervisor reads it.
 

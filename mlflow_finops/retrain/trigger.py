@@ -8,15 +8,20 @@ the next window's rows may buy more (after a drift, the first retrain has seen
 only a little of the new data). :func:`weigh` (pure) then asks whether the
 retrain pays:
 
-- expected gain: what this model's last ``history`` retrains bought (the
-  challenger's gain over the champion on the held-out rows when promoted, 0
-  when not promoted or capped), averaged with the loss measured now (what a
-  retrain could win back). With neither, there is nothing to weigh: drift
-  decides;
+- expected gain: what this model's last ``history`` retrains *realized* (the promoted
+  champion's score minus the version it replaced, both on the first labelled window after the
+  promotion, rows neither learned: ``eval/realized_gain``, :mod:`.realized`; 0 when not promoted
+  or capped: the champion did not change), averaged with the loss measured now (what a retrain
+  could win back). A promoted retrain whose next window has no labels yet counts with what it
+  bought on its held-out rows (the challenger's gain over the champion there), the only figure
+  there is; the verdict says how many did. A retrain that realized a loss counts negative. With
+  neither labels nor history, there is nothing to weigh: drift decides;
 - expected cost: the mean ``finops/cost_usd`` of those retrains (or the
   policy's ``expected_cost_usd`` before the first one);
-- retrain iff expected gain x ``value_per_point_usd`` >= expected cost
-  (a point is 0.01 of the metric).
+- retrain iff expected gain x the value of a point >= expected cost (a point is 0.01 of
+  the metric; its value: what a point earns on the predictions served until the next check,
+  ``value_per_1000_predictions_usd`` x ``predictions_per_day`` / 1000 x ``horizon_days``, or
+  ``value_per_point_usd`` when set: :meth:`~mlflow_finops.policy.TriggerPolicy.point_value_usd`).
 
 :func:`weigh` is pure; :func:`past_retrains`, :func:`weigh_retrain` and
 :func:`record_verdict` are its reads and writes in MLflow.
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING, Sequence
 from ..money import format_usd
 from ..names import (
     METRIC_COST_USD,
+    METRIC_REALIZED_GAIN,
     METRIC_TRIGGER_COST,
     METRIC_TRIGGER_GAIN,
     METRIC_TRIGGER_LOSS,
@@ -57,10 +63,16 @@ _ENDED = {RetrainState.PROMOTED.value, RetrainState.NOT_PROMOTED.value, RetrainS
 
 @dataclass(frozen=True)
 class PastRetrain:
-    """One ended retrain: what it bought (metric units, >= 0) and what it cost."""
+    """One ended retrain: what it bought (metric units) and what it cost.
+
+    ``realized``: ``bought`` was measured on the next labelled window (signed: a retrain can realize
+    a loss), or the champion did not change (0); False: only its in-window gain on held-out rows is
+    known yet (>= 0), the fallback until its next window is labelled.
+    """
 
     bought: float
     cost_usd: float
+    realized: bool = True
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,10 @@ def weigh(
     else:
         expected = sum(bought) / len(bought) if bought else None
     cost = sum(p.cost_usd for p in past) / len(past) if past else prior_cost_usd
+    in_window = sum(1 for p in past if not p.realized)
     learned = f"last {len(past)} retrain{'s' if len(past) != 1 else ''}" if past else "no retrain yet"
+    if in_window:
+        learned += f", {in_window} not realized yet: in-window gain"
 
     def verdict(retrain: bool, why: str, value: float | None = None) -> TriggerVerdict:
         return TriggerVerdict(retrain, f"{signal}; {why}: {'retrain' if retrain else 'skip'}",
@@ -107,7 +122,7 @@ def weigh(
         return verdict(True, "no labels and no retrain history to weigh: drift decides")
     if expected <= 0:
         return verdict(False, f"expected gain {_pt(expected)} ({learned} bought nothing)")
-    value = expected * 100 * policy.value_per_point_usd
+    value = expected * 100 * policy.point_value_usd()
     worth = f"expected gain {_pt(expected)} worth {format_usd(value)}"
     if cost is None:
         return verdict(True, f"{worth}; cost not known before the first retrain", value)
@@ -117,8 +132,9 @@ def weigh(
 
 def still_buying(policy: "TriggerPolicy", history: Sequence[PastRetrain], loss: float | None) -> str | None:
     """Why to weigh a retrain the gate did not ask for (None: no reason): labels were scored and the
-    newest retrain (``history[0]``) bought more than ``tolerated_loss``. The streak ends with the
-    first retrain that buys less (or is not promoted: it bought nothing)."""
+    newest retrain (``history[0]``) bought more than ``tolerated_loss`` (realized on the next window,
+    or in-window while that is not labelled). The streak ends with the first retrain that buys less
+    (or is not promoted: it bought nothing)."""
     if not policy.follow_gains or loss is None or not history:
         return None
     last = history[0].bought
@@ -142,12 +158,16 @@ def past_retrains(client: "MlflowClient", experiment_id: str, metric: str, limit
         if state not in _ENDED:
             continue
         m = run.data.metrics
-        bought = 0.0
+        bought, realized = 0.0, True  # not promoted, capped: the champion did not change
         if state == RetrainState.PROMOTED.value:
-            challenger, champion = m.get(eval_challenger(metric)), m.get(eval_champion(metric))
-            if challenger is not None and champion is not None:
-                bought = max(gain(metric, challenger, champion), 0.0)
-        out.append(PastRetrain(bought, float(m.get(METRIC_COST_USD, 0.0))))
+            if METRIC_REALIZED_GAIN in m:
+                bought = float(m[METRIC_REALIZED_GAIN])
+            else:  # its next window is not labelled yet: what it bought on its held-out rows
+                realized = False
+                challenger, champion = m.get(eval_challenger(metric)), m.get(eval_champion(metric))
+                if challenger is not None and champion is not None:
+                    bought = max(gain(metric, challenger, champion), 0.0)
+        out.append(PastRetrain(bought, float(m.get(METRIC_COST_USD, 0.0)), realized))
         if len(out) >= limit:
             break
     return out

@@ -13,8 +13,8 @@ SIGNAL = "accuracy -3.0 pt since promotion of v2 (0.9000 -> 0.8700; beyond the t
 def test_first_retrain_with_a_loss_goes_ahead_and_says_the_cost_is_unknown() -> None:
     v = weigh(TriggerPolicy(), signal=SIGNAL, loss=0.03, history=[])
     assert v.retrain and v.expected_gain == pytest.approx(0.03) and v.expected_cost_usd is None
-    assert v.expected_value_usd == pytest.approx(0.03)  # 3 pt x $0.01
-    assert v.reason == f"{SIGNAL}; expected gain 3.0 pt worth $0.030; cost not known before the first retrain: retrain"
+    assert v.expected_value_usd == pytest.approx(0.0003)  # 3 pt x $0.0001 (the default value of a point)
+    assert v.reason == f"{SIGNAL}; expected gain 3.0 pt worth $0.00030; cost not known before the first retrain: retrain"
 
 
 def test_gain_worth_less_than_cost_skips_with_the_numbers() -> None:
@@ -60,7 +60,7 @@ def test_history_is_limited_to_the_newest_n() -> None:
 
 def test_a_measured_gain_outweighs_an_earlier_fruitless_retrain() -> None:
     """The loss measured now pulls the expectation up: a useless past does not block a real loss forever."""
-    v = weigh(TriggerPolicy(), signal=SIGNAL, loss=0.2, history=[PastRetrain(0.0, 0.01)])
+    v = weigh(TriggerPolicy(value_per_point_usd=0.01), signal=SIGNAL, loss=0.2, history=[PastRetrain(0.0, 0.01)])
     assert v.retrain and v.expected_gain == pytest.approx(0.1)
 
 
@@ -110,3 +110,58 @@ def test_equal_value_and_cost_say_so() -> None:
     v = weigh(TriggerPolicy(value_per_point_usd=1.0), signal=SIGNAL, loss=None, history=[PastRetrain(0.01, 1.0)])
     assert v.retrain is True
     assert v.reason == f"{SIGNAL}; expected gain 1.0 pt worth $1.00 >= expected cost $1.00 (last 1 retrain): retrain"
+
+
+@pytest.mark.parametrize(
+    "history, loss, retrain, gain, learned",
+    [
+        # three retrains that bought 10 pt each on held-out rows of their own window, none realized yet
+        ([PastRetrain(0.10, 0.0005, realized=False)] * 3, 0.06, True, 0.09,
+         "(last 3 retrains, 3 not realized yet: in-window gain): retrain"),
+        # the same retrains, each realized nothing on the next window: the loss alone, over 4, is not worth it
+        ([PastRetrain(0.0, 0.0005)] * 3, 0.06, False, 0.015, "(last 3 retrains): skip"),
+        # they realized a loss: it counts against the next one
+        ([PastRetrain(-0.02, 0.0005)] * 3, 0.06, False, 0.0, "(last 3 retrains bought nothing): skip"),
+        # they realized 4 pt each: worth it
+        ([PastRetrain(0.04, 0.0005)] * 3, 0.06, True, 0.045, "(last 3 retrains): retrain"),
+        # the newest not realized yet (its next window unlabelled), the older ones realized nothing
+        ([PastRetrain(0.10, 0.0005, realized=False), PastRetrain(0.0, 0.0005), PastRetrain(0.0, 0.0005)], 0.06,
+         True, 0.04, "(last 3 retrains, 1 not realized yet: in-window gain): retrain"),
+    ],
+)
+def test_the_expected_gain_is_learned_from_realized_gains(history, loss, retrain, gain, learned) -> None:
+    v = weigh(TriggerPolicy(value_per_point_usd=0.0002), signal=SIGNAL, loss=loss, history=history)
+    assert v.retrain is retrain and v.expected_gain == pytest.approx(gain, abs=1e-12)
+    assert v.reason.endswith(learned), v.reason
+
+
+def test_a_retrain_that_realized_little_ends_the_streak_it_started() -> None:
+    assert still_buying(TriggerPolicy(), [PastRetrain(0.003, 0.001)], 0.0) is None
+    assert still_buying(TriggerPolicy(), [PastRetrain(-0.05, 0.001)], 0.0) is None
+
+
+@pytest.mark.parametrize(
+    "keys, point_usd",
+    [
+        ({}, 0.0001),  # the default: $0.001 a point on 1,000 predictions, 100 predictions a day, one day
+        ({"value_per_1000_predictions_usd": 0.05, "predictions_per_day": 20_000}, 1.0),
+        ({"value_per_1000_predictions_usd": 0.05, "predictions_per_day": 20_000, "horizon_days": 7}, 7.0),
+        ({"value_per_point_usd": 0.01, "predictions_per_day": 20_000}, 0.01),  # the override wins
+    ],
+)
+def test_the_value_of_a_point_is_derived_from_what_the_user_states(keys, point_usd) -> None:
+    assert TriggerPolicy(**keys).point_value_usd() == pytest.approx(point_usd)
+
+
+def test_a_models_stated_value_is_not_hidden_by_the_top_levels_override() -> None:
+    top = TriggerPolicy(value_per_point_usd=0.01)
+    model = TriggerPolicy(predictions_per_day=1_000_000)
+    assert top.merged(model).point_value_usd() == pytest.approx(0.001 * 1000)
+    assert top.merged(TriggerPolicy(history=3)).point_value_usd() == pytest.approx(0.01)
+
+
+def test_at_the_default_value_a_retrain_must_be_expected_to_buy_about_half_a_point() -> None:
+    """The cost side binds at the default: a retrain of $0.00005 (a few CPU-seconds) needs 0.5 pt."""
+    past = [PastRetrain(0.003, 0.00005)] * 4  # realized 0.3 pt each
+    assert not weigh(TriggerPolicy(), signal=SIGNAL, loss=0.011, history=past).retrain  # 0.46 pt: $0.000046
+    assert weigh(TriggerPolicy(), signal=SIGNAL, loss=0.02, history=past).retrain  # 0.64 pt: $0.000064
