@@ -127,10 +127,8 @@ class Stream:
 
     def load(self):
         """(reference, windows) in time order (the synthetic stream and the time-order cut: the demo's data)."""
-        sys.path.insert(0, str(REPO / "examples"))
-        from stream import DRIFT_POINTS, cut, synthetic
-
         from mlflow_finops.frames import read_frame
+        from mlflow_finops.streams import DRIFT_POINTS, cut, synthetic
 
         if self.file is None:
             assert self.drift_points == DRIFT_POINTS

@@ -40,9 +40,7 @@ from mlflow_finops.money import format_usd
 from mlflow_finops.names import (METRIC_COST_USD, TAG_DRIFT_RUN_ID, TAG_MODEL, TAG_RETRAIN_STATE, TAG_UPDATE_PATH,
                                  eval_challenger, eval_champion, retrains_experiment)
 from mlflow_finops.scoring import score
-
-sys.path.insert(0, str(Path(__file__).parent))
-from stream import DRIFT_POINTS, TARGET, cut, synthetic  # noqa: E402
+from mlflow_finops.streams import DRIFT_POINTS, TARGET, cut, synthetic
 
 MODEL, REGISTERED, EXPERIMENT = "churn", "churn-demo", "finops-demo"
 POLICY_TEMPLATE = Path(__file__).with_suffix(".toml")

@@ -10,22 +10,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import retrain_loop as ex  # noqa: E402
-from stream import cut  # noqa: E402
 
 from mlflow_finops.policy import DriftPolicy, TriggerPolicy, load_policy  # noqa: E402
 
 
 def _frame(rows: int) -> pd.DataFrame:
     return pd.DataFrame({"t": range(rows), "a": range(rows), "id": range(rows), "y": [i % 3 for i in range(rows)]})
-
-
-def test_cut_keeps_time_order_and_sizes() -> None:
-    ref, windows = cut(_frame(100), 40, 15, 3)
-    assert list(ref["t"]) == list(range(40))
-    assert [list(w["t"]) for w in windows] == [list(range(40, 55)), list(range(55, 70)), list(range(70, 85))]
-    assert len(cut(_frame(100), 40, 15)[1]) == 4  # every whole window that fits
-    with pytest.raises(ValueError, match="4 whole window"):
-        cut(_frame(100), 40, 15, 5)
 
 
 def _policy(tmp_path: Path, **kw):
