@@ -16,15 +16,7 @@ from mlflow.tracking import MlflowClient
 import mlflow_finops
 
 ray = pytest.importorskip("ray")
-
-
-@ray.remote(num_cpus=1)
-def burn_task(seconds: float) -> tuple[float, str]:
-    """Spin for ``seconds`` of CPU; return the CPU the task itself measured and its node."""
-    start = time.process_time()
-    while time.process_time() - start < seconds:
-        pass
-    return time.process_time() - start, ray.get_runtime_context().get_node_id()
+from support.ray_work import burn_task  # noqa: E402
 
 
 def on_node(node_id: str):

@@ -28,6 +28,7 @@ from mlflow_finops.pricing import PriceCatalog
 from store_support import serve_wsgi
 
 ray = pytest.importorskip("ray")
+from support.ray_work import burn_task  # noqa: E402
 
 T0 = 1000.0
 MB = 1_000_000
@@ -37,15 +38,6 @@ ON_DEMAND = PriceCatalog()
 
 def no_head() -> str:
     raise AssertionError("this test asks the head's dashboard nothing")
-
-
-@ray.remote(num_cpus=1)
-def burn_task(seconds: float) -> tuple[float, str]:
-    """Spin for ``seconds`` of CPU; return the CPU the task itself measured and its node."""
-    start = time.process_time()
-    while time.process_time() - start < seconds:
-        pass
-    return time.process_time() - start, ray.get_runtime_context().get_node_id()
 
 
 def test_agent_reports_charge_every_node_without_probes(ray_driver, sqlite_uri: str,
