@@ -133,12 +133,11 @@ def realize(policy: Policy, model: str, out: CheckOutcome) -> "Verification | No
     from mlflow import MlflowClient
 
     from .retrain.realized import record_realized
-    from .retrain.requests import model_policy
 
     perf = out.decision.performance if out.decision is not None else None
     if perf is None or perf.replaced is None or perf.version is None or perf.retrain_run_id is None:
         return None
-    mp = model_policy(policy, model)
+    mp = policy.model(model)
     tp = policy.trigger.merged(mp.trigger)
     return record_realized(MlflowClient(), mp.registered_model or model, metric=perf.metric, version=perf.version,
                            score=perf.current, replaced_version=perf.replaced_version or "",
