@@ -212,7 +212,10 @@ def loopback_cluster_env() -> Iterator[None]:
 
 
 def join(address: str | None = None, *, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, **init_kwargs: Any) -> Any:
-    """``ray.init`` to the cluster at GCS ``address`` (default ``$RAY_ADDRESS``, else Ray's ``"auto"``), bounded.
+    """``ray.init`` to the cluster at GCS ``address``, bounded in time.
+
+    ``address`` defaults to ``$RAY_ADDRESS`` (when it is a GCS address, not a Jobs API URL), else
+    the cluster this machine started last (Ray's own note of it), else Ray's ``"auto"``.
 
     On loopback or not: a loopback address stays on loopback (:func:`_keep_ray_on_loopback`).
     The GCS port is tried first (a closed one fails at once, naming it), and ``ray.init`` must
@@ -267,8 +270,8 @@ def join(address: str | None = None, *, timeout_s: float = DEFAULT_CONNECT_TIMEO
             f"([retrain] connect_timeout_s): {hint}")
     if "error" in result:
         exc = result["error"]
-        raise ClusterUnreachable(f"cannot join Ray at {address}: {str(exc).strip().splitlines()[-1:] or exc}: "
-                                 f"{hint}") from exc
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise ClusterUnreachable(f"cannot join Ray at {address}: {last}: {hint}") from exc
     return result["ctx"]
 
 
