@@ -242,7 +242,9 @@ def test_cpu_of_a_reaped_child_is_counted_once_and_an_orphans_is_kept() -> None:
         gone = sampler.read()
         assert gone.pids == {tree.pid}
         os_total = tree.close()
-    assert live.cpu_s - first.cpu_s >= 0.6
+    # both burners: 0.6 CPU-s by their own clocks, which the kernel's per-process counters show in
+    # 10 ms ticks (seen 0.59 here); one burner alone would be 0.3
+    assert live.cpu_s - first.cpu_s >= 0.6 - 2 * 0.02
     assert after_reap.cpu_s == pytest.approx(live.cpu_s, abs=0.03)  # moved, not added again, not lost
     assert gone.cpu_s == pytest.approx(after_reap.cpu_s, abs=0.03)
     # the kernel's count of the root and what it reaped, plus the orphan's last reading
